@@ -1,0 +1,1 @@
+"""Data: decoding, transforms, datasets and statistics. Knows nothing of models."""

@@ -1,0 +1,293 @@
+"""AlexNet models: every choice of Krizhevsky, Sutskever & Hinton (NIPS 2012) is a field of `AlexNetConfig`.
+
+Three registered architectures share one module class, `AlexNet`:
+
+- ``alexnet2012``: the paper as BVLC trained it (227x227 input, LRN after ReLU then max-pool, two-GPU groups).
+- ``caffenet``: bvlc_reference_caffenet, identical except max-pool comes *before* LRN (the order the tutorial's
+  TensorFlow code uses).
+- ``alexnet_owt``: torchvision's "one weird trick" variant (Krizhevsky 2014): 64/192/384/256/256 channels, no LRN,
+  no groups, adaptive average pooling, dropout before fc6/fc7. Its state-dict keys are torchvision's.
+
+Layers are reachable by the paper's names (``model.conv1`` ... ``model.fc8``) while the state dict keeps
+torchvision's ``features.N`` / ``classifier.N`` layout, so torchvision checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LAYER_NAMES",
+    "CONV_LAYERS",
+    "FC_LAYERS",
+    "AlexNetConfig",
+    "AlexNet",
+    "create_model",
+    "list_models",
+    "get_config",
+    "init_weights",
+    "count_parameters",
+    "count_macs",
+]
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+LAYER_NAMES = CONV_LAYERS + FC_LAYERS
+
+# Layers that the paper gives a bias of 1 ("accelerates the early stages of learning by providing the ReLUs
+# with positive inputs", section 5); Caffe's bvlc recipe uses 0.1 for the same layers.
+_POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+@dataclass
+class AlexNetConfig:
+    """Every architectural choice of the paper as a typed field (defaults: the paper, section 3)."""
+
+    num_classes: int = 1000  # fc8 outputs (ImageNet: 1000)
+    in_channels: int = 3  # RGB
+    conv_channels: tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)  # conv1..conv5 output channels
+    conv1_padding: int = 0  # the paper/BVLC: 0 on 227x227; torchvision's OWT: 2 on 224x224
+    groups: int = 2  # 2 = the paper's two-GPU split of conv2, conv4, conv5 (section 3.2); 1 = dense
+    lrn: bool = True  # local response normalisation after conv1 and conv2 (section 3.3)
+    lrn_size: int = 5  # n: neighbouring channels summed
+    lrn_alpha: float = 1e-4  # alpha (PyTorch divides by n, as the paper's formula does)
+    lrn_beta: float = 0.75  # beta
+    lrn_k: float = 2.0  # k: 2 in the paper; Caffe's bvlc weights were trained with 1
+    lrn_before_pool: bool = True  # True: conv->ReLU->LRN->pool (paper/BVLC); False: pool->LRN (CaffeNet, tutorial)
+    pool_kernel: int = 3  # 3 with stride 2 = overlapping pooling (section 3.4); 2/2 = traditional
+    pool_stride: int = 2
+    adaptive_pool: bool = False  # AdaptiveAvgPool2d(6) before the classifier (torchvision), accepts any input size
+    fc_features: int = 4096  # width of fc6 and fc7
+    dropout: float = 0.5  # p of the two dropout layers (section 4.2); 0 disables them
+    dropout_before_fc: bool = False  # False: after fc6/fc7 ReLUs (paper); True: before fc6/fc7 (torchvision)
+    init: Literal["paper", "caffe", "torchvision"] = "paper"  # weight initialisation scheme (section 5)
+    input_size: int = 227  # the crop the model is designed for (informational; used by Preprocessing)
+
+    def __post_init__(self) -> None:
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)  # JSON gives lists
+        if len(self.conv_channels) != 5:
+            raise ValueError(f"conv_channels needs 5 values (conv1..conv5), got {len(self.conv_channels)}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.groups not in (1, 2):
+            raise ValueError(f"groups must be 1 or 2, got {self.groups}")
+        for name in ("conv2", "conv4", "conv5"):
+            i = int(name[-1]) - 1
+            if self.conv_channels[i - 1] % self.groups or self.conv_channels[i] % self.groups:
+                raise ValueError(f"{name}: channels {self.conv_channels[i - 1 : i + 1]} not divisible by groups")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in ("paper", "caffe", "torchvision"):
+            raise ValueError(f"init must be 'paper', 'caffe' or 'torchvision', got {self.init!r}")
+        if self.pool_kernel < 1 or self.pool_stride < 1:
+            raise ValueError("pool_kernel and pool_stride must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["conv_channels"] = list(self.conv_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlexNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AlexNetConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+_ARCHS: dict[str, Callable[[], AlexNetConfig]] = {
+    "alexnet2012": lambda: AlexNetConfig(),
+    "caffenet": lambda: AlexNetConfig(lrn_before_pool=False),
+    "alexnet_owt": lambda: AlexNetConfig(
+        conv_channels=(64, 192, 384, 256, 256),
+        conv1_padding=2,
+        groups=1,
+        lrn=False,
+        adaptive_pool=True,
+        dropout_before_fc=True,
+        init="torchvision",
+        input_size=224,
+    ),
+}
+
+
+class AlexNet(nn.Module):
+    """AlexNet built from an `AlexNetConfig`.
+
+    ``features`` holds the convolutional stack, ``avgpool`` is AdaptiveAvgPool2d(6) or Identity, ``classifier``
+    the fully connected stack; for ``alexnet_owt`` the indices equal torchvision's. Paper layer names map to
+    modules through `layer_indices` and the properties ``conv1`` ... ``fc8``.
+    """
+
+    def __init__(self, config: AlexNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        ch = c.conv_channels
+        feats: list[nn.Module] = []
+        self._layer_index: dict[str, tuple[str, int]] = {}
+
+        def add_conv(name: str, cin: int, cout: int, k: int, stride: int, pad: int, groups: int) -> None:
+            self._layer_index[name] = ("features", len(feats))
+            feats.append(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, groups=groups))
+            feats.append(nn.ReLU(inplace=True))
+
+        def add_pool_lrn() -> None:
+            pool = nn.MaxPool2d(c.pool_kernel, c.pool_stride)
+            lrn = [nn.LocalResponseNorm(c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k)] if c.lrn else []
+            feats.extend([*lrn, pool] if c.lrn_before_pool else [pool, *lrn])
+
+        add_conv("conv1", c.in_channels, ch[0], 11, 4, c.conv1_padding, 1)  # (N, 96, 55, 55) at 227
+        add_pool_lrn()  # (N, 96, 27, 27)
+        add_conv("conv2", ch[0], ch[1], 5, 1, 2, c.groups)  # (N, 256, 27, 27)
+        add_pool_lrn()  # (N, 256, 13, 13)
+        add_conv("conv3", ch[1], ch[2], 3, 1, 1, 1)  # the paper's conv3 sees both GPUs' maps
+        add_conv("conv4", ch[2], ch[3], 3, 1, 1, c.groups)
+        add_conv("conv5", ch[3], ch[4], 3, 1, 1, c.groups)  # (N, 256, 13, 13)
+        feats.append(nn.MaxPool2d(c.pool_kernel, c.pool_stride))  # (N, 256, 6, 6)
+        self.features = nn.Sequential(*feats)
+        self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if c.adaptive_pool else nn.Identity()
+
+        cls: list[nn.Module] = []
+        drop = (lambda: [nn.Dropout(c.dropout)]) if c.dropout > 0 else (lambda: [])
+        for name, fin in (("fc6", ch[4] * 6 * 6), ("fc7", c.fc_features)):
+            if c.dropout_before_fc:
+                cls.extend(drop())
+            self._layer_index[name] = ("classifier", len(cls))
+            cls.extend([nn.Linear(fin, c.fc_features), nn.ReLU(inplace=True)])
+            if not c.dropout_before_fc:
+                cls.extend(drop())
+        self._layer_index["fc8"] = ("classifier", len(cls))
+        cls.append(nn.Linear(c.fc_features, c.num_classes))
+        self.classifier = nn.Sequential(*cls)
+        init_weights(self, c.init)
+
+    # --- paper names -------------------------------------------------------------------------------------------
+    def layer(self, name: str) -> nn.Module:
+        """The module of a paper layer name (conv1..conv5, fc6..fc8)."""
+        if name not in self._layer_index:
+            raise KeyError(f"unknown layer {name!r}; expected one of {', '.join(LAYER_NAMES)}")
+        seq, idx = self._layer_index[name]
+        return getattr(self, seq)[idx]
+
+    def layer_prefix(self, name: str) -> str:
+        """The state-dict prefix of a paper layer, e.g. ``features.0`` for conv1."""
+        self.layer(name)
+        seq, idx = self._layer_index[name]
+        return f"{seq}.{idx}"
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        return {name: self.layer(name) for name in LAYER_NAMES}
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled conv5 features, flattened: (N, 9216)."""
+        x = self.avgpool(self.features(x))
+        if x.shape[-2:] != (6, 6):
+            raise ValueError(
+                f"conv5 output is {tuple(x.shape[-2:])}, expected (6, 6): this architecture needs "
+                f"{self.config.input_size}x{self.config.input_size} inputs, got {tuple(x.shape[-2:])} maps"
+            )
+        return torch.flatten(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+def _make_layer_property(name: str) -> property:
+    return property(lambda self: self.layer(name), doc=f"The paper's {name}.")
+
+
+for _name in LAYER_NAMES:
+    setattr(AlexNet, _name, _make_layer_property(_name))
+
+
+def init_weights(model: AlexNet, scheme: str = "paper") -> None:
+    """Initialise in place.
+
+    ``paper`` (section 5): every weight N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, 0 elsewhere.
+    ``caffe`` (bvlc_alexnet train_val.prototxt): the same, but fc6/fc7 weights N(0, 0.005) and biases 0.1.
+    ``torchvision``: PyTorch's default (Kaiming-uniform) init, as torchvision's AlexNet uses.
+    """
+    if scheme == "torchvision":
+        for m in model.named_layers().values():
+            m.reset_parameters()
+        return
+    if scheme not in ("paper", "caffe"):
+        raise ValueError(f"unknown init scheme {scheme!r}")
+    for name, m in model.named_layers().items():
+        init_layer(m, name, scheme)
+
+
+def init_layer(m: nn.Module, name: str, scheme: str = "paper") -> None:
+    """Initialise one paper layer with ``scheme`` (see `init_weights`)."""
+    if scheme == "torchvision":
+        m.reset_parameters()
+        return
+    std = 0.005 if scheme == "caffe" and name in ("fc6", "fc7") else 0.01
+    bias = (1.0 if scheme == "paper" else 0.1) if name in _POSITIVE_BIAS_LAYERS else 0.0
+    with torch.no_grad():
+        nn.init.normal_(m.weight, 0.0, std)
+        nn.init.constant_(m.bias, bias)
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures."""
+    return sorted(_ARCHS)
+
+
+def get_config(arch: str = "alexnet2012", **overrides: Any) -> AlexNetConfig:
+    """The registered config of ``arch`` with ``overrides`` applied."""
+    if arch not in _ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(list_models())}")
+    cfg = _ARCHS[arch]()
+    if overrides:
+        cfg = AlexNetConfig.from_dict({**cfg.to_dict(), **overrides})
+    return cfg
+
+
+def create_model(arch: str = "alexnet2012", num_classes: int = 1000, **config_overrides: Any) -> AlexNet:
+    """Build a registered architecture; any `AlexNetConfig` field can be overridden by keyword."""
+    return AlexNet(get_config(arch, num_classes=num_classes, **config_overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: AlexNet, input_size: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers), by shape arithmetic."""
+    size = input_size or model.config.input_size
+    macs = 0
+    hooks = []
+
+    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        macs += out.shape[1] * out.shape[2] * out.shape[3] * k
+
+    def fc_hook(m: nn.Linear, _inp: Any, _out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += m.in_features * m.out_features
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(fc_hook))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.in_channels, size, size))
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

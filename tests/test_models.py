@@ -1,0 +1,100 @@
+import pytest
+import torch
+import torchvision
+
+import alexnet
+from alexnet.models import LAYER_NAMES, AlexNetConfig, count_parameters
+
+PARAMS = {"alexnet2012": 60_965_224, "caffenet": 60_965_224, "alexnet_owt": 61_100_840}
+
+
+@pytest.mark.parametrize("arch", alexnet.list_models())
+def test_parameter_count_and_output_shape(arch):
+    model = alexnet.create_model(arch).eval()
+    assert count_parameters(model) == PARAMS[arch]
+    s = model.config.input_size
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, s, s)).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("arch", alexnet.list_models())
+def test_paper_layer_names(arch):
+    model = alexnet.create_model(arch, num_classes=7)
+    assert set(model.named_layers()) == set(LAYER_NAMES)
+    assert model.fc8.out_features == 7
+    assert model.conv1 is model.features[0]
+    # properties do not duplicate parameters in the state dict
+    assert not any(k.startswith("conv1") for k in model.state_dict())
+
+
+def test_alexnet2012_layout():
+    m = alexnet.create_model("alexnet2012")
+    assert m.conv2.groups == 2 and m.conv4.groups == 2 and m.conv5.groups == 2 and m.conv3.groups == 1
+    kinds = [type(x).__name__ for x in m.features]
+    assert kinds[:4] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert [type(x).__name__ for x in alexnet.create_model("caffenet").features][:4] == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "LocalResponseNorm",
+    ]
+
+
+def test_owt_keys_are_torchvisions():
+    assert set(torchvision.models.alexnet().state_dict()) == set(alexnet.create_model("alexnet_owt").state_dict())
+
+
+def test_torchvision_equivalence():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().eval()
+    ours = alexnet.create_model("alexnet_owt").eval()
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert (tv(x) - ours(x)).abs().max().item() <= 1e-5
+
+
+SWITCHES = [
+    {"lrn": False},
+    {"lrn_before_pool": False},
+    {"groups": 1},
+    {"pool_kernel": 2, "pool_stride": 2, "adaptive_pool": True},
+    {"dropout": 0.0},
+    {"dropout_before_fc": True},
+    {"init": "caffe"},
+    {"init": "torchvision"},
+    {"lrn_k": 1.0, "lrn_size": 3},
+]
+
+
+@pytest.mark.parametrize("overrides", SWITCHES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_every_switch_builds_and_runs(overrides):
+    m = alexnet.create_model("alexnet2012", num_classes=5, **overrides)
+    m.train()
+    out = m(torch.randn(2, 3, 227, 227))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+def test_paper_init():
+    m = alexnet.create_model("alexnet2012", init="paper")
+    for name, layer in m.named_layers().items():
+        expect = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == expect), name
+        assert abs(layer.weight.std().item() - 0.01) < 0.002, name
+    c = alexnet.create_model("alexnet2012", init="caffe")
+    assert abs(c.fc6.weight.std().item() - 0.005) < 0.001 and torch.all(c.fc6.bias == 0.1)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="groups"):
+        AlexNetConfig(groups=3)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        alexnet.create_model("vgg16")
+    with pytest.raises(ValueError, match="num_classes"):
+        alexnet.create_model(num_classes=0)
+
+
+def test_wrong_input_size_is_clear():
+    m = alexnet.create_model("alexnet2012").eval()
+    with pytest.raises(ValueError, match="227x227"):
+        m(torch.randn(1, 3, 224, 224))
