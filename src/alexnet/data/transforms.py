@@ -1,7 +1,8 @@
-"""Transforms of the paper's input pipeline (section 2 and 4.1), built on torchvision.transforms.v2.
+"""Transforms of the paper's input pipeline (sections 2 and 4.1), built on torchvision.transforms.v2.
 
 Images arrive as RGB uint8 tensors (3, H, W) from `alexnet.data.decode`. Geometry (resize, crop, flip) runs on
-uint8; the float work (scale, mean subtraction, PCA lighting) is `Normalize`-like and can run batched on the device.
+uint8 in the loader workers, which keeps the tensors sent to the device four times smaller than float; the float
+work (value scale, PCA lighting, mean subtraction) runs batched on the training device (`BatchTransform`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,105 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-__all__ = ["Normalizer", "eval_geometry", "train_geometry", "eval_transform", "train_transform", "ten_crop"]
+__all__ = [
+    "IMAGENET_EIGVALS",
+    "IMAGENET_EIGVECS",
+    "BatchTransform",
+    "Normalizer",
+    "PCALighting",
+    "ResizeCenterCrop",
+    "TenCrop",
+    "eval_geometry",
+    "eval_transform",
+    "resize_center_crop",
+    "ten_crop",
+    "train_geometry",
+    "train_transform",
+]
+
+# The ImageNet RGB eigen-pairs everyone uses when they have not computed their own (fb.resnet.torch's
+# datasets/imagenet.lua, copied by most AlexNet reproductions): pixels in 0..1, eigenvectors as COLUMNS.
+IMAGENET_EIGVALS = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVECS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 
 
+# --- geometry (uint8 in, uint8 out) ------------------------------------------------------------------------------
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's fixed-size image (section 2): short side to ``size``, then the central ``size`` x ``size``
+    square. The square is cut from the source before resampling (same pixels, less work); an image that is
+    already ``size`` x ``size`` (a prepared set) comes back untouched. uint8 (3, H, W) -> uint8 (3, size, size)."""
+    h, w = img.shape[-2:]
+    if h == size and w == size:
+        return img
+    s = min(h, w)
+    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    square = img[..., top : top + s, left : left + s]
+    if s == size:
+        return square.contiguous()
+    return F.resize(square, [size, size], antialias=True)
+
+
+class ResizeCenterCrop(nn.Module):
+    """`resize_center_crop` as a module. ``min_size`` tells the decoder how small a JPEG may be decoded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = self.min_size = int(size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return resize_center_crop(img, self.size)
+
+
+class TenCrop(nn.Module):
+    """The paper's test-time patches (section 4.1): the four corner and the central ``input_size`` patches of
+    the ``resize_size`` image, then the same five mirrored. uint8 (3, H, W) -> uint8 (10, 3, S, S), in
+    torchvision's ``ten_crop`` order: tl, tr, bl, br, centre, then their mirrors."""
+
+    def __init__(self, resize_size: int, input_size: int) -> None:
+        super().__init__()
+        self.resize_size = self.min_size = int(resize_size)
+        self.input_size = int(input_size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        img = resize_center_crop(img, self.resize_size)
+        return torch.stack(list(F.ten_crop(img, [self.input_size, self.input_size])))
+
+
+class _Geometry(v2.Compose):
+    """A v2.Compose that tells the dataset the smallest short side it needs (for DCT-domain JPEG decoding)."""
+
+    def __init__(self, transforms: Sequence[nn.Module], min_size: int) -> None:
+        super().__init__(list(transforms))
+        self.min_size = int(min_size)
+
+
+def eval_geometry(resize_size: int, input_size: int) -> v2.Compose:
+    """Short side to ``resize_size``, centre crop ``input_size`` (uint8 in, uint8 out): torchvision's eval
+    preset, so pretrained weights see what they were measured with."""
+    return _Geometry([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)], resize_size)
+
+
+def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.Compose:
+    """The paper's training patches (section 4.1): the central ``resize_size`` square (short side resized), a
+    random ``input_size`` patch of it, mirrored with probability 1/2. uint8 (3, H, W) -> uint8 (3, S, S)."""
+    ops: list[nn.Module] = [ResizeCenterCrop(resize_size), v2.RandomCrop(input_size)]
+    if flip:
+        ops.append(v2.RandomHorizontalFlip())
+    return _Geometry(ops, resize_size)
+
+
+def ten_crop(img: torch.Tensor, resize_size: int, input_size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (10, 3, input_size, input_size); see `TenCrop`."""
+    return TenCrop(resize_size, input_size)(img)
+
+
+# --- float work (any device, one image or a batch) ---------------------------------------------------------------
 class Normalizer(nn.Module):
     """uint8 (..., 3, H, W) -> float: ``(x / 255 * value_scale - mean) / std``. Works on one image or a batch."""
 
@@ -29,36 +125,114 @@ class Normalizer(nn.Module):
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
-def eval_geometry(resize_size: int, input_size: int) -> v2.Compose:
-    """Short side to ``resize_size``, centre crop ``input_size`` (uint8 in, uint8 out)."""
-    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])
+class PCALighting(nn.Module):
+    """The paper's colour augmentation (section 4.1): add ``eigvecs @ (alpha * eigvals)`` to every pixel of an
+    image, alpha ~ N(0, sigma^2) per component, drawn once per image per call.
+
+    The shifts of one image have covariance ``V diag(sigma^2 lambda^2) V^T``. ``eigvals``/``eigvecs`` (columns)
+    describe pixels in 0..1; the shift is multiplied by ``value_scale`` to match the images it is added to.
+    Without eigen-pairs of your own (``alexnet stats``) the ImageNet constants of fb.resnet.torch are used:
+    eigvals (0.2175, 0.0188, 0.0045), eigvecs [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203]].
+    """
+
+    def __init__(
+        self,
+        sigma: float = 0.1,
+        eigvals: Sequence[float] | torch.Tensor | None = None,
+        eigvecs: Sequence[Sequence[float]] | torch.Tensor | None = None,
+        value_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+        vals = torch.as_tensor(IMAGENET_EIGVALS if eigvals is None else eigvals, dtype=torch.float32).reshape(3)
+        vecs = torch.as_tensor(IMAGENET_EIGVECS if eigvecs is None else eigvecs, dtype=torch.float32).reshape(3, 3)
+        self.register_buffer("eigvals", vals * float(value_scale), persistent=False)
+        self.register_buffer("eigvecs", vecs, persistent=False)
+
+    def shifts(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """(n, 3) colour shifts, one per image."""
+        alpha = torch.randn(n, 3, device=device) * self.sigma
+        return (alpha * self.eigvals.to(alpha.device)) @ self.eigvecs.to(alpha.device).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float (3, H, W), (N, 3, H, W) or (N, K, 3, H, W) -> the same plus one shift per image."""
+        if self.sigma <= 0:
+            return x
+        batch = x.shape[:-3]
+        n = int(torch.tensor(batch).prod()) if batch else 1
+        shift = self.shifts(n, x.device).to(x.dtype).view(*batch, 3, 1, 1)
+        return x + shift
 
 
-def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.Compose:
-    """Short side to ``resize_size``, centre crop resize_size (the paper's 256x256 image), random ``input_size``
-    crop and horizontal flip (section 4.1)."""
-    ops: list[nn.Module] = [
-        v2.Resize(resize_size, antialias=True),
-        v2.CenterCrop(resize_size),
-        v2.RandomCrop(input_size),
-    ]
-    if flip:
-        ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops)
+class BatchTransform(nn.Module):
+    """uint8 images -> the model's float input, batched on the device: value scale, PCA lighting (train), then
+    mean subtraction and division by std.
+
+    Mean: per channel (``mean``, value_scale units), or the training set's per-pixel mean image (section 2 of the
+    paper; ``mean_image`` (3, R, R) in 0..1). Patches no longer know where they were cut, so a (N, 3, S, S) batch
+    has the central S x S of the mean image subtracted (the mean image is smooth); a ten-crop batch (N, 10, 3, S, S)
+    gets the exact region (and mirror) of each of its patches.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        value_scale: float = 1.0,
+        *,
+        lighting: float = 0.0,
+        eigvals: Sequence[float] | torch.Tensor | None = None,
+        eigvecs: Sequence[Sequence[float]] | torch.Tensor | None = None,
+        mean_image: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.value_scale = float(value_scale)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.lighting = PCALighting(lighting, eigvals, eigvecs, value_scale) if lighting > 0 else None
+        if mean_image is not None:
+            mean_image = torch.as_tensor(mean_image, dtype=torch.float32)
+            if mean_image.ndim != 3 or mean_image.shape[0] != 3 or mean_image.shape[1] != mean_image.shape[2]:
+                raise ValueError(f"mean_image must be (3, R, R), got {tuple(mean_image.shape)}")
+            mean_image = mean_image * self.value_scale
+        self.register_buffer("mean_image", mean_image, persistent=False)
+
+    def _mean_for(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean_image is None:
+            return self.mean
+        s = x.shape[-1]
+        m = self.mean_image
+        r = m.shape[-1]
+        if s > r:
+            raise ValueError(f"patches of {s} pixels are larger than the {r}-pixel mean image")
+        if x.ndim == 5 and x.shape[1] == 10:  # ten-crop: tl, tr, bl, br, centre, then their mirrors
+            return torch.stack(list(F.ten_crop(m, [s, s])))  # the same regions as `TenCrop`: (10, 3, S, S)
+        return F.center_crop(m, [s, s])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, S, S), (N, 3, S, S) or (N, 10, 3, S, S) -> float32 of the same shape."""
+        x = x.float() * (self.value_scale / 255.0)
+        if self.lighting is not None and self.training:
+            x = self.lighting(x)
+        return (x - self._mean_for(x).to(x.device)) / self.std.to(x.device)
 
 
-def eval_transform(resize_size: int, input_size: int, mean, std, value_scale: float = 1.0) -> v2.Compose:
-    return v2.Compose([eval_geometry(resize_size, input_size), Normalizer(mean, std, value_scale)])
+def eval_transform(
+    resize_size: int, input_size: int, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0
+) -> v2.Compose:
+    """uint8 (3, H, W) -> float (3, S, S): `eval_geometry` then `Normalizer`."""
+    return _Geometry([eval_geometry(resize_size, input_size), Normalizer(mean, std, value_scale)], resize_size)
 
 
-def train_transform(resize_size: int, input_size: int, mean, std, value_scale: float = 1.0, flip: bool = True):
-    return v2.Compose([train_geometry(resize_size, input_size, flip), Normalizer(mean, std, value_scale)])
-
-
-def ten_crop(img: torch.Tensor, resize_size: int, input_size: int) -> torch.Tensor:
-    """The paper's 10 test patches (section 4.1): 4 corners + centre of the resized image and their mirrors.
-    uint8 (3, H, W) -> uint8 (10, 3, input_size, input_size)."""
-    img = v2.functional.resize(img, resize_size, antialias=True)
-    img = v2.functional.center_crop(img, resize_size)
-    crops = v2.functional.ten_crop(img, input_size)
-    return torch.stack(list(crops))
+def train_transform(
+    resize_size: int,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    value_scale: float = 1.0,
+    flip: bool = True,
+) -> v2.Compose:
+    """uint8 (3, H, W) -> float (3, S, S): `train_geometry` then `Normalizer` (per image; no lighting)."""
+    geometry = train_geometry(resize_size, input_size, flip)
+    return _Geometry([geometry, Normalizer(mean, std, value_scale)], resize_size)

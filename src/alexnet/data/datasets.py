@@ -1,0 +1,559 @@
+"""Data sets: an image folder, a list file, Fashion-MNIST, and prepared sets written by `alexnet prepare`.
+
+Every data set yields ``(transform(uint8 (3, H, W) RGB image), int label)``, or ``None`` for a bad image when
+``on_bad_image == "skip"`` (`make_loader` drops it and reports its name), and has ``classes``, ``targets`` and
+``names`` (a path or an id per sample). Knows nothing of models.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import AlexnetError
+from .decode import BadImageError, decode_image
+
+__all__ = [
+    "DataError",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_INSTALL",
+    "FashionMNISTDataset",
+    "ImageListDataset",
+    "PreparedDataset",
+    "find_fashion_mnist",
+    "make_loader",
+    "open_dataset",
+    "read_idx",
+    "read_list_file",
+    "scan_image_folder",
+    "stratified_split",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+PREPARED_MANIFEST = "prepared.json"
+Transform = Callable[[torch.Tensor], Any]
+
+
+class DataError(AlexnetError, ValueError):
+    """A data set that cannot be read as asked (bad list line, no classes, missing files); one line, names it."""
+
+
+def _check_policy(on_bad_image: str) -> None:
+    if on_bad_image not in ("skip", "fail"):
+        raise DataError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
+
+
+# --- images on disk -----------------------------------------------------------------------------------------------
+class ImageListDataset(Dataset):
+    """Images named by path with integer labels; decoded on access (`alexnet.data.decode.decode_image`)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        targets: Sequence[int],
+        classes: Sequence[str],
+        *,
+        transform: Transform | None = None,
+        on_bad_image: str = "skip",
+        min_size: int | None = None,
+    ) -> None:
+        _check_policy(on_bad_image)
+        if len(paths) != len(targets):
+            raise ValueError("paths and targets differ in length")
+        self.names = [str(p) for p in paths]
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        # The decoder may decode JPEGs at reduced scale as long as the short side stays >= min_size.
+        self.min_size = min_size if min_size is not None else getattr(transform, "min_size", None)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int) -> torch.Tensor:
+        """The decoded uint8 (3, H, W) image of sample ``i``; raises `BadImageError`."""
+        return decode_image(self.names[i], min_size=self.min_size)
+
+    def __getitem__(self, i: int) -> tuple[Any, int] | None:
+        try:
+            img = self.load(i)
+        except BadImageError:
+            if self.on_bad_image == "fail":
+                raise
+            return None
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """torchvision's ImageFolder convention: one sub-folder per class (sorted names), image files under it,
+    found recursively, in sorted order so that a seed means the same split on every machine."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
+    paths: list[Path] = []
+    targets: list[int] = []
+    for k, c in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    paths.append(Path(dirpath) / f)
+                    targets.append(k)
+    if not paths:
+        raise DataError(f"{root}: no images found in {len(classes)} class folders")
+    return paths, targets, classes
+
+
+def read_list_file(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """The tutorial's list file: ``relative/path.jpg label`` per line (paths relative to the list file, labels
+    integers from 0; blank lines and ``#`` comments ignored). A path may contain spaces: the label is the last field.
+    Missing images are not checked here: they are reported by name when read."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such list file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read list file ({e})") from None
+    paths: list[Path] = []
+    targets: list[int] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise DataError(f"{path}:{n}: expected 'path label', got {line!r}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise DataError(f"{path}:{n}: label {parts[1]!r} is not an integer") from None
+        if label < 0:
+            raise DataError(f"{path}:{n}: label {label} is negative")
+        p = Path(parts[0])
+        paths.append(p if p.is_absolute() else path.parent / p)
+        targets.append(label)
+    if not paths:
+        raise DataError(f"{path}: no samples in list file")
+    return paths, targets, [str(i) for i in range(max(targets) + 1)]
+
+
+def stratified_split(targets: Sequence[int], val_split: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices (train, val): from each class, round(val_split * n) samples (at least 1 when the class has 2 or
+    more) go to val, chosen by a seeded shuffle, so every class is represented and a seed is reproducible."""
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f"val_split must be in [0, 1), got {val_split}")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    rng = random.Random(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for c in sorted(by_class):
+        idx = by_class[c][:]
+        rng.shuffle(idx)
+        k = round(val_split * len(idx))
+        if val_split > 0 and k == 0 and len(idx) >= 2:
+            k = 1
+        val.extend(idx[:k])
+        train.extend(idx[k:])
+    return sorted(train), sorted(val)
+
+
+class _Subset(Dataset):
+    """A view of some samples of a data set that keeps ``classes``, ``targets`` and ``names``."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, list(indices)
+        self.classes = base.classes
+        self.targets = [base.targets[i] for i in self.indices]
+        self.names = [base.names[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[self.indices[i]]
+
+    def __getattr__(self, name: str) -> Any:  # transform, on_bad_image, ... of the base
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("transform", "on_bad_image", "min_size"):
+            setattr(self.base, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+# --- Fashion-MNIST ------------------------------------------------------------------------------------------------
+def read_idx(path: str | Path) -> np.ndarray:
+    """An idx file (LeCun's MNIST format, raw or .gz) as a uint8 array: (N,) labels or (N, H, W) images."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read idx file ({e})") from None
+    if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an idx file of unsigned bytes")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(data) < header:
+        raise DataError(f"{path}: truncated idx header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    count = int(np.prod(shape))
+    if len(data) - header != count:
+        raise DataError(f"{path}: holds {len(data) - header} bytes of data, its header says {count}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _fashion_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_candidates(data_dir: str | Path | None) -> list[Path]:
+    dirs: list[Path] = []
+    if data_dir is not None:
+        d = Path(data_dir)
+        dirs += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist"]
+    else:
+        env = os.environ.get("ALEXNET_FASHION_MNIST")
+        if env:
+            dirs.append(Path(env))
+        dirs.append(FASHION_MNIST_SYSTEM_DIR)
+        # torchvision.datasets.FashionMNIST(root) keeps its files in root/FashionMNIST/raw.
+        for root in (Path("data"), Path.home() / ".cache" / "torchvision", Path.home() / ".cache" / "alexnet"):
+            dirs.append(root / "FashionMNIST" / "raw")
+    return dirs
+
+
+def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
+    """The folder holding Fashion-MNIST's four idx files (raw or .gz), or None. Looks in ``data_dir`` (and its
+    ``FashionMNIST/raw``) when given, else in $ALEXNET_FASHION_MNIST, /usr/share/datasets/fashion-mnist (Debian's
+    ``dataset-fashion-mnist``), and torchvision's usual roots (./data, ~/.cache/torchvision, ~/.cache/alexnet)."""
+    for d in _fashion_candidates(data_dir):
+        if all(_fashion_file(d, stem) for pair in _FASHION_FILES.values() for stem in pair):
+            return d
+    return None
+
+
+def _fashion_missing(data_dir: str | Path | None) -> DataError:
+    where = ", ".join(str(d) for d in _fashion_candidates(data_dir)[:3])
+    return DataError(f"Fashion-MNIST not found (looked in {where}, ...); install it with: {FASHION_MNIST_INSTALL}")
+
+
+class FashionMNISTDataset(Dataset):
+    """Fashion-MNIST (Xiao et al., 2017) from its idx files: 28x28 grayscale repeated to 3 channels, so that the
+    same RGB pipeline and models apply. ``split``: "train" (60,000) or "test"/"val" (10,000)."""
+
+    def __init__(self, folder: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
+        folder = Path(folder)
+        key = "test" if split in ("test", "val") else split
+        if key not in _FASHION_FILES:
+            raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
+        files = [_fashion_file(folder, stem) for stem in _FASHION_FILES[key]]
+        if any(f is None for f in files):
+            raise DataError(f"{folder}: no Fashion-MNIST {key} files; install them with: {FASHION_MNIST_INSTALL}")
+        images, labels = read_idx(files[0]), read_idx(files[1])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{files[0]}: {images.shape} images do not match {labels.shape} labels in {files[1]}")
+        if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{files[1]}: label {int(labels.max())} out of range")
+        self.images = images
+        self.targets = labels.astype(np.int64).tolist()
+        self.classes = list(FASHION_MNIST_CLASSES)
+        self.names = [f"fashion-mnist/{key}/{i}" for i in range(len(labels))]
+        self.transform = transform
+        self.on_bad_image = "skip"
+        self.min_size = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[i])).unsqueeze(0).expand(3, -1, -1).contiguous()
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = self.load(i)
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
+def _download_fashion_mnist(data_dir: str | Path | None) -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "alexnet"
+    try:
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types
+        msg = f"Fashion-MNIST download into {root} failed ({e}); or install it with: {FASHION_MNIST_INSTALL}"
+        raise DataError(msg) from None
+    return root / "FashionMNIST" / "raw"
+
+
+# --- prepared sets ------------------------------------------------------------------------------------------------
+class PreparedDataset(Dataset):
+    """A split of a set written by `alexnet.data.prepare.prepare`: uint8 (n, 3, S, S) ``.npy`` shards, read
+    through memory maps (opened lazily, once per worker process), so an epoch decodes no JPEG."""
+
+    def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
+        self.root = Path(root)
+        manifest = _read_manifest(self.root)
+        splits = manifest.get("splits", {})
+        if split not in splits:
+            raise DataError(f"{self.root}: prepared set has splits {sorted(splits)}, not {split!r}")
+        self.classes = list(manifest["classes"])
+        self.size = int(manifest["size"])
+        self.shards: list[str] = []
+        self.targets: list[int] = []
+        self.names: list[str] = []
+        self.skipped: list[str] = []
+        starts = []
+        for shard in splits[split]["shards"]:
+            meta = json.loads((self.root / shard["meta"]).read_text(encoding="utf-8"))
+            starts.append(len(self.targets))
+            self.shards.append(shard["images"])
+            self.targets += [int(t) for t in meta["targets"]]
+            self.names += list(meta["names"])
+            self.skipped += list(meta.get("skipped", []))
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+        self.transform = transform
+        self.on_bad_image = "skip"
+        self.min_size = self.size
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = {}  # memory maps are reopened in each worker
+        return state
+
+    def load(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self.targets):
+            raise IndexError(i)
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        arr = self._maps.get(k)
+        if arr is None:
+            path = self.root / self.shards[k]
+            try:
+                arr = self._maps[k] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path}: cannot read prepared shard ({e})") from None
+        return torch.from_numpy(np.array(arr[i - int(self._starts[k])]))
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = self.load(i)
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / PREPARED_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        msg = f"{root}: not a prepared set (no {PREPARED_MANIFEST}; if prepare was interrupted, run it again)"
+        raise DataError(msg) from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("format") != "alexnet-prepared":
+        raise DataError(f"{path}: not an alexnet prepared-set manifest")
+    return manifest
+
+
+# --- dispatch -----------------------------------------------------------------------------------------------------
+def open_dataset(
+    source: str | Path,
+    *,
+    split: str = "train",
+    val_split: float = 0.0,
+    seed: int = 0,
+    transform: Transform | None = None,
+    on_bad_image: str = "skip",
+    min_size: int | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+) -> Dataset:
+    """Open ``source`` as a data set (see the module docstring for the item format).
+
+    ``source``: ``"fashion-mnist"`` (found by `find_fashion_mnist` in ``data_dir`` or the usual places, downloaded
+    through torchvision only when ``download``), a folder of Fashion-MNIST idx files, a prepared set (has
+    ``prepared.json``), a folder with ``train/`` and ``val/`` class folders, a plain class-folder tree, or a list
+    file. ``split``: "train", "val" (or "test"), or "all". Without a ``val/`` folder, ``val_split`` > 0 holds out a
+    seeded, stratified share of the samples as "val". ``min_size``: see `ImageListDataset`.
+    """
+    _check_policy(on_bad_image)
+    opts: dict[str, Any] = {"transform": transform, "on_bad_image": on_bad_image, "min_size": min_size}
+    if split not in ("train", "val", "test", "all"):
+        raise DataError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
+    text = str(source)
+    if text.lower().replace("_", "-") in ("fashion-mnist", "fashionmnist"):
+        folder = find_fashion_mnist(data_dir)
+        if folder is None:
+            if not download:
+                raise _fashion_missing(data_dir)
+            folder = _download_fashion_mnist(data_dir)
+        return _fashion_split(folder, split, val_split, seed, transform)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file():
+        paths, targets, classes = read_list_file(path)
+        base = ImageListDataset(paths, targets, classes, **opts)
+        return _split(base, split, val_split, seed, path)
+    if (path / PREPARED_MANIFEST).is_file():
+        splits = _read_manifest(path).get("splits", {})
+        if split in ("val", "test") and "val" in splits:
+            return PreparedDataset(path, "val", transform=transform)
+        return _split(PreparedDataset(path, "train", transform=transform), split, val_split, seed, path)
+    if _fashion_file(path, _FASHION_FILES["train"][0]) or _fashion_file(path, _FASHION_FILES["test"][0]):
+        return _fashion_split(path, split, val_split, seed, transform)
+    val_dir = next((path / d for d in ("val", "validation") if (path / d).is_dir()), None)
+    if (path / "train").is_dir() and val_dir is not None:
+        if split == "all":
+            raise DataError(f"{path}: has train/ and val/ folders; pick split 'train' or 'val'")
+        folder = path / "train" if split == "train" else val_dir
+        paths, targets, classes = scan_image_folder(folder)
+        if split != "train":
+            train_classes = scan_image_folder(path / "train")[2]
+            if classes != train_classes:
+                raise DataError(f"{folder}: class folders differ from {path / 'train'}")
+        return ImageListDataset(paths, targets, classes, **opts)
+    paths, targets, classes = scan_image_folder(path)
+    base = ImageListDataset(paths, targets, classes, **opts)
+    return _split(base, split, val_split, seed, path)
+
+
+def _fashion_split(folder: Path, split: str, val_split: float, seed: int, transform: Transform | None) -> Dataset:
+    if split in ("val", "test"):
+        return FashionMNISTDataset(folder, "test", transform=transform)
+    return _split(FashionMNISTDataset(folder, "train", transform=transform), split, 0.0, seed, folder)
+
+
+def _split(base: Dataset, split: str, val_split: float, seed: int, where: Path) -> Dataset:
+    if split == "all" or (split == "train" and val_split <= 0):
+        return base
+    if val_split <= 0:
+        raise DataError(f"{where}: no val/ folder; pass a val_split (e.g. --val-split 0.1) to hold out samples")
+    train, val = stratified_split(base.targets, val_split, seed)
+    return _Subset(base, train if split == "train" else val)
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+class _Indexed(Dataset):
+    """Wraps a data set so that each item carries its index (to name bad samples) and bad-image failures
+    travel to the main process as data, where they are raised with their one-line message."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            return i, self.ds[i], None
+        except BadImageError as e:
+            return i, None, str(e)
+
+
+class _Collate:
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+
+    def __call__(self, batch: list[tuple[int, Any, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        for _, _, err in batch:
+            if err is not None:
+                return _Failure(err)  # type: ignore[return-value]
+        good = [s for _, s, _ in batch if s is not None]
+        bad = [self.names[i] for i, s, _ in batch if s is None]
+        if not good:
+            return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
+        images = torch.stack([torch.as_tensor(x) for x, _ in good])
+        labels = torch.tensor([int(y) for _, y in good], dtype=torch.int64)
+        return images, labels, bad
+
+
+class _Failure:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _Loader(DataLoader):
+    def __iter__(self):  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, _Failure):
+                raise BadImageError(batch.message)
+            yield batch
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    ds: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    workers: int = 0,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+    seed: int = 0,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader whose batches are ``(images, labels, bad)``: ``images`` the stacked uint8 (or transformed)
+    tensors, ``labels`` int64, ``bad`` the names of the samples dropped from this batch as bad images (a batch may
+    hold fewer than ``batch_size`` samples, or none). With ``on_bad_image == "fail"`` the first bad image raises
+    `BadImageError` in the calling process. Shuffling and the workers' random transforms follow ``seed``."""
+    names = getattr(ds, "names", None) or [str(i) for i in range(len(ds))]
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return _Loader(
+        _Indexed(ds),
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_Collate(names),
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+    )

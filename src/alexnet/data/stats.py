@@ -1,0 +1,181 @@
+"""Training-set statistics for the paper's preprocessing (sections 2 and 4.1): per-channel mean and std, the
+per-pixel mean image that the paper subtracts, and the RGB covariance whose eigen-pairs drive PCA lighting.
+
+One streaming pass (DataLoader workers, a progress bar) over the images at the paper's fixed size (short side to
+``size``, central square); sums are kept in float64, so the result does not depend on batch size or order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import AlexnetError
+from .datasets import make_loader, open_dataset
+from .fileio import atomic_write, atomic_write_text
+from .transforms import ResizeCenterCrop
+
+__all__ = ["Stats", "StatsError", "compute_stats", "load_stats", "save_stats"]
+
+
+class StatsError(AlexnetError, ValueError):
+    """A statistics file that cannot be read, or a data set without usable images."""
+
+
+@dataclass
+class Stats:
+    """Statistics of a training set, pixels in 0..1 (multiply by 255 for the 0..255 scale; eigenvalues and the
+    covariance by 255^2)."""
+
+    mean: tuple[float, float, float]  # per channel, RGB
+    std: tuple[float, float, float]  # per channel (population std over all pixels)
+    eigvals: tuple[float, float, float]  # eigenvalues of `cov`, largest first
+    eigvecs: list[list[float]]  # (3, 3), eigenvectors as COLUMNS, matching `eigvals`
+    cov: list[list[float]]  # (3, 3) RGB covariance over all pixels
+    num_images: int = 0
+    size: int = 256  # side of the images the mean image was computed at
+    mean_image: np.ndarray | None = field(default=None, repr=False)  # float32 (3, size, size), 0..1
+    skipped: list[str] = field(default_factory=list, repr=False)  # bad images left out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "eigvals": list(self.eigvals),
+            "eigvecs": [list(r) for r in self.eigvecs],
+            "cov": [list(r) for r in self.cov],
+            "num_images": self.num_images,
+            "size": self.size,
+            "scale": "0..1",
+            "skipped": list(self.skipped),
+        }
+
+
+def compute_stats(
+    source: str | Path | Dataset,
+    *,
+    size: int = 256,
+    split: str = "train",
+    val_split: float = 0.0,
+    seed: int = 0,
+    workers: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_bad_image: str = "skip",
+    data_dir: str | Path | None = None,
+) -> Stats:
+    """Statistics of ``source``: a data set path (opened with `open_dataset`, the training split by default) or a
+    Dataset that yields uint8 (3, size, size) images. Bad images are skipped and listed in ``skipped``."""
+    if isinstance(source, Dataset):
+        ds = source
+    else:
+        ds = open_dataset(
+            source,
+            split=split,
+            val_split=val_split,
+            seed=seed,
+            transform=ResizeCenterCrop(size),
+            on_bad_image=on_bad_image,
+            data_dir=data_dir,
+        )
+    loader = make_loader(ds, batch_size=batch_size, workers=workers, pin_memory=False)
+    sum_image = torch.zeros(3, size, size, dtype=torch.float64)
+    sum_outer = torch.zeros(3, 3, dtype=torch.float64)
+    count = 0
+    skipped: list[str] = []
+    batches: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="stats", unit="batch", leave=False)
+    for images, _, bad in batches:
+        skipped += bad
+        if images.numel() == 0:
+            continue
+        if images.shape[1:] != (3, size, size):
+            raise StatsError(f"expected uint8 (3, {size}, {size}) images, got {tuple(images.shape[1:])}")
+        x = images.to(torch.float64)  # (N, 3, S, S), 0..255: integer sums are exact in float64
+        sum_image += x.sum(0)
+        flat = x.transpose(0, 1).reshape(3, -1)  # (3, N*S*S)
+        sum_outer += flat @ flat.T
+        count += images.shape[0]
+    if count == 0:
+        raise StatsError(f"{source}: no readable images ({len(skipped)} skipped)")
+    pixels = count * size * size
+    mean_image = sum_image / count / 255.0  # (3, S, S)
+    mean = sum_image.sum((1, 2)) / pixels / 255.0  # (3,)
+    cov = sum_outer / pixels / 255.0**2 - torch.outer(mean, mean)
+    cov = (cov + cov.T) / 2
+    vals, vecs = torch.linalg.eigh(cov)  # ascending
+    vals, vecs = vals.flip(0), vecs.flip(1)
+    vecs = vecs * torch.where(vecs.sum(0) < 0, -1.0, 1.0)  # a fixed sign per eigenvector, for stable files
+    return Stats(
+        mean=tuple(mean.tolist()),
+        std=tuple(cov.diagonal().clamp_min(0).sqrt().tolist()),
+        eigvals=tuple(vals.clamp_min(0).tolist()),
+        eigvecs=vecs.tolist(),
+        cov=cov.tolist(),
+        num_images=count,
+        size=size,
+        mean_image=mean_image.to(torch.float32).numpy(),
+        skipped=skipped,
+    )
+
+
+def _mean_image_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".mean_image.npy")
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(f, array)
+
+
+def save_stats(stats: Stats, path: str | Path) -> Path:
+    """Write ``stats`` as JSON at ``path`` and the mean image beside it as ``<stem>.mean_image.npy`` (atomically)."""
+    path = Path(path)
+    d = stats.to_dict()
+    if stats.mean_image is not None:
+        img_path = _mean_image_path(path)
+        atomic_write(img_path, lambda tmp: _save_npy(tmp, np.asarray(stats.mean_image, np.float32)))
+        d["mean_image"] = img_path.name
+    atomic_write_text(path, json.dumps(d, indent=2) + "\n")
+    return path
+
+
+def load_stats(path: str | Path) -> Stats:
+    """Read a file written by `save_stats` (``alexnet stats``); the mean image is loaded when present."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        stats = Stats(
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            eigvals=tuple(float(v) for v in d["eigvals"]),
+            eigvecs=[[float(v) for v in r] for r in d["eigvecs"]],
+            cov=[[float(v) for v in r] for r in d.get("cov", [[0.0] * 3] * 3)],
+            num_images=int(d.get("num_images", 0)),
+            size=int(d.get("size", 256)),
+            skipped=list(d.get("skipped", [])),
+        )
+    except FileNotFoundError:
+        raise StatsError(f"{path}: no such statistics file (make one with: alexnet stats DATA --out {path})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StatsError(f"{path}: not a statistics file ({type(e).__name__}: {e})") from None
+    if len(stats.mean) != 3 or len(stats.eigvals) != 3 or np.asarray(stats.eigvecs).shape != (3, 3):
+        raise StatsError(f"{path}: mean, eigvals and eigvecs must describe 3 channels")
+    if d.get("mean_image"):
+        img_path = path.parent / d["mean_image"]
+        try:
+            stats.mean_image = np.load(img_path).astype(np.float32)
+        except (OSError, ValueError) as e:
+            raise StatsError(f"{img_path}: cannot read the mean image ({e})") from None
+        if stats.mean_image.shape != (3, stats.size, stats.size):
+            raise StatsError(f"{img_path}: mean image has shape {stats.mean_image.shape}, expected (3, S, S)")
+    return stats
