@@ -69,6 +69,57 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- serve --------------------------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: a JSON API and a web page",
+        formatter_class=_Formatter,
+        description="Serve a model: the page at http://HOST:PORT/, POST /v1/predict (multipart field 'image'), "
+        "GET /v1/model, /healthz, /openapi.json. Needs the [serve] extra: pip install 'alexnet[serve]'.",
+    )
+    p.add_argument("--weights", required=True, help="weights: .safetensors, .pth/.pt, .npy or 'torchvision'")
+    p.add_argument("--arch", default=None, help="architecture when the weights file does not say")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .npy weights")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; another than loopback only when asked")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-bytes", type=_positive_int, default=20_000_000, help="largest request body in bytes")
+    p.add_argument("--max-images", type=_positive_int, default=16, help="most images in one request")
+    p.add_argument("--max-pixels", type=_positive_int, default=50_000_000, help="most decoded pixels per image")
+    p.add_argument("--max-batch", type=_positive_int, default=64, help="most rows in one forward pass")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
+
+    if not 0 <= args.port <= 65535:
+        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
+    if args.batch_window_ms < 0:
+        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    options = ServeOptions(
+        max_bytes=args.max_bytes,
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        device=args.device,
+    )
+    serve(
+        args.weights,
+        host=args.host,
+        port=args.port,
+        arch=args.arch,
+        allow_pickle=args.allow_pickle,
+        options=options,
+        log_level=args.log_level,
+    )
+    return EXIT_OK
+
+
 # --- parser -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -80,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     # One line per command group; each _add_* function lives in its own section above.
     _add_models(sub)
+    _add_serve(sub)
     return parser
 
 
