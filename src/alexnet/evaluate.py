@@ -8,10 +8,13 @@ samples (`eval_sampler`, no padding, nothing dropped) and the counts are all-red
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -19,20 +22,96 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["EvalResult", "topk_correct", "evaluate", "eval_sampler", "ShardSampler"]
+from .errors import AlexnetError
+
+if TYPE_CHECKING:
+    from .weights import Preprocessing
+
+__all__ = [
+    "EvaluationError",
+    "EvalResult",
+    "SamplePredictions",
+    "topk_correct",
+    "evaluate",
+    "evaluate_dataset",
+    "open_eval_dataset",
+    "read_eval_json",
+    "eval_sampler",
+    "ShardSampler",
+    "batches_with_refs",
+    "check_classes",
+    "format_table",
+    "write_json",
+]
+
+
+class EvaluationError(AlexnetError, ValueError):
+    """Weights and data that cannot be evaluated together, or an unreadable evaluation file; one-line message."""
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
-    """Number of samples whose target is among the ``k`` highest scores, for each k.
+    """Number of samples whose target is among the ``k`` highest scores, for each k (the paper's top-1/top-5).
 
-    A k larger than the number of classes counts every sample as correct (the target is always among all
-    classes). Ties are broken by `torch.topk`'s order, i.e. an arbitrary but deterministic choice.
+    A sample's rank is the number of classes scored strictly higher than its target, plus the number scored
+    equally with a lower class index: ties go to the lower index, the same rule as ``argmax`` (and so as the
+    confusion matrix), independent of the device's sort. A k at least the number of classes counts every
+    sample as correct (the target is always among all classes). NaN scores rank last.
     """
-    n_classes = logits.shape[-1]
-    kmax = min(max(ks), n_classes)
-    pred = logits.topk(kmax, dim=-1).indices  # (N, kmax)
-    hit = pred.eq(targets.view(-1, 1))  # (N, kmax)
-    return [int(hit[:, : min(k, n_classes)].any(dim=1).sum()) for k in ks]
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (N, C) and targets (N,), got {tuple(logits.shape)}, {tuple(targets.shape)}")
+    scores = logits.float().nan_to_num(nan=-math.inf)
+    targets = targets.view(-1, 1).long()
+    own = scores.gather(1, targets)  # (N, 1)
+    classes = torch.arange(scores.shape[1], device=scores.device).view(1, -1)
+    rank = (scores > own).sum(dim=1) + ((scores == own) & (classes < targets)).sum(dim=1)  # (N,)
+    return [int((rank < k).sum()) for k in ks]
+
+
+@dataclass
+class SamplePredictions:
+    """What the model said about every evaluated sample: enough to list the most confidently misclassified
+    images in a report (the pictures the paper's Figure 4 left column invites one to look at)."""
+
+    labels: torch.Tensor  # (N,) int64 true classes
+    predicted: torch.Tensor  # (N,) int64 argmax classes
+    confidence: torch.Tensor  # (N,) float32 probability of the predicted class (softmax, 10-crop averaged)
+    true_prob: torch.Tensor  # (N,) float32 probability of the true class
+    indices: list[int]  # data set index per sample (-1 where unknown)
+    names: list[str]  # path or id per sample ("" where unknown)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def misclassified(self, n: int | None = None) -> list[int]:
+        """Positions of wrong predictions, the most confident first (ties: data set order)."""
+        wrong = (self.predicted != self.labels).nonzero().flatten()
+        order = torch.sort(self.confidence[wrong], descending=True, stable=True).indices
+        pos = wrong[order].tolist()
+        return pos if n is None else pos[:n]
+
+    @staticmethod
+    def concat(parts: Sequence[SamplePredictions]) -> SamplePredictions:
+        """Join per-rank shares and restore data set order where the indices are known."""
+        p = SamplePredictions(
+            labels=torch.cat([x.labels for x in parts]) if parts else torch.zeros(0, dtype=torch.int64),
+            predicted=torch.cat([x.predicted for x in parts]) if parts else torch.zeros(0, dtype=torch.int64),
+            confidence=torch.cat([x.confidence for x in parts]) if parts else torch.zeros(0),
+            true_prob=torch.cat([x.true_prob for x in parts]) if parts else torch.zeros(0),
+            indices=[i for x in parts for i in x.indices],
+            names=[nm for x in parts for nm in x.names],
+        )
+        if len(parts) > 1 and all(i >= 0 for i in p.indices):
+            order = sorted(range(len(p)), key=p.indices.__getitem__)
+            t = torch.tensor(order, dtype=torch.int64)
+            p = SamplePredictions(
+                p.labels[t],
+                p.predicted[t],
+                p.confidence[t],
+                p.true_prob[t],
+                [p.indices[i] for i in order],
+                [p.names[i] for i in order],
+            )
+        return p
 
 
 @dataclass
@@ -44,6 +123,12 @@ class EvalResult:
     acc1: float
     acc5: float
     confusion: torch.Tensor  # (C, C) int64, rows = true class, columns = predicted class
+    predictions: SamplePredictions | None = None  # per sample, when evaluate(collect=True)
+    skipped: list[str] = field(default_factory=list)  # bad images the loader dropped (never counted)
+    class_names: list[str] | None = None  # index -> name, when known
+    ten_crop: bool = False  # True: softmax averaged over the paper's 10 patches (section 4.1)
+    data: dict[str, Any] | None = None  # how to reopen the data set (source, split, ...) for pictures
+    rank: int = 0  # the process that made this result (under torchrun only rank 0 writes files)
 
     @property
     def top1_error(self) -> float:
@@ -59,21 +144,42 @@ class EvalResult:
         diag = self.confusion.diagonal()
         return [float(d) / float(t) if t > 0 else math.nan for d, t in zip(diag.tolist(), totals.tolist())]
 
-    def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    def to_dict(self, class_names: Sequence[str] | None = None, *, top_misclassified: int = 32) -> dict[str, Any]:
+        """JSON-ready summary; ``misclassified`` lists the ``top_misclassified`` most confident errors."""
         c = self.confusion.shape[0]
+        if class_names is None:
+            class_names = self.class_names
         names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
         per_class = self.per_class_accuracy()
-        return {
+        d: dict[str, Any] = {
             "num_samples": self.num_samples,
-            "loss": self.loss,
+            "loss": None if math.isnan(self.loss) else self.loss,
             "top1_accuracy": self.acc1,
             "top5_accuracy": self.acc5,
             "top1_error": self.top1_error,
             "top5_error": self.top5_error,
+            "ten_crop": self.ten_crop,
             "classes": names,
             "per_class_accuracy": {n: (None if math.isnan(a) else a) for n, a in zip(names, per_class)},
             "confusion_matrix": self.confusion.tolist(),
+            "skipped": list(self.skipped),
         }
+        if self.data is not None:
+            d["data"] = self.data
+        if self.predictions is not None:
+            p = self.predictions
+            d["misclassified"] = [
+                {
+                    "index": p.indices[i],
+                    "name": p.names[i],
+                    "label": names[int(p.labels[i])],
+                    "predicted": names[int(p.predicted[i])],
+                    "confidence": float(p.confidence[i]),
+                    "true_class_probability": float(p.true_prob[i]),
+                }
+                for i in p.misclassified(top_misclassified)
+            ]
+        return d
 
 
 class ShardSampler(Sampler[int]):
@@ -85,7 +191,7 @@ class ShardSampler(Sampler[int]):
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.length, self.rank, self.world_size = length, rank, world_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.length, self.world_size))
 
     def __len__(self) -> int:
@@ -102,6 +208,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Yield ``(images, labels, bad, refs)``: the loader's batches plus ``refs``, one ``(index, name)`` per kept
+    sample.
+
+    The indices come from the loader's (deterministic, unshuffled) batch sampler; the samples the loader dropped
+    as bad are recognised by name. Where that does not add up, refs are ``(-1, "")``: counts stay exact, only
+    the pictures of a report lose their source.
+    """
+    chunks = iter(loader.batch_sampler) if getattr(loader, "batch_sampler", None) is not None else None
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        bad = list(batch[2]) if len(batch) > 2 else []
+        idx = list(next(chunks, [])) if chunks is not None else []
+        if bad:
+            bad_set = {str(b) for b in bad}
+            idx = [i for i in idx if str(names[i]) not in bad_set]
+        known = len(idx) == len(labels)
+        refs = [(int(i), str(names[i])) for i in idx] if known else [(-1, "")] * len(labels)
+        yield images, labels, bad, refs
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -114,12 +241,16 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
+    collect: bool = False,
 ) -> EvalResult:
     """Top-1/top-5 accuracy, mean cross-entropy and the confusion matrix of ``model`` over ``loader``.
 
-    ``loader`` yields ``(images, labels)`` or ``(images, labels, bad_names)``. A 5-D batch (N, 10, 3, S, S) is
-    10-crop testing: the softmax is averaged over the crops, as the paper does, and the loss is the NLL of that
-    average. ``batch_transform`` (uint8 -> normalised float) runs on ``device``.
+    ``loader`` yields ``(images, labels)``, ``(images, labels, bad_names)`` or, from `batches_with_refs`,
+    ``(images, labels, bad_names, refs)``. A 5-D batch (N, 10, 3, S, S) is 10-crop testing: the softmax is
+    averaged over the crops, as the paper does (section 4.1), and the loss is the NLL of that average.
+    ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``collect`` keeps every sample's
+    prediction and confidence (`SamplePredictions`). Under torch.distributed (``distributed=True``) the counts,
+    the skipped names and the predictions are gathered from every rank.
     """
     device = torch.device(device)
     was_training = model.training
@@ -129,6 +260,8 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     # totals: [samples, top1, top5, loss sum] in float64 so that large sums stay exact
     totals = torch.zeros(4, dtype=torch.float64, device=device)
+    skipped: list[str] = []
+    kept: dict[str, list[Any]] = {k: [] for k in ("labels", "predicted", "confidence", "true_prob", "refs")}
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
@@ -140,10 +273,12 @@ def evaluate(
     try:
         for batch in it:
             images, labels = batch[0], batch[1]
+            if len(batch) > 2 and batch[2]:
+                skipped.extend(str(b) for b in batch[2])
             if len(labels) == 0:
                 continue
             images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            labels = torch.as_tensor(labels).to(device, non_blocking=True)
             crops = images.ndim == 5
             if crops:
                 n, k = images.shape[:2]
@@ -155,6 +290,10 @@ def evaluate(
             with autocast:
                 logits = model(images)
             logits = logits.float()
+            if logits.shape[-1] != num_classes:
+                raise EvaluationError(f"the model gives {logits.shape[-1]} scores, expected {num_classes} classes")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                raise EvaluationError(f"labels out of range [0, {num_classes}): {int(labels.max())}")
             if crops:
                 probs = F.softmax(logits, dim=-1).view(n, k, -1).mean(dim=1)  # (N, C)
                 scores = probs
@@ -168,11 +307,35 @@ def evaluate(
             confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).view(
                 num_classes, num_classes
             )
+            if collect:
+                probs = scores if crops else F.softmax(logits, dim=-1)
+                kept["labels"].append(labels.cpu())
+                kept["predicted"].append(pred.cpu())
+                kept["confidence"].append(probs.gather(1, pred.view(-1, 1)).flatten().cpu())
+                kept["true_prob"].append(probs.gather(1, labels.view(-1, 1)).flatten().cpu())
+                refs = batch[3] if len(batch) > 3 and batch[3] is not None else [(-1, "")] * len(labels)
+                kept["refs"].extend(refs)
     finally:
         model.train(was_training)
+    predictions = None
+    if collect:
+        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        predictions = SamplePredictions(
+            labels=cat(kept["labels"], torch.int64),
+            predicted=cat(kept["predicted"], torch.int64),
+            confidence=cat(kept["confidence"], torch.float32),
+            true_prob=cat(kept["true_prob"], torch.float32),
+            indices=[int(r[0]) for r in kept["refs"]],
+            names=[str(r[1]) for r in kept["refs"]],
+        )
     if distributed and dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
         dist.all_reduce(confusion)
+        shares: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, (skipped, predictions))
+        skipped = [b for s in shares for b in s[0]]
+        if collect:
+            predictions = SamplePredictions.concat([s[1] for s in shares])
     n = int(totals[0].item())
     return EvalResult(
         num_samples=n,
@@ -180,4 +343,241 @@ def evaluate(
         acc1=float(totals[1] / n) if n else math.nan,
         acc5=float(totals[2] / n) if n else math.nan,
         confusion=confusion.cpu(),
+        predictions=predictions,
+        skipped=skipped,
     )
+
+
+# --- a whole data set, from the command line or torchrun --------------------------------------------------------------
+def check_classes(
+    num_classes: int, weight_classes: Sequence[str] | None, data_classes: Sequence[str], source: str = "data set"
+) -> None:
+    """Raise `EvaluationError` unless the weights' classes are the data set's, in the same order: a label index
+    means nothing if the two disagree (and an fc8 of another size cannot be scored at all)."""
+    data_classes = [str(c) for c in data_classes]
+    if num_classes != len(data_classes):
+        raise EvaluationError(
+            f"the weights have {num_classes} classes, {source} has {len(data_classes)} "
+            f"({_preview(data_classes)}); evaluate weights trained on this data set, or fine-tune them first"
+        )
+    if weight_classes is None:
+        return
+    weight_classes = [str(c) for c in weight_classes]
+    if weight_classes != data_classes:
+        diff = next(i for i, (a, b) in enumerate(zip(weight_classes, data_classes)) if a != b)
+        how = "in another order" if sorted(weight_classes) == sorted(data_classes) else "different"
+        raise EvaluationError(
+            f"the weights' class names are {how} than {source}'s (class {diff}: {weight_classes[diff]!r} vs "
+            f"{data_classes[diff]!r}); pass --ignore-class-names if the order is known to match"
+        )
+
+
+def _preview(names: Sequence[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def _resolve_device(device: torch.device | str | None, local_rank: int = 0) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def _init_distributed(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call created the process group). Under torchrun (WORLD_SIZE > 1)
+    the group is started from the environment: NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _resolve_device(device, local_rank)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dev, False
+    if world <= 1:
+        return 0, 1, dev, False
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev, True
+
+
+def evaluate_dataset(
+    weights: str | Path | nn.Module,
+    data: str | Path | Any,
+    *,
+    preprocessing: Preprocessing | None = None,
+    ten_crop: bool = False,
+    split: str | None = None,
+    val_split: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: torch.device | str | None = None,
+    allow_pickle: bool = False,
+    check_class_names: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    collect: bool = True,
+    progress: bool = False,
+    on_bad_image: str = "skip",
+) -> EvalResult:
+    """Evaluate weights on a data set the way the paper reports it (section 6): top-1 and top-5 error of the
+    centre crop, or of the softmax averaged over the 10 patches (``ten_crop``, section 4.1).
+
+    ``weights``: a source for `alexnet.load_model` or a model (then ``preprocessing`` is required). ``data``: a
+    source for `alexnet.data.datasets.open_dataset`, or a dataset already built (``classes``, ``names``, and a
+    transform giving the geometry's uint8 output). The data set is read with the weights' own preprocessing
+    (`Preprocessing.geometry` on the loader, `Preprocessing.batch_transform` on ``device``). Under torchrun the
+    process group is started from the environment and every rank evaluates a disjoint share (`eval_sampler`);
+    every rank gets the same, complete result.
+    """
+    from .weights import load_model
+
+    rank, world, dev, created = _init_distributed(device)
+    try:
+        if isinstance(weights, nn.Module):
+            if preprocessing is None:
+                raise EvaluationError("evaluate_dataset: a model needs its Preprocessing")
+            model, pre = weights, preprocessing
+        else:
+            model, pre = load_model(weights, allow_pickle=allow_pickle)
+            preprocessing = preprocessing or pre
+            pre = preprocessing
+        net = _unwrap(model)
+        num_classes = int(net.config.num_classes)
+        data_info: dict[str, Any] | None = None
+        if isinstance(data, (str, Path)):
+            ds, data_info = open_eval_dataset(
+                data, pre.geometry(False, ten_crop=ten_crop), split, val_split, seed, on_bad_image
+            )
+            label = str(data)
+        else:
+            ds, label = data, "the data set"
+        classes = list(getattr(ds, "classes", []) or [])
+        if not classes:
+            raise EvaluationError(f"{label}: the data set names no classes")
+        check_classes(num_classes, pre.class_names if check_class_names else None, classes, label)
+        if len(ds) == 0:
+            raise EvaluationError(f"{label}: no images to evaluate")
+        from .data.datasets import make_loader
+
+        sampler = eval_sampler(ds, rank, world) if world > 1 else None
+        loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, sampler=sampler)
+        model.to(dev)
+        names = list(getattr(ds, "names", []) or [])
+        batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
+        result = evaluate(
+            model,
+            batches,
+            device=dev,
+            batch_transform=pre.batch_transform(False).to(dev),
+            num_classes=num_classes,
+            distributed=world > 1,
+            amp_dtype=amp_dtype,
+            channels_last=channels_last,
+            progress=progress and rank == 0,
+            collect=collect,
+        )
+    finally:
+        if created:
+            dist.destroy_process_group()
+    result.class_names = classes
+    result.ten_crop = ten_crop
+    result.data = data_info
+    result.rank = rank
+    return result
+
+
+def open_eval_dataset(
+    data: str | Path,
+    transform: Any = None,
+    split: str | None = None,
+    val_split: float = 0.0,
+    seed: int = 0,
+    on_bad_image: str = "skip",
+) -> tuple[Any, dict[str, Any]]:
+    """Open ``data`` for evaluation: ``split`` None means its validation part where it has one (a ``val/``
+    folder, a prepared val split, Fashion-MNIST's test set, or a ``val_split`` share), else all of it (a folder
+    that *is* the validation set). Returns the data set and how to reopen it (``source`` made absolute)."""
+    from .data.datasets import open_dataset
+
+    source = str(Path(data).resolve()) if Path(data).exists() else str(data)
+    opts = {"val_split": val_split, "seed": seed, "transform": transform, "on_bad_image": on_bad_image}
+    if split is not None:
+        chosen = split
+        ds = open_dataset(source, split=split, **opts)
+    else:
+        try:
+            chosen, ds = "val", open_dataset(source, split="val", **opts)
+        except AlexnetError as first:
+            if val_split > 0:
+                raise
+            try:
+                chosen, ds = "all", open_dataset(source, split="all", **opts)
+            except AlexnetError:
+                raise first from None
+    return ds, {"source": source, "split": chosen, "val_split": val_split, "seed": seed}
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON, atomically (temp file, then rename)."""
+    from .weights import atomic_write
+
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def read_eval_json(path: str | Path) -> dict[str, Any]:
+    """An evaluation JSON (`EvalResult.to_dict`), checked for the keys the plots need."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvaluationError(f"{path}: not a readable evaluation JSON ({e})") from None
+    if not isinstance(d, dict) or "confusion_matrix" not in d or "classes" not in d:
+        raise EvaluationError(f"{path}: not an evaluation JSON (no confusion_matrix/classes); see alexnet evaluate")
+    m = d["confusion_matrix"]
+    if not isinstance(m, list) or len(m) != len(d["classes"]) or any(len(r) != len(m) for r in m):
+        raise EvaluationError(f"{path}: confusion_matrix is not {len(d['classes'])} x {len(d['classes'])}")
+    return d
+
+
+def format_table(result: EvalResult | dict[str, Any], *, max_classes: int = 50) -> str:
+    """The result as a plain-text table: the paper's two error rates, the loss, then per-class accuracy and (for
+    a few classes) the confusion matrix, rows = true class."""
+    d = result.to_dict() if isinstance(result, EvalResult) else result
+    crop = "10-crop" if d.get("ten_crop") else "centre crop"
+    loss = d.get("loss")
+    skipped = f", {len(d['skipped'])} bad images skipped" if d.get("skipped") else ""
+    lines = [
+        f"samples      {d['num_samples']:>10,}   ({crop}{skipped})",
+        f"top-1 error  {100 * d['top1_error']:>10.2f} %",
+        f"top-5 error  {100 * d['top5_error']:>10.2f} %",
+        f"loss         {loss:>10.4f}" if loss is not None else "loss                n/a",
+    ]
+    names = list(d["classes"])
+    m = d["confusion_matrix"]
+    if len(names) <= max_classes:
+        w = max(8, *(len(n) for n in names))
+        lines += ["", f"{'class':<{w}}  {'samples':>8}  {'accuracy':>8}"]
+        for n, row in zip(names, m):
+            acc = d["per_class_accuracy"].get(n)
+            lines.append(f"{n:<{w}}  {sum(row):>8}  {'n/a' if acc is None else f'{100 * acc:7.2f}%':>8}")
+    if len(names) <= 12:
+        cw = max(6, *(len(str(v)) + 1 for row in m for v in row))
+        w = max(8, *(len(n) for n in names))
+        lines += ["", "confusion (rows = true class, columns = predicted)"]
+        lines.append(" " * w + "".join(f"{i:>{cw}}" for i in range(len(names))))
+        for i, (n, row) in enumerate(zip(names, m)):
+            lines.append(f"{n:<{w}}" + "".join(f"{v:>{cw}}" for v in row) + f"  [{i}]")
+    return "\n".join(lines)
