@@ -227,6 +227,7 @@ BAD_INPUTS = {
     "zero topk": dict(files={"image": ("a.jpg", image_bytes(0))}, params={"topk": 0}, want=(422, "topk")),
     "bad ten_crop": dict(files={"image": ("a.jpg", image_bytes(0))}, params={"ten_crop": "maybe"}, want=(422,)),
     "64 megapixels": dict(files={"image": ("big.png", _png_header(8000, 8000))}, want=(413, "--max-pixels")),
+    "thin strip": dict(files={"image": ("strip.png", _png_header(1, 100_000))}, want=(413, "strip.png")),
     "pixel bomb": dict(files={"image": ("bomb.png", _png_header(20000, 20000))}, want=(413, "bomb.png")),
     "over max-bytes": dict(files={"image": ("big.jpg", os.urandom(MAX_BYTES + 1000))}, want=(413, "--max-bytes")),
 }

@@ -378,19 +378,26 @@ def prepare_image(upload: _Upload, preprocessing: Preprocessing, *, ten_crop: bo
         sizes = image_size(data, preprocessing.resize_size)
     except Image.DecompressionBombError as e:
         raise ApiError(413, f"{upload.filename}: too many pixels to decode ({e}) (--max-pixels)") from None
-    if sizes is not None:
-        (w, h), (dw, dh) = sizes
-        if dw * dh > max_pixels:
-            raise ApiError(
-                413,
-                f"{upload.filename}: {w}x{h} image needs {dw * dh / 1e6:.1f} megapixels decoded, over the limit of "
-                f"{max_pixels / 1e6:g} (--max-pixels)",
-            )
+    if sizes is not None:  # refuse before decoding when the header tells enough
+        _check_pixels(upload.filename, *sizes[1], preprocessing.resize_size, max_pixels)
     img = decode_image(data, min_size=preprocessing.resize_size, name=upload.filename)  # (3, H, W) uint8
+    _check_pixels(upload.filename, img.shape[2], img.shape[1], preprocessing.resize_size, max_pixels)
     if sizes is None:
         sizes = ((img.shape[2], img.shape[1]), (img.shape[2], img.shape[1]))
     x = preprocessing.ten_crop_transform()(img) if ten_crop else preprocessing.eval_transform()(img).unsqueeze(0)
     return x, sizes[0]
+
+
+def _check_pixels(name: str, width: int, height: int, resize_size: int, max_pixels: int) -> None:
+    """Refuse an image whose decoding, or whose resize to a short side of ``resize_size``, would take more than
+    ``max_pixels``: a 1 x 100000 strip is small to send but huge once its short side is scaled up."""
+    resized = width * height * (resize_size / max(1, min(width, height))) ** 2
+    if width * height > max_pixels or resized > max_pixels:
+        raise ApiError(
+            413,
+            f"{name}: a {width}x{height} image needs {max(width * height, resized) / 1e6:.1f} megapixels to "
+            f"decode and resize, over the limit of {max_pixels / 1e6:g} (--max-pixels)",
+        )
 
 
 class Prediction(BaseModel):
