@@ -427,6 +427,114 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- stats / prepare (data) ---------------------------------------------------------------------------------------
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _default_workers() -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1)
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=_positive_int, default=256, help="side of the square images (short side, crop)")
+    p.add_argument("--workers", type=_nonneg_int, default=_default_workers(), help="decoding processes")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per loader batch")
+    p.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip", help="skip and list bad images, or stop")
+    p.add_argument("--data-dir", default=None, help="folder holding Fashion-MNIST (for source 'fashion-mnist')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="training-set mean (per channel and per pixel), std, RGB covariance and its eigenvectors",
+        description="One pass over the training images at the paper's 256x256: per-channel mean/std, the mean "
+        "image (saved beside OUT as .mean_image.npy), the RGB covariance and its eigen-pairs for PCA lighting.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("source", help="image folder, list file, prepared set, or 'fashion-mnist'")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--split", choices=("train", "val", "all"), default="train", help="which samples to use")
+    p.add_argument("--val-split", type=float, default=0.0, help="share held out as val (no val/ folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val split")
+    _add_data_flags(p)
+    p.set_defaults(func=_cmd_stats)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data.stats import compute_stats, save_stats
+
+    stats = compute_stats(
+        args.source,
+        size=args.size,
+        split=args.split,
+        val_split=args.val_split,
+        seed=args.seed,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        on_bad_image=args.on_bad_image,
+        data_dir=args.data_dir,
+    )
+    path = save_stats(stats, args.out)
+    if args.json:
+        _print_json({**stats.to_dict(), "out": str(path)})
+    else:
+        print(f"{stats.num_images} images ({len(stats.skipped)} skipped) -> {path}")
+        print("mean    " + " ".join(f"{v:.4f}" for v in stats.mean) + "  (RGB, 0..1)")
+        print("std     " + " ".join(f"{v:.4f}" for v in stats.std))
+        print("eigvals " + " ".join(f"{v:.5f}" for v in stats.eigvals))
+    return EXIT_OK
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="decode and resize a data set once (short side 256, centre crop 256) into memory-mappable shards",
+        description="The paper's preprocessing step, done once: every image decoded, short side resized, the "
+        "central square kept, stored as uint8 .npy shards. Resumes when run again after an interruption.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("source", help="image folder (with or without train/ and val/), list file, or 'fashion-mnist'")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--shard-size", type=_positive_int, default=500, help="images per shard file")
+    _add_data_flags(p)
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    manifest = prepare(
+        args.source,
+        args.out,
+        size=args.size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        on_bad_image=args.on_bad_image,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        _print_json(manifest)
+    else:
+        for split, info in manifest["splits"].items():
+            print(f"{split}: {info['count']} images in {len(info['shards'])} shards")
+        print(f"prepared {manifest['size']}x{manifest['size']} -> {args.out}")
+    return EXIT_OK
+
+
 # --- parser -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -438,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     # One line per command group; each _add_* function lives in its own section above.
     _add_models(sub)
+    _add_stats(sub)
+    _add_prepare(sub)
     _add_serve(sub)
     _add_evaluate(sub)
     _add_features(sub)

@@ -84,8 +84,47 @@ class Preprocessing:
 
     def ten_crop_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 (3, H, W) -> float (10, 3, S, S): the paper's 10 test patches, normalised."""
-        norm = self.normalizer()
-        return lambda img: norm(T.ten_crop(img, self.resize_size, self.input_size))
+        geometry, norm = self.geometry(False, ten_crop=True), self.normalizer()
+        return lambda img: norm(geometry(img))
+
+    def geometry(self, train: bool, *, ten_crop: bool = False) -> nn.Module:
+        """The uint8 part of the pipeline, for loader workers: uint8 (3, H, W) -> uint8 (3, S, S), or
+        (10, 3, S, S) with ``ten_crop`` (the paper's test patches, section 4.1). Train: the central
+        resize_size square, a random input_size patch and a random mirror (section 4.1); eval: torchvision's
+        resize and centre crop. Its ``min_size`` lets the decoder shrink JPEGs in the DCT domain."""
+        if ten_crop:
+            return T.TenCrop(self.resize_size, self.input_size)
+        if train:
+            return T.train_geometry(self.resize_size, self.input_size)
+        return T.eval_geometry(self.resize_size, self.input_size)
+
+    def batch_transform(
+        self, train: bool, *, lighting: float = 0.0, stats: Any = None, per_pixel_mean: bool = False
+    ) -> nn.Module:
+        """The float part, batched on the training device: uint8 (N, 3, S, S) or (N, 10, 3, S, S) ->
+        normalised float32, with PCA lighting of strength ``lighting`` (alpha's sigma; the paper's 0.1) when
+        ``train``. ``stats``: an `alexnet.data.stats.Stats` or the path of ``alexnet stats``'s JSON; it supplies
+        the eigen-pairs (else the ImageNet constants, see `alexnet.data.transforms.PCALighting`) and, with
+        ``per_pixel_mean``, the mean image subtracted instead of the per-channel ``mean`` (section 2)."""
+        if stats is not None and not hasattr(stats, "eigvals"):
+            from .data.stats import load_stats
+
+            stats = load_stats(stats)
+        mean_image = None
+        if per_pixel_mean:
+            if stats is None or getattr(stats, "mean_image", None) is None:
+                raise ValueError("per_pixel_mean needs stats with a mean image (alexnet stats writes one)")
+            mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32)
+        module = T.BatchTransform(
+            self.mean,
+            self.std,
+            self.value_scale,
+            lighting=lighting if train else 0.0,
+            eigvals=stats.eigvals if stats is not None else None,
+            eigvecs=stats.eigvecs if stats is not None else None,
+            mean_image=mean_image,
+        )
+        return module.train(train)
 
     # --- serialisation ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
