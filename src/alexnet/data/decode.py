@@ -84,12 +84,14 @@ def _decode_jpeg_fast(im: Image.Image, data: bytes, min_size: int | None) -> tor
     w, h = im.size
     if min_size is not None and min(w, h) >= 2 * min_size:
         return None
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     try:
-        img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        return None  # let Pillow decide and word the error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except (ImportError, RuntimeError):
+        return None  # no torchvision decoder, or a bad file: Pillow decides and words the error
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     return _orient(img, orientation) if orientation not in (1, None) else img
 

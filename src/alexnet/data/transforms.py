@@ -69,8 +69,9 @@ class ResizeCenterCrop(nn.Module):
 
 class TenCrop(nn.Module):
     """The paper's test-time patches (section 4.1): the four corner and the central ``input_size`` patches of
-    the ``resize_size`` image, then the same five mirrored. uint8 (3, H, W) -> uint8 (10, 3, S, S), in
-    torchvision's ``ten_crop`` order: tl, tr, bl, br, centre, then their mirrors."""
+    the ``resize_size`` image, and their mirrors. uint8 (3, H, W) -> uint8 (10, 3, S, S), in torchvision's
+    ``ten_crop`` order: tl, tr, bl, br, centre of the image, then the same five of the mirrored image (its tl is
+    the tr patch mirrored); the set is the paper's, and the order does not matter to an average."""
 
     def __init__(self, resize_size: int, input_size: int) -> None:
         super().__init__()
@@ -211,11 +212,19 @@ class BatchTransform(nn.Module):
         return F.center_crop(m, [s, s])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, S, S), (N, 3, S, S) or (N, 10, 3, S, S) -> float32 of the same shape."""
-        x = x.float() * (self.value_scale / 255.0)
+        """uint8 (3, S, S), (N, 3, S, S) or (N, 10, 3, S, S) -> float32 of the same shape.
+
+        One fused pass: ``x * (value_scale / 255 / std) - (mean - shift) / std``, the lighting shift folded into
+        the per-image offset (the same arithmetic as scale, add shift, subtract mean, divide by std)."""
+        std = self.std.to(x.device)
+        offset = self._mean_for(x).to(x.device)  # (3, 1, 1), (3, S, S) or (10, 3, S, S)
         if self.lighting is not None and self.training:
-            x = self.lighting(x)
-        return (x - self._mean_for(x).to(x.device)) / self.std.to(x.device)
+            batch = x.shape[:-3]
+            n = int(torch.tensor(batch).prod()) if batch else 1
+            shift = self.lighting.shifts(n, x.device).view(*batch, 3, 1, 1)
+            offset = offset - shift
+        y = x.to(torch.float32)
+        return y.mul_(self.value_scale / 255.0 / std).sub_(offset / std)
 
 
 def eval_transform(

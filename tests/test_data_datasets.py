@@ -1,0 +1,189 @@
+"""Data sets (folder, list file, Fashion-MNIST, prepared), the loader's bad-image handling, and stats."""
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.cli import main
+from alexnet.data import datasets as D
+from alexnet.data.decode import BadImageError
+from alexnet.data.prepare import prepare
+from alexnet.data.stats import compute_stats, load_stats, save_stats
+from alexnet.data.transforms import ResizeCenterCrop
+from alexnet.errors import AlexnetError
+
+
+def _write_images(root, per_class=(6, 4), size=(48, 64), bad=()):
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(per_class):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"img{i}.png")
+    for name in bad:
+        (root / name).write_bytes(b"not an image")
+    return root
+
+
+def test_image_folder_and_stratified_reproducible_split(tmp_path):
+    root = _write_images(tmp_path / "data", per_class=(10, 5))
+    ds = D.open_dataset(root)
+    assert ds.classes == ["class0", "class1"] and len(ds) == 15 and ds.targets.count(1) == 5
+    tr = D.open_dataset(root, split="train", val_split=0.2, seed=1)
+    va = D.open_dataset(root, split="val", val_split=0.2, seed=1)
+    assert sorted(va.targets) == [0, 0, 1]  # 20% of each class
+    assert not set(tr.names) & set(va.names) and len(tr) + len(va) == 15
+    assert D.open_dataset(root, split="val", val_split=0.2, seed=1).names == va.names
+    other = [D.open_dataset(root, split="val", val_split=0.2, seed=s).names for s in range(2, 6)]
+    assert any(o != va.names for o in other)
+    img, label = va[0]
+    assert img.shape == (3, 48, 64) and img.dtype == torch.uint8 and label == va.targets[0]
+    with pytest.raises(AlexnetError, match="val_split"):
+        D.open_dataset(root, split="val")
+
+
+def test_train_val_folders(tmp_path):
+    _write_images(tmp_path / "d" / "train")
+    _write_images(tmp_path / "d" / "val", per_class=(1, 2))
+    assert len(D.open_dataset(tmp_path / "d", split="train")) == 10
+    assert D.open_dataset(tmp_path / "d", split="val").targets == [0, 1, 1]
+
+
+def test_list_file_and_errors(tmp_path):
+    _write_images(tmp_path / "imgs")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# comment\nimgs/class0/img0.png 0\n\nimgs/class1/img1.png 1\nimgs/nope.png 1\n")
+    ds = D.open_dataset(lst, transform=ResizeCenterCrop(32))
+    assert ds.targets == [0, 1, 1] and ds[0][0].shape == (3, 32, 32)
+    assert ds[2] is None  # missing image: skipped, named by the loader
+    batches = list(D.make_loader(ds, batch_size=3))
+    assert len(batches) == 1 and batches[0][0].shape == (2, 3, 32, 32) and batches[0][1].tolist() == [0, 1]
+    assert batches[0][2] == [str(tmp_path / "imgs/nope.png")]
+    failing = D.open_dataset(lst, on_bad_image="fail")
+    with pytest.raises(BadImageError, match="nope.png"):
+        list(D.make_loader(failing, batch_size=2))
+    for text, where in [("a.png\n", ":1:"), ("a.png 0\nb.png x\n", ":2:"), ("a.png -1\n", ":1:")]:
+        lst.write_text(text)
+        with pytest.raises(AlexnetError, match=f"list.txt{where}"):
+            D.open_dataset(lst)
+
+
+def test_loader_with_workers_reports_bad_names(tmp_path):
+    root = _write_images(tmp_path / "data", per_class=(3, 3), bad=("class0/broken.png",))
+    ds = D.open_dataset(root, transform=ResizeCenterCrop(16))
+    seen, bad = 0, []
+    for images, labels, b in D.make_loader(ds, batch_size=4, workers=1, shuffle=True, seed=3):
+        seen += len(labels)
+        bad += b
+        assert images.shape[1:] == (3, 16, 16) and labels.dtype == torch.int64
+    assert seen == 6 and len(bad) == 1 and bad[0].endswith("broken.png")
+
+
+def _idx(arr, path, gz):
+    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_idx(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    imgs = rng.integers(0, 256, (7, 28, 28))
+    _idx(imgs, tmp_path / f"train-images-idx3-ubyte{sfx}", gz)
+    _idx(np.arange(7) % 10, tmp_path / f"train-labels-idx1-ubyte{sfx}", gz)
+    _idx(imgs[:3], tmp_path / f"t10k-images-idx3-ubyte{sfx}", gz)
+    _idx(np.array([9, 8, 7]), tmp_path / f"t10k-labels-idx1-ubyte{sfx}", gz)
+    assert D.find_fashion_mnist(tmp_path) == tmp_path
+    ds = D.open_dataset("fashion-mnist", data_dir=tmp_path)
+    assert len(ds) == 7 and ds.classes[9] == "Ankle boot" and ds.targets == list(range(7))
+    img, label = ds[2]
+    assert img.shape == (3, 28, 28) and torch.equal(img[1], torch.from_numpy(imgs[2].astype(np.uint8)))
+    assert D.open_dataset(tmp_path, split="val").targets == [9, 8, 7]
+    (tmp_path / f"t10k-labels-idx1-ubyte{sfx}").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05" if not gz else b"x")
+    with pytest.raises(AlexnetError, match="t10k-labels"):
+        D.open_dataset(tmp_path, split="val")
+
+
+def test_fashion_mnist_missing_message(tmp_path):
+    assert D.find_fashion_mnist(tmp_path) is None
+    with pytest.raises(AlexnetError) as e:
+        D.open_dataset("fashion-mnist", data_dir=tmp_path)
+    assert "sudo apt-get install dataset-fashion-mnist" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stats_equal_numpy(tmp_path):
+    root = _write_images(tmp_path / "data", per_class=(3, 2), size=(40, 50), bad=("class1/bad.jpg",))
+    st = compute_stats(root, size=32, batch_size=2, progress=False)
+    ds = D.open_dataset(root, transform=ResizeCenterCrop(32))
+    x = np.stack([ds[i][0].numpy() for i in range(len(ds)) if ds[i] is not None]).astype(np.float64) / 255
+    assert st.num_images == 5 and len(st.skipped) == 1
+    pix = x.transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(st.mean, pix.mean(1), atol=1e-12)
+    np.testing.assert_allclose(st.std, pix.std(1), atol=1e-10)
+    np.testing.assert_allclose(st.cov, np.cov(pix, bias=True), atol=1e-10)
+    np.testing.assert_allclose(st.mean_image, x.mean(0), atol=1e-6)
+    vals, vecs = np.linalg.eigh(np.cov(pix, bias=True))
+    np.testing.assert_allclose(st.eigvals, vals[::-1], atol=1e-10)
+    v = np.asarray(st.eigvecs)
+    np.testing.assert_allclose(v @ np.diag(st.eigvals) @ v.T, np.cov(pix, bias=True), atol=1e-10)
+    path = save_stats(st, tmp_path / "stats.json")
+    back = load_stats(path)
+    assert back.mean == st.mean and back.eigvecs == st.eigvecs
+    np.testing.assert_array_equal(back.mean_image, st.mean_image)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(AlexnetError, match="broken.json"):
+        load_stats(tmp_path / "broken.json")
+
+
+def test_prepared_set_reads_back_identical_and_resumes(tmp_path, capsys):
+    root = _write_images(tmp_path / "data", per_class=(5, 4), size=(60, 40), bad=("class0/zz_bad.png",))
+    out = tmp_path / "prep"
+    m = prepare(root, out, size=32, shard_size=4, progress=False)
+    assert m["splits"]["train"]["count"] == 10 and len(m["splits"]["train"]["shards"]) == 3
+    src = D.open_dataset(root, transform=ResizeCenterCrop(32))
+    good = [i for i in range(len(src)) if src[i] is not None]
+    prep = D.open_dataset(out)
+    assert len(prep) == 9 and prep.classes == src.classes and len(prep.skipped) == 1
+    for j, i in enumerate(good):
+        assert prep.names[j] == src.names[i]
+        assert torch.equal(prep[j][0], src[i][0]) and prep[j][1] == src[i][1]
+    # an interrupted run: drop the manifest and one shard's metadata, then resume
+    (out / "prepared.json").unlink()
+    (out / "train/00001.json").unlink()
+    before = (out / "train/00000.npy").stat().st_mtime_ns
+    assert (
+        main(
+            [
+                "prepare",
+                str(root),
+                str(out),
+                "--size",
+                "32",
+                "--shard-size",
+                "4",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["splits"]["train"]["count"] == 10
+    assert (out / "train/00000.npy").stat().st_mtime_ns == before
+    again = D.open_dataset(out, transform=ResizeCenterCrop(32))
+    assert all(torch.equal(again[j][0], prep[j][0]) for j in range(len(prep)))
+    assert (
+        main(["stats", str(out), "--out", str(tmp_path / "s.json"), "--size", "32", "--workers", "0", "--no-progress"])
+        == 0
+    )
+    assert load_stats(tmp_path / "s.json").num_images == 9
+    assert main(["stats", str(tmp_path / "nothing"), "--out", str(tmp_path / "t.json"), "--workers", "0"]) == 1
+    assert "nothing" in capsys.readouterr().err
