@@ -1,0 +1,1 @@
+"""Speed checks, each against its baseline measured in the same run: ``python -m benchmarks NAME``."""
