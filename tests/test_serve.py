@@ -359,12 +359,15 @@ def test_cli_defaults_bind_loopback_and_20mb():
     assert serve_mod.ServeOptions().max_bytes == 20_000_000
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, weights, capsys):
     from alexnet.cli import main
 
     assert main(["serve", "--weights", str(tmp_path / "none.safetensors")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such weights file" in err
+    if not torch.cuda.is_available():
+        assert main(["serve", "--weights", str(weights), "--device", "cuda"]) == 1
+        assert "CUDA is not available" in capsys.readouterr().err
     # a taken port is a one-line error too
     with serve_mod.bind("127.0.0.1", 0) as taken:
         port = taken.getsockname()[1]

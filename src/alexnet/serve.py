@@ -479,9 +479,12 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise AlexnetError(f"invalid device {name!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AlexnetError(f"device {name!r} asked for, but CUDA is not available")
+    return device
 
 
 def _error(status: int, message: str) -> JSONResponse:
