@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = {"pipeline": "benchmarks.pipeline"}
+BENCHMARKS = {"pipeline": "benchmarks.pipeline", "model": "benchmarks.model_speed", "gpu": "benchmarks.gpu"}
 
 
 def main() -> None:

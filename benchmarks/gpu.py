@@ -1,0 +1,228 @@
+"""GPU benchmark: every figure of the speed issue in one run of under 5 minutes on one NVIDIA H200.
+
+    bash benchmarks/gpu.sh            # or: PYTHONPATH=src python3 -m benchmarks.gpu
+    PYTHONPATH=src python3 -m benchmarks.gpu --smoke --device cpu   # a seconds-long dry run of the logic
+
+Sections (each prints ours, the baseline where there is one, and the ratio; median of several timed runs):
+1. training img/s on synthetic data: torchvision fp32 eager (baseline) vs ours (bf16 autocast, channels_last,
+   torch.compile, large batch);
+2. inference img/s: the same baseline vs ours (bf16 weights, channels_last, torch.compile);
+3. GPU JPEG decode img/s: ``torchvision.io.decode_jpeg(device="cuda")`` on batches of 500x375 JPEGs;
+4. end-to-end training img/s from JPEG files and from a prepared set (``alexnet prepare``), 16 loader workers.
+Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+import alexnet
+
+RESULTS: dict[str, object] = {}
+
+
+def log(key: str, text: str, value: object) -> None:
+    RESULTS[key] = value
+    print(text, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_rate(step, items: int, device: torch.device, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return items / statistics.median(times)
+
+
+def train_step(model, device, batch, *, amp: torch.dtype | None, channels_last: bool, size: int = 224):
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+    def step() -> None:
+        with ctx():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def infer_step(model, device, batch, *, dtype: torch.dtype, channels_last: bool, size: int = 224):
+    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def ours_model(device: torch.device, compile_: bool, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = alexnet.create_model("alexnet_owt").to(device, memory_format=torch.channels_last)
+    if dtype is not None:
+        m = m.to(dtype)
+    return torch.compile(m) if compile_ else m
+
+
+def make_jpegs(folder: Path, n: int, classes: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    # smooth random images compress like photos rather than like noise
+    base = rng.integers(0, 255, (n, 24, 32, 3), dtype=np.uint8)
+    for i in range(n):
+        d = folder / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(base[i]).resize((500, 375), Image.BICUBIC).save(d / f"{i}.jpg", quality=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script itself (any device)")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: train,infer,decode,e2e")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    skip = set(filter(None, args.skip.split(",")))
+    smoke = args.smoke
+    runs, warm = (2, 1) if smoke else (10, 5)
+    compile_ = not smoke and device.type == "cuda"
+    low = torch.bfloat16
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    else:
+        print(f"# {device}, torch {torch.__version__} (smoke run: figures mean nothing)")
+
+    if "train" not in skip:
+        b_base, b_ours = (4, 8) if smoke else (256, 1024)
+        base = torchvision.models.alexnet().to(device).train()
+        r_base = median_rate(
+            train_step(base, device, b_base, amp=None, channels_last=False), b_base, device, runs, warm
+        )
+        del base
+        ours = ours_model(device, compile_).train()
+        r_ours = median_rate(train_step(ours, device, b_ours, amp=low, channels_last=True), b_ours, device, runs, warm)
+        del ours
+        log(
+            "train_img_s",
+            f"train     baseline fp32 eager b{b_base}: {r_base:10.0f} img/s   ours bf16+cl+compile b{b_ours}: "
+            f"{r_ours:10.0f} img/s   ratio {r_ours / r_base:.2f}x",
+            {"baseline": r_base, "ours": r_ours},
+        )
+
+    if "infer" not in skip:
+        b = 8 if smoke else 2048
+        base = torchvision.models.alexnet().to(device).eval()
+        r_base = median_rate(
+            infer_step(base, device, b, dtype=torch.float32, channels_last=False), b, device, runs, warm
+        )
+        del base
+        ours = ours_model(device, compile_, dtype=low).eval()
+        r_ours = median_rate(infer_step(ours, device, b, dtype=low, channels_last=True), b, device, runs, warm)
+        del ours
+        log(
+            "infer_img_s",
+            f"inference baseline fp32 eager b{b}: {r_base:10.0f} img/s   ours bf16+cl+compile b{b}: "
+            f"{r_ours:10.0f} img/s   ratio {r_ours / r_base:.2f}x",
+            {"baseline": r_base, "ours": r_ours},
+        )
+
+    tmp = Path(tempfile.mkdtemp(prefix="alexnet-gpu-bench-"))
+    n_img = 64 if smoke else 4096
+    make_jpegs(tmp / "jpegs", n_img)
+    files = sorted((tmp / "jpegs").rglob("*.jpg"))
+
+    if "decode" not in skip:
+        datas = [torchvision.io.read_file(str(f)) for f in files]
+        b = 16 if smoke else 256
+        chunks = [datas[i : i + b] for i in range(0, len(datas) - b + 1, b)]
+
+        def decode_all() -> None:
+            for c in chunks:
+                torchvision.io.decode_jpeg(c, device=device)
+
+        r = median_rate(decode_all, len(chunks) * b, device, max(2, runs // 3), 1)
+        log("decode_img_s", f"decode    torchvision.io.decode_jpeg on {device}, batch {b}: {r:10.0f} img/s", r)
+
+    if "e2e" not in skip:
+        from alexnet.data.datasets import make_loader, open_dataset
+
+        pre = alexnet.Preprocessing(input_size=224, resize_size=256)
+        bt = pre.batch_transform(True, lighting=0.1).to(device)
+        b = 8 if smoke else 512
+        workers = 0 if smoke else args.workers
+        model = ours_model(device, compile_).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+        def run_epoch(ds) -> float:
+            loader = make_loader(ds, batch_size=b, shuffle=True, workers=workers, drop_last=True)
+            seen, t0 = 0, None
+            for i, (x, y, _bad) in enumerate(loader):
+                if i == 2:  # the first batches include worker start-up and compilation
+                    sync(device)
+                    t0, seen = time.perf_counter(), 0
+                x = bt(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=low):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+            sync(device)
+            return seen / (time.perf_counter() - t0) if t0 else float("nan")
+
+        ds = open_dataset(str(tmp / "jpegs"), transform=pre.geometry(True))
+        r_jpeg = run_epoch(ds)
+        log("e2e_jpeg_img_s", f"e2e train from JPEG files, {workers} workers, b{b}: {r_jpeg:10.0f} img/s", r_jpeg)
+        from alexnet.data.prepare import prepare
+
+        prepare(str(tmp / "jpegs"), str(tmp / "prepared"), workers=workers, progress=False)
+        ds = open_dataset(str(tmp / "prepared"), transform=pre.geometry(True))
+        r_prep = run_epoch(ds)
+        log(
+            "e2e_prepared_img_s",
+            f"e2e train from a prepared set, {workers} workers, b{b}: {r_prep:10.0f} img/s",
+            r_prep,
+        )
+
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu.json").write_text(json.dumps(RESULTS, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

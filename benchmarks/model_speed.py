@@ -1,0 +1,181 @@
+"""Model speed on CPU (or GPU): one training step and inference, ours vs the torchvision baseline, same run.
+
+Baseline = what a torchvision user writes: ``torchvision.models.alexnet()`` in fp32 eager mode, NCHW.
+Ours = the same architecture (``alexnet_owt``) with the settings ``alexnet train`` / ``alexnet predict`` apply:
+bf16 autocast (training) or bf16 weights cast once (inference), channels_last. Each measurement is the median of
+several timed runs after warm-up; baseline and ours alternate run by run so that load on the machine hits both.
+Peak memory is measured in a fresh subprocess per case (VmHWM, the peak RSS, on CPU: ru_maxrss would
+inherit the parent's across exec; max allocated on CUDA).
+
+    python -m benchmarks.model_speed [--batch 64] [--runs 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+
+import alexnet
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def bf16_ok(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        flags = f.read()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def build(case: str, device: torch.device, train: bool) -> tuple[torch.nn.Module, torch.dtype | None, bool]:
+    """(model, autocast dtype or None, channels_last) for ``case`` in {"baseline", "ours"}."""
+    torch.manual_seed(0)
+    if case == "baseline":
+        return torchvision.models.alexnet().to(device), None, False
+    model = alexnet.create_model("alexnet_owt").to(device, memory_format=torch.channels_last)
+    low = torch.bfloat16 if bf16_ok(device) else (torch.float16 if device.type == "cuda" else None)
+    if not train and low is not None:
+        model = model.to(low)  # inference: weights cast once, no autocast overhead per op
+    return model, low, True
+
+
+def make_step(case: str, device: torch.device, batch: int, train: bool):
+    model, low, cl = build(case, device, train)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if train:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        amp = (lambda: torch.autocast(device.type, dtype=low)) if (low is not None) else contextlib.nullcontext
+
+        def step() -> None:
+            with amp():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    else:
+        model.eval()
+        xin = x.to(low) if (low is not None and case == "ours") else x
+
+        def step() -> None:
+            with torch.inference_mode():
+                model(xin)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def compare(device: torch.device, batch: int, train: bool, runs: int, warmup: int = 2) -> dict[str, float]:
+    steps = {c: make_step(c, device, batch, train) for c in ("baseline", "ours")}
+    for s in steps.values():
+        for _ in range(warmup):
+            s()
+    times: dict[str, list[float]] = {c: [] for c in steps}
+    for _ in range(runs):
+        for c, s in steps.items():  # alternate: baseline, ours, baseline, ours, ...
+            times[c].append(timed(s, device))
+    return {c: batch / statistics.median(t) for c, t in times.items()}
+
+
+def peak_memory(case: str, device: str, batch: int, train: bool) -> float:
+    """Peak memory (MiB) of a few steps of ``case`` in a fresh process."""
+    code = (
+        "import sys, json, torch; sys.path.insert(0, '.');"
+        "from benchmarks.model_speed import make_step;"
+        f"d = torch.device('{device}'); s = make_step('{case}', d, {batch}, {train});"
+        "[s() for _ in range(2)];"
+        "peak = torch.cuda.max_memory_allocated() / 2**20 if d.type == 'cuda' else "
+        "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024;"
+        "print(json.dumps(peak))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def latency(device: torch.device, runs: int) -> dict[str, float]:
+    """Model-only batch-1 latency in ms (median)."""
+    steps = {c: make_step(c, device, 1, False) for c in ("baseline", "ours")}
+    for s in steps.values():
+        for _ in range(3):
+            s()
+    times: dict[str, list[float]] = {c: [] for c in steps}
+    for _ in range(runs * 4):
+        for c, s in steps.items():
+            times[c].append(timed(s, device))
+    return {c: 1000 * statistics.median(t) for c, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"# {machine()}, device {device}, batch {args.batch}, median of {args.runs} runs", flush=True)
+    results: dict[str, dict[str, float]] = {}
+    for name, train in (("train step", True), ("inference", False)):
+        r = compare(device, args.batch, train, args.runs)
+        results[name] = r
+        print(
+            f"{name:<12} baseline {r['baseline']:8.1f} img/s   ours {r['ours']:8.1f} img/s   "
+            f"ratio {r['ours'] / r['baseline']:.2f}x",
+            flush=True,
+        )
+    lat = latency(device, args.runs)
+    results["latency_ms"] = lat
+    print(
+        f"{'batch-1':<12} baseline {lat['baseline']:8.2f} ms      ours {lat['ours']:8.2f} ms      "
+        f"ratio {lat['baseline'] / lat['ours']:.2f}x",
+        flush=True,
+    )
+    if not args.no_memory:
+        for name, train in (("train step", True), ("inference", False)):
+            mem = {c: peak_memory(c, args.device, args.batch, train) for c in ("baseline", "ours")}
+            results[f"{name} peak MiB"] = mem
+            print(f"{name:<12} peak memory baseline {mem['baseline']:.0f} MiB, ours {mem['ours']:.0f} MiB", flush=True)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
