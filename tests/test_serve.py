@@ -384,3 +384,61 @@ def test_without_the_serve_extra_the_error_names_the_extra(monkeypatch, capsys):
     assert main(["serve", "--weights", "w.safetensors"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'alexnet[serve]'" in err and "fastapi" in err, err
+
+
+# --- inference off the event loop ---------------------------------------------------------------------------------
+class _SlowModel(torch.nn.Module):
+    """The tiny model behind a 0.8 s forward pass, counting its calls: a stand-in for a big model on a slow CPU."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(0.8)
+        return self.inner(x)
+
+
+def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, reference):
+    import uvicorn
+
+    inner, pre = alexnet.load_model(weights)
+    model = _SlowModel(inner)
+    app = serve_mod.create_app(model, pre, name="slow", options=serve_mod.ServeOptions(batch_window_ms=50))
+    sock = serve_mod.bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        calls_before = model.calls  # the warm-up pass
+        blobs = [image_bytes(200 + i) for i in range(6)]
+        answers: dict[int, httpx.Response] = {}
+
+        def post(i: int) -> None:
+            answers[i] = httpx.post(f"{url}/v1/predict", files={"image": ("x.jpg", blobs[i])}, timeout=30)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(blobs))]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # the first batch is in its forward pass now
+        t0 = time.perf_counter()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert time.perf_counter() - t0 < 0.3  # the event loop is free while the model runs
+        for t in threads:
+            t.join()
+        for i, b in enumerate(blobs):
+            assert answers[i].status_code == 200, answers[i].text
+            check_predictions(answers[i].json()["predictions"], reference(b), 5)
+        # six concurrent clients, at most two passes (one may start before the others arrive)
+        assert model.calls - calls_before <= 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
