@@ -535,6 +535,151 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- predict / convert / export (weights and inference) ---------------------------------------------------------
+def _add_weights_flags(p: argparse.ArgumentParser, *, default: str | None = "torchvision") -> None:
+    if default is not None:
+        p.add_argument(
+            "--weights",
+            default=default,
+            help="'torchvision' (downloaded once, hash checked) or a .safetensors / .pth / .pt / bvlc .npy file",
+        )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of the weights (alexnet2012, caffenet, alexnet_owt); default: from the file. "
+        "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust)",
+    )
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images: top-k classes with probabilities",
+        description="Classify image files, folders (searched recursively) and globs. Bad files are reported by "
+        "name and the others still classified; the exit code is 1 if any file failed.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    _add_weights_flags(p)
+    p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import expand_inputs, predict_files, resolve_device
+    from .weights import load_model
+
+    device = resolve_device(args.device)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
+    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
+    results = []
+    for r in predict_files(
+        model,
+        pre,
+        files,
+        topk=args.topk,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        expand=False,
+    ):
+        if r.error is not None:
+            print(f"alexnet predict: error: {r.error}", file=sys.stderr)
+        elif not args.json:
+            print(r.file)
+            for s in r.scores or []:
+                print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
+        results.append(r)
+    if args.json:
+        _print_json([r.to_dict() for r in results])
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert weights between formats",
+        description="Read weights in any supported format and write them in the format of DST's suffix: "
+        ".safetensors (ours: weights + arch, config, preprocessing, class names), .npy (the bvlc_alexnet layout "
+        "the tutorial's TensorFlow code loads), .pth/.pt (a plain torch state dict).",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("src", metavar="SRC", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
+    p.add_argument("dst", metavar="DST", help="output file: .safetensors, .npy, .pth or .pt")
+    _add_weights_flags(p, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .weights import WeightsError, export_npy, export_pth, load_model, save_model
+
+    dst = Path(args.dst)
+    suffix = dst.suffix.lower()
+    if suffix not in (".safetensors", ".npy", ".pth", ".pt"):
+        raise WeightsError(f"{dst}: unknown output format {suffix!r}; expected .safetensors, .npy, .pth or .pt")
+    model, pre = load_model(args.src, arch=args.arch, allow_pickle=args.trust_pickle)
+    if suffix == ".safetensors":
+        save_model(model, pre, dst, arch=args.arch)
+    elif suffix == ".npy":
+        export_npy(model, dst, preprocessing=pre)
+    else:
+        export_pth(model, dst)
+    if args.json:
+        _print_json({"src": str(args.src), "dst": str(dst), "format": suffix[1:]})
+    else:
+        print(f"wrote {dst}")
+    return EXIT_OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export weights for other runtimes (ONNX)",
+        description="Export to ONNX with a dynamic batch axis, verified against onnxruntime. The input is the "
+        "normalised (N, 3, S, S) float tensor; the preprocessing and class names are in the model's metadata.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("weights", metavar="WEIGHTS", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    _add_weights_flags(p, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .weights import export_onnx, load_model
+
+    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
+    diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
+    if args.json:
+        _print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
+    else:
+        check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
+        print(f"wrote {args.onnx}{check}")
+    return EXIT_OK
+
+
 # --- parser -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -546,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     # One line per command group; each _add_* function lives in its own section above.
     _add_models(sub)
+    _add_predict(sub)
+    _add_convert(sub)
+    _add_export(sub)
     _add_stats(sub)
     _add_prepare(sub)
     _add_serve(sub)
