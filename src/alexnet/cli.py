@@ -546,7 +546,7 @@ def _add_weights_flags(p: argparse.ArgumentParser, *, default: str | None = "tor
     p.add_argument(
         "--arch",
         default=None,
-        help="architecture of the weights (alexnet2012, caffenet, alexnet_owt); default: from the file. "
+        help="architecture of the weights (alexnet2012, caffenet, alexnet_owt; None: from the file). "
         "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
     )
     p.add_argument(
@@ -569,7 +569,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (None: min(8, CPUs))")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
     p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
     p.set_defaults(func=_cmd_predict)
