@@ -415,6 +415,7 @@ def evaluate_dataset(
     batch_size: int = 64,
     workers: int = 0,
     device: torch.device | str | None = None,
+    arch: str | None = None,
     allow_pickle: bool = False,
     check_class_names: bool = True,
     amp_dtype: torch.dtype | None = None,
@@ -442,7 +443,7 @@ def evaluate_dataset(
                 raise EvaluationError("evaluate_dataset: a model needs its Preprocessing")
             model, pre = weights, preprocessing
         else:
-            model, pre = load_model(weights, allow_pickle=allow_pickle)
+            model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
             preprocessing = preprocessing or pre
             pre = preprocessing
         net = _unwrap(model)

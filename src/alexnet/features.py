@@ -182,6 +182,7 @@ def build_index(
     batch_size: int = 64,
     workers: int = 0,
     device: torch.device | str | None = None,
+    arch: str | None = None,
     allow_pickle: bool = False,
     progress: bool = False,
     on_bad_image: str = "skip",
@@ -196,7 +197,7 @@ def build_index(
 
     _check_layer(layer)
     dev = _resolve_device(device)
-    model, pre = load_model(weights, allow_pickle=allow_pickle)
+    model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
     source = str(Path(data).resolve()) if Path(data).exists() else str(data)
     ds = open_dataset(
         source,
@@ -329,6 +330,7 @@ def neighbors_for_images(
     layer: str | None = None,
     weights: str | Path | None = None,
     device: torch.device | str | None = None,
+    arch: str | None = None,
     allow_pickle: bool = False,
 ) -> tuple[list[torch.Tensor], FeatureIndex, list[list[Neighbor]]]:
     """The paper's Figure 4 as data: for each query image, the ``k`` nearest entries of ``index``.
@@ -348,10 +350,10 @@ def neighbors_for_images(
     source = weights if weights is not None else index.weights
     if not source:
         raise FeatureError("the index does not say which weights made it; pass --weights")
-    model, pre = load_model(source, allow_pickle=allow_pickle)
-    arch = _arch_of(model)
-    if index.arch not in ("custom", arch):
-        raise FeatureError(f"the index was made with {index.arch} weights, {source} are {arch}")
+    model, pre = load_model(source, arch=arch, allow_pickle=allow_pickle)
+    got = _arch_of(model)
+    if index.arch not in ("custom", got):
+        raise FeatureError(f"the index was made with {index.arch} weights, {source} are {got}")
     queries = [decode_image(p) for p in images]
     feats = image_features(model, pre, queries, index.layer, device=_resolve_device(device))
     return queries, index, nearest(index, feats, k, metric=metric)

@@ -122,14 +122,14 @@ def filter_grids(weight: torch.Tensor, groups: int = 1, *, padding: int = 1) -> 
     return [make_grid(p, nrow=cols, padding=padding, normalize=True, scale_each=True, pad_value=1.0) for p in parts]
 
 
-def _load(weights: str | Path | nn.Module, allow_pickle: bool) -> AlexNet:
+def _load(weights: str | Path | nn.Module, allow_pickle: bool, arch: str | None = None) -> AlexNet:
     if isinstance(weights, nn.Module):
         model = getattr(weights, "module", weights)
         model = getattr(model, "_orig_mod", model)
     else:
         from .weights import load_model
 
-        model, _ = load_model(weights, allow_pickle=allow_pickle)
+        model, _ = load_model(weights, arch=arch, allow_pickle=allow_pickle)
     if not isinstance(model, AlexNet):
         raise PlotError("expected an alexnet.AlexNet model")
     return model
@@ -140,10 +140,11 @@ def plot_filters(
     out: str | Path | None = None,
     *,
     size: tuple[int, int] = (1200, 900),
+    arch: str | None = None,
     allow_pickle: bool = False,
 ) -> bytes:
     """conv1's kernels as one picture (the paper's Figure 3); returns the PNG bytes and writes ``out``."""
-    model = _load(weights, allow_pickle)
+    model = _load(weights, allow_pickle, arch)
     w = model.conv1.weight
     groups = int(model.config.groups)
     grids = filter_grids(w, groups)
