@@ -129,10 +129,25 @@ def _eval_weights_flags(p: argparse.ArgumentParser, *, required: bool = True) ->
         help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file (e.g. runs/ft/best.safetensors)",
     )
     p.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of the weights when the file does not say (a bvlc .npy: alexnet2012 or caffenet)",
+    )
+    p.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust)",
     )
+
+
+def _workers(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more processes, got {v}")
+    return v
 
 
 def _data_flags(p: argparse.ArgumentParser, *, split: str | None) -> None:
@@ -147,7 +162,7 @@ def _data_flags(p: argparse.ArgumentParser, *, split: str | None) -> None:
     p.add_argument("--val-split", type=float, default=0.0, help="share held out as 'val' when DATA has no val/")
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-split draw (use the training run's)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (0: in the main process)")
+    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (0: in the main process)")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
@@ -188,6 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        arch=args.arch,
         allow_pickle=args.trust_pickle,
         check_class_names=not args.ignore_class_names,
         progress=args.progress,
@@ -242,6 +258,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        arch=args.arch,
         allow_pickle=args.trust_pickle,
         progress=args.progress,
     )
@@ -286,6 +303,7 @@ def _cmd_neighbors(args: argparse.Namespace) -> int:
         layer=args.layer,
         weights=args.weights,
         device=args.device,
+        arch=args.arch,
         allow_pickle=args.trust_pickle,
     )
     if args.out:
@@ -355,7 +373,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 def _cmd_plot_filters(args: argparse.Namespace) -> int:
     from .plots import plot_filters
 
-    plot_filters(args.weights, args.out, size=args.size, allow_pickle=args.trust_pickle)
+    plot_filters(args.weights, args.out, size=args.size, arch=args.arch, allow_pickle=args.trust_pickle)
     print(f"wrote {args.out}")
     return EXIT_OK
 
