@@ -284,3 +284,13 @@ def test_torchvision_corrupt_cache_file(tmp_path):
     (tmp_path / rec.file_name).write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match="not a readable torch state dict.*delete it"):
         W.load_pretrained(rec, model_dir=tmp_path)
+
+
+@pytest.mark.network
+def test_real_torchvision_download_matches_torchvision():
+    """Needs the internet (or the file in the torch hub cache): the real IMAGENET1K_V1 weights, hash checked."""
+    model, pre = alexnet.load_model("torchvision")
+    tv = __import__("torchvision").models.alexnet(weights="IMAGENET1K_V1").eval()
+    x = pre.eval_transform()(torch.full((3, 300, 400), 128, dtype=torch.uint8))[None]
+    with torch.no_grad():
+        assert torch.equal(model(x), tv(x))
