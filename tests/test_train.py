@@ -1,0 +1,428 @@
+"""Training and fine-tuning (issue 4): the recipe's loop on tiny generated data, resume, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import alexnet
+from alexnet import train
+from alexnet.cli import main as cli_main
+from alexnet.models import CONV_LAYERS, LAYER_NAMES
+from alexnet.weights import default_preprocessing, load_model, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"conv_channels": [16, 32, 32, 32, 32], "fc_features": 64}  # alexnet_owt's layout, a few thousand weights
+TIMING = ("images_per_s", "seconds")
+
+
+def make_folder(root: Path, *, classes: int = 3, per_class: int = 8, size: int = 40, seed: int = 0) -> Path:
+    """Class folders of small PNGs whose colour says the class (learnable in a few epochs)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            a[..., c % 3] += 150
+            if c >= 3:
+                a[: size // 2] = 255 - a[: size // 2]
+            Image.fromarray(a).save(d / f"{i:03d}.png")
+    return root
+
+
+def tiny_config(data: Path, out: Path, **kw) -> train.TrainConfig:
+    base = dict(
+        data=str(data),
+        out=str(out),
+        arch="alexnet_owt",
+        input_size=64,
+        model_options=dict(TINY),
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        progress="none",
+        tensorboard=False,
+        val_split=0.25,
+    )
+    base.update(kw)
+    return train.resolve_config(base)
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("data"))
+
+
+# --- the recipe learns ---------------------------------------------------------------------------------------------
+def test_learns_tiny_dataset_to_100_percent(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4)
+    wide = {"conv_channels": [32, 64, 64, 64, 64], "fc_features": 128}
+    cfg = tiny_config(data, tmp_path / "run", epochs=14, augment=False, dropout=0.0, init="torchvision", lr=0.02,
+                      batch_size=4, val_split=0.0, plateau_patience=100, model_options=wide)  # fmt: skip
+    result = train.main(cfg)
+    rows = read_metrics(tmp_path / "run")
+    assert list(rows[0]) == list(train.METRICS_COLUMNS)
+    assert len(rows) == 14 and result.epochs_done == 14
+    assert float(rows[-1]["train_acc1"]) == 100.0
+    # the saved weights classify every training image (eval mode, the eval transform)
+    model, pre = load_model(tmp_path / "run" / "last.safetensors")
+    assert pre.class_names == ["class0", "class1", "class2"]
+    from alexnet.data.datasets import open_dataset
+
+    ds = open_dataset(data, transform=pre.eval_transform())
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert pred.tolist() == ds.targets
+    saved = train.load_config_file(tmp_path / "run" / "config.json")
+    assert saved["epochs"] == 14 and saved["momentum"] == 0.9 and saved["weight_decay"] == 5e-4
+
+
+def test_paper_recipe_defaults():
+    c = train.TrainConfig()
+    assert (c.batch_size, c.lr, c.momentum, c.weight_decay, c.epochs, c.dropout) == (128, 0.01, 0.9, 5e-4, 90, 0.5)
+    assert (c.schedule, c.lr_factor, c.max_lr_drops, c.init, c.lighting, c.augment) == (
+        "plateau", 0.1, 3, "paper", 0.1, True
+    )  # fmt: skip
+
+
+def test_plateau_drops_at_most_three_times():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01)
+    cfg = train.TrainConfig(plateau_patience=0)
+    sched, per_iter = train._make_scheduler(cfg, opt)
+    assert per_iter is None
+    lrs = []
+    for _ in range(12):
+        sched.step(0.5)  # the validation error never improves
+        lrs.append(opt.param_groups[0]["lr"])
+    drops = sum(b < a for a, b in zip([0.01, *lrs], lrs))
+    assert drops == 3
+    assert math.isclose(lrs[-1], 1e-5, rel_tol=1e-5) and math.isclose(min(lrs), 1e-5, rel_tol=1e-5)
+
+
+def test_caffe_step_schedule(data, tmp_path):
+    # 18 training images, batch 8: 3 iterations per epoch; x0.1 every 3 iterations
+    cfg = tiny_config(data, tmp_path / "run", epochs=3, schedule="step", step_size=3)
+    train.main(cfg)
+    lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run")]
+    assert lrs == pytest.approx([0.01, 0.001, 0.0001])
+
+
+def test_config_precedence_defaults_file_flags(data, tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"lr": 0.05, "epochs": 7, "momentum": 0.5}')
+    args = ["train", str(data), "--config", str(f), "--epochs", "3", "--arch", "alexnet_owt"]
+    from alexnet.cli import build_parser
+
+    ns = build_parser().parse_args(args)
+    flags = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "config", "model_option")}
+    cfg = train.config_from_sources(flags, config_file=ns.config)
+    assert (cfg.lr, cfg.epochs, cfg.momentum, cfg.weight_decay, cfg.arch) == (0.05, 3, 0.5, 5e-4, "alexnet_owt")
+    f.write_text('{"lrr": 0.05}')
+    with pytest.raises(train.TrainError, match="unknown setting.*lrr"):
+        train.config_from_sources(flags, config_file=f)
+
+
+# --- resume and checkpoints ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_resume_equals_uninterrupted(data, tmp_path, workers):
+    """train 4 epochs == train 2, stop, resume to 4: identical weights and metrics (augmentation and dropout on)."""
+    kw = dict(epochs=4, workers=workers, lr=0.02)
+    train.main(tiny_config(data, tmp_path / "full", **kw))
+    train.main(tiny_config(data, tmp_path / "split", **{**kw, "epochs": 2}))
+    assert len(read_metrics(tmp_path / "split")) == 2
+    train.main(tiny_config(data, tmp_path / "split", **{**kw, "resume": str(tmp_path / "split")}))
+    assert_same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "split" / "last.safetensors")
+    assert_same_weights(tmp_path / "full" / "best.safetensors", tmp_path / "split" / "best.safetensors")
+    assert_same_metrics(tmp_path / "full", tmp_path / "split")
+    state = train.load_state(tmp_path / "split")  # weights_only=True inside
+    assert state["epoch"] == 4 and set(state["rng"][0]) >= {"torch", "numpy", "python"}
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, cwd=REPO, text=True, **kw)
+
+
+def _tiny_flags(data: Path, out: Path) -> list[str]:
+    return [
+        "train", str(data), "--out", str(out), "--arch", "alexnet_owt", "--input-size", "64",
+        "--model-option", "conv_channels=[16,32,32,32,32]", "--model-option", "fc_features=64", "--workers", "0",
+        "--val-split", "0.25", "--no-tensorboard",
+    ]  # fmt: skip
+
+
+def test_sigint_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
+    """SIGINT finishes the step, saves, exits; the resumed run equals an uninterrupted one."""
+    kw = dict(epochs=2, batch_size=2, lr=0.02)
+    train.main(tiny_config(data, tmp_path / "full", **kw))
+    p = _cli([*_tiny_flags(data, tmp_path / "cut"), "--epochs", "2", "--batch-size", "2", "--lr", "0.02",
+              "--progress", "log", "--log-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    for line in p.stdout:
+        if line.startswith("epoch 1 step 4/"):
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted at epoch 1" in out and "Traceback" not in err
+    state = train.load_state(tmp_path / "cut")
+    assert state["epoch"] == 0 and state["step"] >= 4
+    train.main(tiny_config(data, tmp_path / "cut", **kw, resume=str(tmp_path / "cut")))
+    assert_same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
+    assert_same_metrics(tmp_path / "full", tmp_path / "cut")
+
+
+_SLOW_WRITE = r"""
+import sys, time, torch, safetensors.torch as st
+from alexnet import train
+real_save, real_st = torch.save, st.save_file
+def slow_save(obj, f, *a, **k):
+    real_save(obj, f, *a, **k)
+    with open(f, "r+b") as fh:
+        fh.truncate(100)  # a half-written file where the checkpoint is going
+    print("WRITING", flush=True)
+    time.sleep(60)
+torch.save = slow_save
+cfg = train.resolve_config(dict(data=sys.argv[1], out=sys.argv[2], resume=sys.argv[2], arch="alexnet_owt",
+    input_size=64, model_options={"conv_channels": [16, 32, 32, 32, 32], "fc_features": 64}, epochs=3,
+    batch_size=8, workers=0, progress="none", tensorboard=False, val_split=0.25))
+train.main(cfg)
+"""
+
+
+def test_sigkill_while_writing_checkpoint_keeps_previous(data, tmp_path):
+    run = tmp_path / "run"
+    train.main(tiny_config(data, run, epochs=2))
+    before = (run / "state.pt").read_bytes()
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, str(data), str(run)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "WRITING"  # epoch 3 is inside torch.save of state.pt
+    p.kill()
+    p.wait(timeout=30)
+    assert (run / "state.pt").read_bytes() == before
+    state = train.load_state(run)
+    assert state["epoch"] == 2
+    load_model(run / "last.safetensors")
+    load_model(run / "best.safetensors")
+    result = train.main(tiny_config(data, run, epochs=3, resume=str(run)))  # and the run still resumes
+    assert result.epochs_done == 3 and train.load_state(run)["epoch"] == 3
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    model = alexnet.create_model("alexnet_owt", num_classes=5, input_size=64, **TINY)
+    pre = default_preprocessing(model.config, [f"old{i}" for i in range(5)])
+    pre = alexnet.Preprocessing.from_dict({**pre.to_dict(), "resize_size": 73, "mean": [0.3, 0.4, 0.5]})
+    path = tmp_path_factory.mktemp("w") / "pre.safetensors"
+    save_model(model, pre, path)
+    return path
+
+
+def test_finetune_frozen_identical_reinit_changed_fc8_resized(data, pretrained, tmp_path):
+    cfg = tiny_config(data, tmp_path / "ft", weights=str(pretrained), train_layers=["fc6", "fc7", "fc8"],
+                      reinit=["fc7"], new_layer_lr_mult=10.0, epochs=2)  # fmt: skip
+    train.main(cfg)
+    src, _ = load_model(pretrained)
+    out, pre = load_model(tmp_path / "ft" / "last.safetensors")
+    for name in CONV_LAYERS:  # frozen: bit-identical
+        for a, b in zip(src.layer(name).parameters(), out.layer(name).parameters()):
+            assert torch.equal(a, b), name
+    assert not torch.equal(src.fc6.weight, out.fc6.weight)  # trained from the loaded weights
+    assert not torch.equal(src.fc7.weight, out.fc7.weight)  # re-initialised and trained
+    assert out.fc8.out_features == 3 and out.config.num_classes == 3  # 5 classes -> the data set's 3
+    assert pre.class_names == ["class0", "class1", "class2"]
+    assert pre.mean == (0.3, 0.4, 0.5) and pre.resize_size == 73  # the weights' own normalisation is kept
+    groups = train.load_state(tmp_path / "ft")["optimizer"]["param_groups"]
+    # fc6 keeps the base rate; fc7 (reinit) and fc8 (resized) are new layers at 10x
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(0.01, 2), (pytest.approx(0.1), 4)]
+
+
+def test_finetune_reinit_only_changes_the_layer(data, pretrained, tmp_path):
+    """reinit without training: the layer starts fresh but stays frozen (kept apart from train_layers)."""
+    cfg = tiny_config(data, tmp_path / "ft", weights=str(pretrained), train_layers=["fc8"], reinit=["fc6"], epochs=1)
+    train.main(cfg)
+    src, _ = load_model(pretrained)
+    out, _ = load_model(tmp_path / "ft" / "last.safetensors")
+    assert not torch.equal(src.fc6.weight, out.fc6.weight)
+    assert torch.equal(src.fc7.weight, out.fc7.weight)
+
+
+def test_param_groups_hold_only_learners():
+    model = alexnet.create_model("alexnet_owt", num_classes=3, input_size=64, **TINY)
+    learners = train.freeze_layers(model, ["fc8"])
+    groups = train.make_param_groups(model, learners, {"fc8"}, 0.01, 10.0)
+    params = [p for g in groups for p in g["params"]]
+    assert len(params) == 2 and params[0] is model.fc8.weight
+    assert all(not p.requires_grad for n in LAYER_NAMES if n != "fc8" for p in model.layer(n).parameters())
+
+
+def test_dropout_follows_train_and_eval_mode(data):
+    model = alexnet.create_model("alexnet_owt", num_classes=3, input_size=64, **TINY)
+    seen = []
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in drops:
+        m.register_forward_hook(lambda mod, i, o: seen.append(mod.training))
+    from alexnet.data.datasets import make_loader, open_dataset
+    from alexnet.evaluate import evaluate
+
+    pre = default_preprocessing(model.config)
+    ds = open_dataset(data, transform=pre.geometry(True))
+    loader = make_loader(ds, batch_size=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.eval()
+    train.train_one_epoch(model, loader, opt, device=torch.device("cpu"), epoch=1, num_classes=3,
+                          batch_transform=pre.batch_transform(True))  # fmt: skip
+    assert seen and all(seen)
+    seen.clear()
+    evaluate(model, make_loader(open_dataset(data, transform=pre.geometry(False)), batch_size=8),
+             batch_transform=pre.batch_transform(False))  # fmt: skip
+    assert seen and not any(seen)
+
+
+def test_feature_cache_equals_plain_path(data, pretrained, tmp_path):
+    kw = dict(weights=str(pretrained), train_layers=["fc6", "fc7", "fc8"], augment=False, epochs=3, lr=0.05)
+    train.main(tiny_config(data, tmp_path / "plain", **kw))
+    train.main(tiny_config(data, tmp_path / "cache", **kw, cache_features=True))
+    a, b = weights(tmp_path / "plain" / "last.safetensors"), weights(tmp_path / "cache" / "last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "cache")
+    for x, y in zip(ra, rb):
+        for k in ("train_loss", "train_acc1", "val_loss", "val_acc1"):
+            assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6)
+
+
+def test_feature_cache_needs_frozen_convs(data, pretrained, tmp_path):
+    with pytest.raises(train.TrainError, match="every conv layer frozen"):
+        tiny_config(data, tmp_path / "x", weights=str(pretrained), cache_features=True)
+    with pytest.raises(train.TrainError, match="every conv layer frozen"):
+        tiny_config(data, tmp_path / "x", weights=str(pretrained), cache_features=True,
+                    train_layers=["conv5", "fc8"])  # fmt: skip
+
+
+# --- bad input: one clear line, never a traceback --------------------------------------------------------------------
+def _cli_error(capsys, args: list[str]) -> str:
+    rc = cli_main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _tiny_args(data: Path, out: Path) -> list[str]:
+    return _tiny_flags(data, out) + ["--progress", "none", "--epochs", "1"]
+
+
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = _cli_error(capsys, _tiny_args(tmp_path / "empty", tmp_path / "run"))
+    assert "alexnet train: error:" in err
+
+
+def test_one_class_only(tmp_path, capsys):
+    make_folder(tmp_path / "one", classes=1)
+    err = _cli_error(capsys, _tiny_args(tmp_path / "one", tmp_path / "run"))
+    assert "class" in err and "2" in err
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """A contract-following in-memory data set whose labels may lie outside its classes."""
+
+    def __init__(self, labels, classes=("a", "b"), targets=True):
+        self.labels, self.classes = list(labels), list(classes)
+        if targets:
+            self.targets = list(labels)
+        self.names = [f"img{i}" for i in range(len(labels))]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.full((3, 64, 64), 10 * i % 255, dtype=torch.uint8), self.labels[i]
+
+
+@pytest.mark.parametrize("targets", [True, False])
+def test_labels_out_of_range(tmp_path, targets):
+    cfg = tiny_config(tmp_path, tmp_path / "run", epochs=1)
+    with pytest.raises(train.TrainError, match="label 2 out of range") as e:
+        train.main(cfg, train_dataset=_Labelled([0, 1, 0, 2, 1, 0, 1, 0], targets=targets))
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_image_mid_epoch_is_counted_and_listed(data, tmp_path, capsys):
+    import shutil
+
+    bad_data = tmp_path / "data"
+    shutil.copytree(data, bad_data)
+    (bad_data / "class1" / "003.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = train.main(tiny_config(bad_data, tmp_path / "run", epochs=2, val_split=0.0))
+    listed = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert result.skipped == 2 and len(listed) == 2 and all(s.endswith("003.png") for s in listed)  # once per epoch
+    err = _cli_error(capsys, [*_tiny_args(bad_data, tmp_path / "run2"), "--on-bad-image", "fail"])
+    assert "003.png" in err
+
+
+def test_resume_with_a_different_architecture(data, tmp_path, capsys):
+    train.main(tiny_config(data, tmp_path / "run", epochs=1))
+    err = _cli_error(capsys, ["train", "--resume", str(tmp_path / "run"), "--arch", "caffenet"])
+    assert "alexnet_owt" in err and "caffenet" in err
+    err = _cli_error(capsys, ["train", "--resume", str(tmp_path / "nothing")])
+    assert "no such run folder" in err
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train.main(tiny_config(data, run, epochs=2))
+    before = (run / "last.safetensors").read_bytes()
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def exploding(logits, target, *a, **k):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                return real(logits, target, *a, **k) * float("nan")
+        return real(logits, target, *a, **k)
+
+    monkeypatch.setattr(train.F, "cross_entropy", exploding)
+    with pytest.raises(train.NonFiniteLoss, match="not finite.*epoch 3, step 2.*last good checkpoint") as e:
+        train.main(tiny_config(data, run, epochs=4, resume=str(run)))
+    assert "\n" not in str(e.value)
+    assert (run / "last.safetensors").read_bytes() == before
+    assert train.load_state(run)["epoch"] == 2
