@@ -698,6 +698,147 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- train / finetune ---------------------------------------------------------------------------------------------
+def _train_default(name: str) -> str:
+    from .train import TrainConfig
+
+    return f" (default: {getattr(TrainConfig(), name)})"
+
+
+def _key_value(s: str) -> tuple[str, Any]:
+    key, sep, value = s.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_train_common(p: argparse.ArgumentParser) -> None:
+    """Flags shared by train and finetune. Every flag is also a config-file key (dashes as underscores); only
+    the flags given override the config file, which overrides the defaults (the paper's recipe)."""
+    S = argparse.SUPPRESS
+    d = _train_default
+    p.add_argument(
+        "data",
+        nargs="?",
+        default=S,
+        help="image folder (train/ and val/, or class folders), list file, prepared set or 'fashion-mnist'",
+    )
+    p.add_argument("--config", default=None, help="JSON (or YAML) file of settings; flags override it")
+    p.add_argument("--out", default=S, help="run folder" + d("out"))
+    p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped")
+    g = p.add_argument_group("data")
+    g.add_argument("--val-split", type=float, default=S, help="held-out fraction without val/" + d("val_split"))
+    g.add_argument("--stats", default=S, help="stats.json from `alexnet stats` (mean, std, PCA eigen-pairs)")
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="random crop + flip + PCA lighting (section 4.1); --no-augment: eval geometry" + d("augment"),
+    )
+    g.add_argument("--lighting", type=float, default=S, help="PCA lighting sigma (section 4.1)" + d("lighting"))
+    g.add_argument("--workers", type=int, default=S, help="loader processes per rank" + d("workers"))
+    g.add_argument("--on-bad-image", choices=["skip", "fail"], default=S, help="bad images" + d("on_bad_image"))
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=S, help="architecture (alexnet models)" + d("arch"))
+    g.add_argument("--input-size", type=_positive_int, default=S, help="crop side (default: the architecture's)")
+    g.add_argument("--resize-size", type=_positive_int, default=S, help="short side before cropping (default: 256)")
+    g.add_argument("--dropout", type=float, default=S, help="dropout p (section 4.2)" + d("dropout"))
+    g.add_argument("--init", choices=["paper", "caffe", "torchvision"], default=S, help="initialisation" + d("init"))
+    g.add_argument(
+        "--model-option",
+        type=_key_value,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="any AlexNetConfig field, e.g. lrn=false or groups=1 (repeatable)",
+    )
+    g = p.add_argument_group("recipe (section 5)")
+    g.add_argument("--epochs", type=_positive_int, default=S, help="epochs" + d("epochs"))
+    g.add_argument("--batch-size", type=_positive_int, default=S, help="global batch" + d("batch_size"))
+    g.add_argument("--lr", type=float, default=S, help="learning rate" + d("lr"))
+    g.add_argument("--momentum", type=float, default=S, help="SGD momentum" + d("momentum"))
+    g.add_argument("--weight-decay", type=float, default=S, help="weight decay" + d("weight_decay"))
+    g.add_argument(
+        "--schedule",
+        choices=["plateau", "step"],
+        default=S,
+        help="plateau: /10 when val error stops improving; step: Caffe's every --step-size iterations" + d("schedule"),
+    )
+    g.add_argument("--lr-factor", type=float, default=S, help="learning-rate drop factor" + d("lr_factor"))
+    g.add_argument("--plateau-patience", type=int, default=S, help="epochs without gain" + d("plateau_patience"))
+    g.add_argument("--max-lr-drops", type=int, default=S, help="most plateau drops" + d("max_lr_drops"))
+    g.add_argument("--step-size", type=_positive_int, default=S, help="iterations per step" + d("step_size"))
+    g.add_argument("--seed", type=int, default=S, help="random seed" + d("seed"))
+    g = p.add_argument_group("engineering")
+    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:N" + d("device"))
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=S, help="precision" + d("precision"))
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="NHWC convolutions")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S, help="torch.compile the model")
+    g.add_argument("--progress", choices=["auto", "bar", "log", "none"], default=S, help="progress" + d("progress"))
+    g.add_argument("--log-every", type=_positive_int, default=S, help="steps per log line" + d("log_every"))
+    g.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="TensorBoard events when the extra is installed" + d("tensorboard"),
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train from scratch with the paper's recipe (one CPU, one GPU, or torchrun for many)",
+        formatter_class=_Formatter,
+        description="Train AlexNet from scratch: SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 /10 on "
+        "plateau (3 times), 90 epochs. Many GPUs: torchrun --nproc_per_node N -m alexnet train DATA ...",
+    )
+    _add_train_common(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune loaded weights on your own images",
+        formatter_class=_Formatter,
+        description="Fine-tune: --train-layers chooses which layers learn (the rest are frozen), --reinit which "
+        "start afresh (fc8 always, when the class count differs).",
+    )
+    _add_train_common(p)
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--weights", default=S, help="'torchvision', or a .safetensors / .pth / .pt / bvlc .npy file")
+    g.add_argument("--trust-pickle", action="store_true", default=S, help="allow a pickled .npy (trusted files only)")
+    g.add_argument(
+        "--train-layers", default=S, help="comma-separated layers that learn, e.g. fc6,fc7,fc8 (default: all)"
+    )
+    g.add_argument("--reinit", default=S, help="comma-separated layers re-initialised, e.g. fc8")
+    g.add_argument(
+        "--new-layer-lr-mult", type=float, default=S, help="lr multiplier of re-initialised layers (default: 1)"
+    )
+    g.add_argument(
+        "--cache-features",
+        action="store_true",
+        default=S,
+        help="all conv layers frozen: compute conv5 features once and train fc6-8 from them",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import config_from_sources, main
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "model_option")}
+    if getattr(args, "model_option", None):
+        flags["model_options"] = dict(args.model_option)
+    config = config_from_sources(flags, config_file=args.config, command=args.command)
+    result = main(config)
+    return 130 if result.interrupted else EXIT_OK
+
+
 # --- parser -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -720,6 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_neighbors(sub)
     _add_plot(sub)
     _add_report(sub)
+    _add_train(sub)
+    _add_finetune(sub)
     return parser
 
 
