@@ -1,0 +1,64 @@
+"""Two-process gloo DDP on CPU (torchrun) against one process with the same global batch (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import train
+from alexnet.weights import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"conv_channels": [16, 32, 32, 32, 32], "fc_features": 64}
+
+
+def _folder(root: Path, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for c in range(3):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class[c] if isinstance(per_class, list) else per_class):
+            a = rng.integers(0, 60, (40, 40, 3)).astype(np.uint8)
+            a[..., c] += 150
+            Image.fromarray(a).save(d / f"{i:03d}.png")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_process_gloo_equals_one_process(tmp_path):
+    data = tmp_path / "data"
+    _folder(data / "train", 8, seed=0)  # 24 images: 3 global batches of 8 = 2 ranks x 4
+    _folder(data / "val", [3, 2, 2], seed=1)  # 7 images: an uneven split over 2 ranks (4 + 3)
+    common = dict(arch="alexnet_owt", input_size=64, model_options=TINY, batch_size=8, epochs=2, workers=0,
+                  augment=False, dropout=0.0, lr=0.02, progress="none", tensorboard=False)  # fmt: skip
+    train.main(train.resolve_config({**common, "data": str(data), "out": str(tmp_path / "one")}))
+
+    cfg = tmp_path / "ddp.json"
+    cfg.write_text(json.dumps(common))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "alexnet", "train", str(data), "--config", str(cfg), "--out", str(tmp_path / "two")]  # fmt: skip
+    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    state = train.load_state(tmp_path / "two")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states, for an exact resume
+    a, _ = load_model(tmp_path / "one" / "last.safetensors")
+    b, _ = load_model(tmp_path / "two" / "last.safetensors")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=k)
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert one["num_samples"] == two["num_samples"] == 7  # every validation image counted exactly once
+    assert sum(map(sum, two["confusion_matrix"])) == 7
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    # only rank 0 wrote: one set of files, no per-rank leftovers
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
