@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .data import transforms as T
+from .data.fileio import atomic_write
 from .errors import AlexnetError
 from .models import AlexNet, AlexNetConfig, create_model, get_config
 
@@ -168,24 +168,6 @@ def default_preprocessing(config: AlexNetConfig, class_names: Sequence[str] | No
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it over ``path``,
-    so a crash never leaves a half-written file where a good one was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise `WeightsError` unless ``state`` has exactly ``model``'s keys and shapes; name the first problem
     by the paper's layer name where possible, and point to fine-tuning when only fc8's classes differ."""

@@ -13,11 +13,13 @@ __all__ = ["atomic_write", "atomic_write_text"]
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it over ``path``,
-    so an interrupted run never leaves a half-written file where a complete one is expected (resumable prepare)."""
+    so an interrupted run never leaves a half-written file where a complete one is expected (checkpoints,
+    resumable prepare, reports)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any file we write
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -28,6 +30,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
