@@ -233,6 +233,7 @@ def test_sigkill_while_writing_checkpoint_keeps_previous(data, tmp_path):
     assert p.stdout.readline().strip() == "WRITING"  # epoch 3 is inside torch.save of state.pt
     p.kill()
     p.wait(timeout=30)
+    assert list(run.glob(".state.pt.*.tmp"))  # the half-written file was beside, never over, the checkpoint
     assert (run / "state.pt").read_bytes() == before
     state = train.load_state(run)
     assert state["epoch"] == 2
@@ -240,6 +241,7 @@ def test_sigkill_while_writing_checkpoint_keeps_previous(data, tmp_path):
     load_model(run / "best.safetensors")
     result = train.main(tiny_config(data, run, epochs=3, resume=str(run)))  # and the run still resumes
     assert result.epochs_done == 3 and train.load_state(run)["epoch"] == 3
+    assert not list(run.glob(".*.tmp"))  # the killed writer's temporary file is cleared
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------------------------

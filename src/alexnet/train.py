@@ -1014,6 +1014,8 @@ def _run(
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # half-written files of a process killed while saving (atomic_write)
+            stale.unlink(missing_ok=True)
         _write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     tb = _TensorBoard(out / "tensorboard", cfg.tensorboard and info.is_main)
     stop = _StopFlag()
