@@ -442,3 +442,13 @@ def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, refer
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def test_healthz_fails_when_the_batcher_is_not_running(weights):
+    from starlette.testclient import TestClient
+
+    model, pre = alexnet.load_model(weights)
+    app = serve_mod.create_app(model, pre)
+    assert_error(TestClient(app).get("/healthz"), 503, "not running")  # no lifespan: the worker never started
+    with TestClient(app) as client:  # lifespan runs: worker up
+        assert client.get("/healthz").json() == {"status": "ok"}

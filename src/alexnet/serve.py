@@ -157,6 +157,11 @@ class Batcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
+    @property
+    def running(self) -> bool:
+        """Whether the worker is alive to take requests (for /healthz)."""
+        return self._task is not None and not self._task.done()
+
     async def run_in_inference_thread(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` in the inference thread (e.g. a warm-up pass), in order with the batches."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -557,8 +562,14 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/healthz", summary="Liveness: the model is loaded and the batcher runs")
+    @app.get(
+        "/healthz",
+        summary="Liveness: the model is loaded and the batcher runs",
+        responses={503: {"model": ErrorResponse, "description": "the batching worker has stopped"}},
+    )
     async def healthz() -> dict[str, str]:
+        if not batcher.running:
+            raise ApiError(503, "the batching worker is not running")
         return {"status": "ok"}
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The served model: arch, classes, preprocessing")
