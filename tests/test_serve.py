@@ -445,10 +445,13 @@ def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, refer
 
 
 def test_healthz_fails_when_the_batcher_is_not_running(weights):
-    from starlette.testclient import TestClient
+    import asyncio
 
     model, pre = alexnet.load_model(weights)
     app = serve_mod.create_app(model, pre)
-    assert_error(TestClient(app).get("/healthz"), 503, "not running")  # no lifespan: the worker never started
-    with TestClient(app) as client:  # lifespan runs: worker up
-        assert client.get("/healthz").json() == {"status": "ok"}
+
+    async def get() -> httpx.Response:  # httpx's ASGI transport runs no lifespan: the worker never starts
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            return await c.get("/healthz")
+
+    assert_error(asyncio.run(get()), 503, "not running")
