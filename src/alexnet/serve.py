@@ -57,6 +57,7 @@ from PIL import Image
 
 from .data.decode import BadImageError, decode_image
 from .models import count_parameters
+from .predict import prepare_image, resolve_device
 from .weights import Preprocessing, load_model
 
 __all__ = ["ServeOptions", "Batcher", "create_app", "serve"]
@@ -376,7 +377,7 @@ def image_size(data: bytes, min_size: int) -> tuple[tuple[int, int], tuple[int, 
         return None
 
 
-def prepare_image(upload: _Upload, preprocessing: Preprocessing, *, ten_crop: bool, max_pixels: int):
+def prepare_upload(upload: _Upload, preprocessing: Preprocessing, *, ten_crop: bool, max_pixels: int):
     """Bytes -> (model input (1 or 10, 3, S, S) float, (width, height) as stored). Runs in the thread pool."""
     data = bytes(upload.data)
     try:
@@ -389,7 +390,9 @@ def prepare_image(upload: _Upload, preprocessing: Preprocessing, *, ten_crop: bo
     _check_pixels(upload.filename, img.shape[2], img.shape[1], preprocessing.resize_size, max_pixels)
     if sizes is None:
         sizes = ((img.shape[2], img.shape[1]), (img.shape[2], img.shape[1]))
-    x = preprocessing.ten_crop_transform()(img) if ten_crop else preprocessing.eval_transform()(img).unsqueeze(0)
+    x = prepare_image(img, preprocessing, ten_crop=ten_crop)  # predict's: (3, S, S), or (10, 3, S, S)
+    if not ten_crop:
+        x = x.unsqueeze(0)
     return x, sizes[0]
 
 
@@ -480,18 +483,6 @@ _PREDICT_BODY = {
 }
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise AlexnetError(f"invalid device {name!r} ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AlexnetError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
@@ -509,7 +500,7 @@ def create_app(
     listening.
     """
     opts = options or ServeOptions()
-    device = _resolve_device(opts.device)
+    device = resolve_device(opts.device)
     model = model.to(device).eval()
     num_classes = _num_classes(model, preprocessing, device)
     names = list(preprocessing.class_names or [])
@@ -517,6 +508,8 @@ def create_app(
         names = [str(i) for i in range(num_classes)]
     arch = _arch_name(model)
 
+    # Softmax rows, not predict.classify_batch's top-k: one pass here mixes requests with and without ten_crop and
+    # with different topk, so averaging over crops and the top-k happen per request, after the pass.
     def forward(x: torch.Tensor) -> torch.Tensor:  # runs in the inference thread
         with torch.inference_mode():
             logits = model(x.to(device, non_blocking=True))
@@ -617,7 +610,7 @@ def create_app(
         uploads = await read_images(request, opts.max_bytes, opts.max_images)
         prepared = await asyncio.gather(
             *(
-                run_in_threadpool(prepare_image, u, preprocessing, ten_crop=ten_crop, max_pixels=opts.max_pixels)
+                run_in_threadpool(prepare_upload, u, preprocessing, ten_crop=ten_crop, max_pixels=opts.max_pixels)
                 for u in uploads
             )
         )
