@@ -120,6 +120,259 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- predict / convert / export (weights and inference) ---------------------------------------------------------
+def _add_weights_flags(p: argparse.ArgumentParser, *, default: str | None = "torchvision") -> None:
+    if default is not None:
+        p.add_argument(
+            "--weights",
+            default=default,
+            help="'torchvision' (downloaded once, hash checked) or a .safetensors / .pth / .pt / bvlc .npy file",
+        )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of the weights (alexnet2012, caffenet, alexnet_owt; None: from the file). "
+        "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust)",
+    )
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images: top-k classes with probabilities",
+        description="Classify image files, folders (searched recursively) and globs. Bad files are reported by "
+        "name and the others still classified; the exit code is 1 if any file failed.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    _add_weights_flags(p)
+    p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (None: min(8, CPUs))")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import expand_inputs, predict_files, resolve_device
+    from .weights import load_model
+
+    device = resolve_device(args.device)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
+    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
+    results = []
+    for r in predict_files(
+        model,
+        pre,
+        files,
+        topk=args.topk,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        expand=False,
+    ):
+        if r.error is not None:
+            print(f"alexnet predict: error: {r.error}", file=sys.stderr)
+        elif not args.json:
+            print(r.file)
+            for s in r.scores or []:
+                print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
+        results.append(r)
+    if args.json:
+        _print_json([r.to_dict() for r in results])
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert weights between formats",
+        description="Read weights in any supported format and write them in the format of DST's suffix: "
+        ".safetensors (ours: weights + arch, config, preprocessing, class names), .npy (the bvlc_alexnet layout "
+        "the tutorial's TensorFlow code loads), .pth/.pt (a plain torch state dict).",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("src", metavar="SRC", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
+    p.add_argument("dst", metavar="DST", help="output file: .safetensors, .npy, .pth or .pt")
+    _add_weights_flags(p, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .weights import WeightsError, export_npy, export_pth, load_model, save_model
+
+    dst = Path(args.dst)
+    suffix = dst.suffix.lower()
+    if suffix not in (".safetensors", ".npy", ".pth", ".pt"):
+        raise WeightsError(f"{dst}: unknown output format {suffix!r}; expected .safetensors, .npy, .pth or .pt")
+    model, pre = load_model(args.src, arch=args.arch, allow_pickle=args.trust_pickle)
+    if suffix == ".safetensors":
+        save_model(model, pre, dst, arch=args.arch)
+    elif suffix == ".npy":
+        export_npy(model, dst, preprocessing=pre)
+    else:
+        export_pth(model, dst)
+    if args.json:
+        _print_json({"src": str(args.src), "dst": str(dst), "format": suffix[1:]})
+    else:
+        print(f"wrote {dst}")
+    return EXIT_OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export weights for other runtimes (ONNX)",
+        description="Export to ONNX with a dynamic batch axis, verified against onnxruntime. The input is the "
+        "normalised (N, 3, S, S) float tensor; the preprocessing and class names are in the model's metadata.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("weights", metavar="WEIGHTS", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    _add_weights_flags(p, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .weights import export_onnx, load_model
+
+    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
+    diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
+    if args.json:
+        _print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
+    else:
+        check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
+        print(f"wrote {args.onnx}{check}")
+    return EXIT_OK
+
+
+# --- stats / prepare (data) ---------------------------------------------------------------------------------------
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _default_workers() -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1)
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=_positive_int, default=256, help="side of the square images (short side, crop)")
+    p.add_argument("--workers", type=_nonneg_int, default=_default_workers(), help="decoding processes")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per loader batch")
+    p.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip", help="skip and list bad images, or stop")
+    p.add_argument("--data-dir", default=None, help="folder holding Fashion-MNIST (for source 'fashion-mnist')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="training-set mean (per channel and per pixel), std, RGB covariance and its eigenvectors",
+        description="One pass over the training images at the paper's 256x256: per-channel mean/std, the mean "
+        "image (saved beside OUT as .mean_image.npy), the RGB covariance and its eigen-pairs for PCA lighting.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("source", help="image folder, list file, prepared set, or 'fashion-mnist'")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--split", choices=("train", "val", "all"), default="train", help="which samples to use")
+    p.add_argument("--val-split", type=float, default=0.0, help="share held out as val (no val/ folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val split")
+    _add_data_flags(p)
+    p.set_defaults(func=_cmd_stats)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data.stats import compute_stats, save_stats
+
+    stats = compute_stats(
+        args.source,
+        size=args.size,
+        split=args.split,
+        val_split=args.val_split,
+        seed=args.seed,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        on_bad_image=args.on_bad_image,
+        data_dir=args.data_dir,
+    )
+    path = save_stats(stats, args.out)
+    if args.json:
+        _print_json({**stats.to_dict(), "out": str(path)})
+    else:
+        print(f"{stats.num_images} images ({len(stats.skipped)} skipped) -> {path}")
+        print("mean    " + " ".join(f"{v:.4f}" for v in stats.mean) + "  (RGB, 0..1)")
+        print("std     " + " ".join(f"{v:.4f}" for v in stats.std))
+        print("eigvals " + " ".join(f"{v:.5f}" for v in stats.eigvals))
+    return EXIT_OK
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="decode and resize a data set once (short side 256, centre crop 256) into memory-mappable shards",
+        description="The paper's preprocessing step, done once: every image decoded, short side resized, the "
+        "central square kept, stored as uint8 .npy shards. Resumes when run again after an interruption.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("source", help="image folder (with or without train/ and val/), list file, or 'fashion-mnist'")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--shard-size", type=_positive_int, default=500, help="images per shard file")
+    _add_data_flags(p)
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    manifest = prepare(
+        args.source,
+        args.out,
+        size=args.size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        on_bad_image=args.on_bad_image,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        _print_json(manifest)
+    else:
+        for split, info in manifest["splits"].items():
+            print(f"{split}: {info['count']} images in {len(info['shards'])} shards")
+        print(f"prepared {manifest['size']}x{manifest['size']} -> {args.out}")
+    return EXIT_OK
+
+
 # --- evaluate / features / neighbors / plot / report (evaluation and pictures) ---------------------------------
 def _eval_weights_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument(
@@ -445,259 +698,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- stats / prepare (data) ---------------------------------------------------------------------------------------
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _default_workers() -> int:
-    import os
-
-    return min(4, os.cpu_count() or 1)
-
-
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=_positive_int, default=256, help="side of the square images (short side, crop)")
-    p.add_argument("--workers", type=_nonneg_int, default=_default_workers(), help="decoding processes")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per loader batch")
-    p.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip", help="skip and list bad images, or stop")
-    p.add_argument("--data-dir", default=None, help="folder holding Fashion-MNIST (for source 'fashion-mnist')")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _add_stats(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "stats",
-        help="training-set mean (per channel and per pixel), std, RGB covariance and its eigenvectors",
-        description="One pass over the training images at the paper's 256x256: per-channel mean/std, the mean "
-        "image (saved beside OUT as .mean_image.npy), the RGB covariance and its eigen-pairs for PCA lighting.",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("source", help="image folder, list file, prepared set, or 'fashion-mnist'")
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--split", choices=("train", "val", "all"), default="train", help="which samples to use")
-    p.add_argument("--val-split", type=float, default=0.0, help="share held out as val (no val/ folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the val split")
-    _add_data_flags(p)
-    p.set_defaults(func=_cmd_stats)
-
-
-def _cmd_stats(args: argparse.Namespace) -> int:
-    from .data.stats import compute_stats, save_stats
-
-    stats = compute_stats(
-        args.source,
-        size=args.size,
-        split=args.split,
-        val_split=args.val_split,
-        seed=args.seed,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        on_bad_image=args.on_bad_image,
-        data_dir=args.data_dir,
-    )
-    path = save_stats(stats, args.out)
-    if args.json:
-        _print_json({**stats.to_dict(), "out": str(path)})
-    else:
-        print(f"{stats.num_images} images ({len(stats.skipped)} skipped) -> {path}")
-        print("mean    " + " ".join(f"{v:.4f}" for v in stats.mean) + "  (RGB, 0..1)")
-        print("std     " + " ".join(f"{v:.4f}" for v in stats.std))
-        print("eigvals " + " ".join(f"{v:.5f}" for v in stats.eigvals))
-    return EXIT_OK
-
-
-def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prepare",
-        help="decode and resize a data set once (short side 256, centre crop 256) into memory-mappable shards",
-        description="The paper's preprocessing step, done once: every image decoded, short side resized, the "
-        "central square kept, stored as uint8 .npy shards. Resumes when run again after an interruption.",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("source", help="image folder (with or without train/ and val/), list file, or 'fashion-mnist'")
-    p.add_argument("out", help="folder to write")
-    p.add_argument("--shard-size", type=_positive_int, default=500, help="images per shard file")
-    _add_data_flags(p)
-    p.set_defaults(func=_cmd_prepare)
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
-
-    manifest = prepare(
-        args.source,
-        args.out,
-        size=args.size,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        on_bad_image=args.on_bad_image,
-        data_dir=args.data_dir,
-        progress=not args.no_progress,
-    )
-    if args.json:
-        _print_json(manifest)
-    else:
-        for split, info in manifest["splits"].items():
-            print(f"{split}: {info['count']} images in {len(info['shards'])} shards")
-        print(f"prepared {manifest['size']}x{manifest['size']} -> {args.out}")
-    return EXIT_OK
-
-
-# --- predict / convert / export (weights and inference) ---------------------------------------------------------
-def _add_weights_flags(p: argparse.ArgumentParser, *, default: str | None = "torchvision") -> None:
-    if default is not None:
-        p.add_argument(
-            "--weights",
-            default=default,
-            help="'torchvision' (downloaded once, hash checked) or a .safetensors / .pth / .pt / bvlc .npy file",
-        )
-    p.add_argument(
-        "--arch",
-        default=None,
-        help="architecture of the weights (alexnet2012, caffenet, alexnet_owt; None: from the file). "
-        "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
-    )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust)",
-    )
-
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="classify images: top-k classes with probabilities",
-        description="Classify image files, folders (searched recursively) and globs. Bad files are reported by "
-        "name and the others still classified; the exit code is 1 if any file failed.",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
-    _add_weights_flags(p)
-    p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image")
-    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (None: min(8, CPUs))")
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
-    p.set_defaults(func=_cmd_predict)
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import expand_inputs, predict_files, resolve_device
-    from .weights import load_model
-
-    device = resolve_device(args.device)
-    files = expand_inputs(args.inputs)
-    if not files:
-        raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
-    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
-    results = []
-    for r in predict_files(
-        model,
-        pre,
-        files,
-        topk=args.topk,
-        ten_crop=args.ten_crop,
-        batch_size=args.batch_size,
-        device=device,
-        workers=args.workers,
-        expand=False,
-    ):
-        if r.error is not None:
-            print(f"alexnet predict: error: {r.error}", file=sys.stderr)
-        elif not args.json:
-            print(r.file)
-            for s in r.scores or []:
-                print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
-        results.append(r)
-    if args.json:
-        _print_json([r.to_dict() for r in results])
-    failed = sum(not r.ok for r in results)
-    if failed:
-        print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
-    return EXIT_ERROR if failed else EXIT_OK
-
-
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert weights between formats",
-        description="Read weights in any supported format and write them in the format of DST's suffix: "
-        ".safetensors (ours: weights + arch, config, preprocessing, class names), .npy (the bvlc_alexnet layout "
-        "the tutorial's TensorFlow code loads), .pth/.pt (a plain torch state dict).",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("src", metavar="SRC", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
-    p.add_argument("dst", metavar="DST", help="output file: .safetensors, .npy, .pth or .pt")
-    _add_weights_flags(p, default=None)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_convert)
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .weights import WeightsError, export_npy, export_pth, load_model, save_model
-
-    dst = Path(args.dst)
-    suffix = dst.suffix.lower()
-    if suffix not in (".safetensors", ".npy", ".pth", ".pt"):
-        raise WeightsError(f"{dst}: unknown output format {suffix!r}; expected .safetensors, .npy, .pth or .pt")
-    model, pre = load_model(args.src, arch=args.arch, allow_pickle=args.trust_pickle)
-    if suffix == ".safetensors":
-        save_model(model, pre, dst, arch=args.arch)
-    elif suffix == ".npy":
-        export_npy(model, dst, preprocessing=pre)
-    else:
-        export_pth(model, dst)
-    if args.json:
-        _print_json({"src": str(args.src), "dst": str(dst), "format": suffix[1:]})
-    else:
-        print(f"wrote {dst}")
-    return EXIT_OK
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export weights for other runtimes (ONNX)",
-        description="Export to ONNX with a dynamic batch axis, verified against onnxruntime. The input is the "
-        "normalised (N, 3, S, S) float tensor; the preprocessing and class names are in the model's metadata.",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("weights", metavar="WEIGHTS", help="'torchvision' or a .safetensors / .pth / .pt / bvlc .npy file")
-    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
-    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    _add_weights_flags(p, default=None)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_export)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .weights import export_onnx, load_model
-
-    model, pre = load_model(args.weights, arch=args.arch, allow_pickle=args.trust_pickle)
-    diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
-    if args.json:
-        _print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
-    else:
-        check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
-        print(f"wrote {args.onnx}{check}")
-    return EXIT_OK
-
-
 # --- train / finetune ---------------------------------------------------------------------------------------------
 def _train_default(name: str) -> str:
     from .train import TrainConfig
@@ -853,14 +853,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_convert(sub)
     _add_export(sub)
-    _add_stats(sub)
-    _add_prepare(sub)
     _add_serve(sub)
     _add_evaluate(sub)
     _add_features(sub)
     _add_neighbors(sub)
     _add_plot(sub)
     _add_report(sub)
+    _add_stats(sub)
+    _add_prepare(sub)
     _add_train(sub)
     _add_finetune(sub)
     return parser
