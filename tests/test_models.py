@@ -63,6 +63,7 @@ SWITCHES = [
     {"dropout_before_fc": True},
     {"init": "caffe"},
     {"init": "torchvision"},
+    {"init": "kaiming"},
     {"lrn_k": 1.0, "lrn_size": 3},
 ]
 
@@ -98,3 +99,11 @@ def test_wrong_input_size_is_clear():
     m = alexnet.create_model("alexnet2012").eval()
     with pytest.raises(ValueError, match="227x227"):
         m(torch.randn(1, 3, 224, 224))
+
+
+def test_kaiming_init_keeps_relu_variance():
+    m = alexnet.create_model("alexnet2012", init="kaiming")
+    fan_in = 9216
+    assert abs(m.fc6.weight.std().item() - (2 / fan_in) ** 0.5) < 1e-3
+    assert abs(m.fc8.weight.std().item() - (1 / 4096) ** 0.5) < 1e-3
+    assert all(torch.all(layer.bias == 0) for layer in m.named_layers().values())

@@ -428,3 +428,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
     assert "\n" not in str(e.value)
     assert (run / "last.safetensors").read_bytes() == before
     assert train.load_state(run)["epoch"] == 2
+
+
+def test_auto_precision_resolves_per_device():
+    from alexnet.train import bf16_native, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp16", cpu) == "fp16"
+    assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")

@@ -15,6 +15,8 @@ from typing import Any
 from .errors import AlexnetError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+INIT_CHOICES = ["paper", "caffe", "torchvision", "kaiming"]
+PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -746,7 +748,9 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-size", type=_positive_int, default=S, help="crop side (default: the architecture's)")
     g.add_argument("--resize-size", type=_positive_int, default=S, help="short side before cropping (default: 256)")
     g.add_argument("--dropout", type=float, default=S, help="dropout p (section 4.2)" + d("dropout"))
-    g.add_argument("--init", choices=["paper", "caffe", "torchvision"], default=S, help="initialisation" + d("init"))
+    g.add_argument(
+        "--init", choices=["paper", "caffe", "torchvision", "kaiming"], default=S, help="initialisation" + d("init")
+    )
     g.add_argument(
         "--model-option",
         type=_key_value,
@@ -774,7 +778,9 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S, help="random seed" + d("seed"))
     g = p.add_argument_group("engineering")
     g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:N" + d("device"))
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=S, help="precision" + d("precision"))
+    g.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16", "auto"], default=S, help="precision" + d("precision")
+    )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="NHWC convolutions")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S, help="torch.compile the model")
     g.add_argument("--progress", choices=["auto", "bar", "log", "none"], default=S, help="progress" + d("progress"))

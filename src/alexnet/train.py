@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import AlexnetError
 from .evaluate import EvalResult, eval_sampler, evaluate
-from .models import CONV_LAYERS, LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
+from .models import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
 from .weights import Preprocessing, atomic_write, check_state_dict, default_preprocessing, load_model, save_model
 
 __all__ = [
@@ -100,7 +100,7 @@ class TrainConfig:
     resize_size: int | None = None  # short side before cropping; None = 256 (scaled by input_size/224 below 224)
     model_options: dict[str, Any] = field(default_factory=dict)  # further AlexNetConfig overrides (study switches)
     dropout: float = 0.5  # p of both dropout layers (section 4.2)
-    init: str = "paper"  # paper | caffe | torchvision initialisation (section 5)
+    init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
     # fine-tuning
     weights: str | None = None  # start from these weights (any `load_model` source); required by finetune
     trust_pickle: bool = False  # allow a pickled .npy (bvlc_alexnet.npy) to be loaded
@@ -123,7 +123,7 @@ class TrainConfig:
     lighting: float = 0.1  # sigma of the PCA lighting coefficients alpha_i (section 4.1); 0 disables
     # engineering
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 where native)
     channels_last: bool = False  # NHWC memory format for the convolutions
     compile: bool = False  # torch.compile the model
     workers: int = 4  # DataLoader worker processes per rank
@@ -140,10 +140,10 @@ class TrainConfig:
 
 _CHOICES = {
     "schedule": ("plateau", "step"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("fp32", "bf16", "fp16", "auto"),
     "on_bad_image": ("skip", "fail"),
     "progress": ("auto", "bar", "log", "none"),
-    "init": ("paper", "caffe", "torchvision"),
+    "init": INIT_SCHEMES,
 }
 
 
@@ -303,6 +303,28 @@ def resolve_device(spec: str, info_local_rank: int) -> torch.device:
         if device.index is None:
             device = torch.device(f"cuda:{info_local_rank}")
     return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX):
+    only there is bf16 autocast faster than fp32; elsewhere it is emulated and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively, else ``fp32``; other values unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_native(device) else "fp32"
 
 
 class EpochSampler(DistributedSampler):
@@ -931,14 +953,15 @@ def _run(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    precision = resolve_precision(cfg.precision, device)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def autocast() -> contextlib.AbstractContextManager:
         if amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     # --- the network the optimizer drives: the whole model, or fc6-8 over cached features
     skipped: list[str] = []
