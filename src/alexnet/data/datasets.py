@@ -29,6 +29,9 @@ __all__ = [
     "FashionMNISTDataset",
     "ImageListDataset",
     "PreparedDataset",
+    "Subset",
+    "download_fashion_mnist",
+    "fashion_mnist_missing",
     "find_fashion_mnist",
     "make_loader",
     "open_dataset",
@@ -182,7 +185,7 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int = 0) ->
     return sorted(train), sorted(val)
 
 
-class _Subset(Dataset):
+class Subset(Dataset):
     """A view of some samples of a data set that keeps ``classes``, ``targets`` and ``names``."""
 
     def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
@@ -266,7 +269,7 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
     return None
 
 
-def _fashion_missing(data_dir: str | Path | None) -> DataError:
+def fashion_mnist_missing(data_dir: str | Path | None) -> DataError:
     where = ", ".join(str(d) for d in _fashion_candidates(data_dir)[:3])
     return DataError(f"Fashion-MNIST not found (looked in {where}, ...); install it with: {FASHION_MNIST_INSTALL}")
 
@@ -307,7 +310,7 @@ class FashionMNISTDataset(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
-def _download_fashion_mnist(data_dir: str | Path | None) -> Path:
+def download_fashion_mnist(data_dir: str | Path | None) -> Path:
     from torchvision.datasets import FashionMNIST
 
     root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "alexnet"
@@ -421,8 +424,8 @@ def open_dataset(
         folder = find_fashion_mnist(data_dir)
         if folder is None:
             if not download:
-                raise _fashion_missing(data_dir)
-            folder = _download_fashion_mnist(data_dir)
+                raise fashion_mnist_missing(data_dir)
+            folder = download_fashion_mnist(data_dir)
         return _fashion_split(folder, split, val_split, seed, transform)
     path = Path(source)
     if not path.exists():
@@ -466,7 +469,7 @@ def _split(base: Dataset, split: str, val_split: float, seed: int, where: Path) 
     if val_split <= 0:
         raise DataError(f"{where}: no val/ folder; pass a val_split (e.g. --val-split 0.1) to hold out samples")
     train, val = stratified_split(base.targets, val_split, seed)
-    return _Subset(base, train if split == "train" else val)
+    return Subset(base, train if split == "train" else val)
 
 
 # --- loading ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,305 @@
+"""`alexnet demo`: the toolkit's main job on a built-in default, offline, in minutes.
+
+Fashion-MNIST (Xiao et al., 2017) stands in for ImageNet: it installs as a Debian package and ships with
+torchvision's downloader, and its 28x28 grey images go through the same RGB pipeline. The demo
+
+1. finds the data (``--data-dir``, Debian's ``dataset-fashion-mnist``, torchvision's root, or a download);
+2. fine-tunes torchvision's ImageNet AlexNet when those weights are cached or downloadable (conv1-conv5 frozen,
+   conv5 features cached, fc6-fc8 trained, fc8 new), and otherwise trains ``alexnet2012`` from scratch;
+3. holds out part of the training set for the learning-rate schedule and the best checkpoint, and reports the
+   paper's top-1/top-5 error on held-out *test* images the training never saw;
+4. writes the run folder (config.json, metrics.csv, best/last checkpoints, test_eval.json, report.html) and
+   classifies a few test images.
+
+On a CPU the from-scratch run is scaled to minutes: an 18,000-image subset, 2 epochs, a 67x67 input (the paper's
+layers; adaptive pooling brings conv5's 1x1 maps to fc6's 6x6x256), He initialisation (the paper's N(0, 0.01)
+needs epochs to leave its initial plateau) and Caffe's step schedule. ``--full`` is the paper's setting for a
+GPU: the whole training set, 10 epochs, 227x227 input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import AlexnetError
+
+__all__ = ["DemoConfig", "DemoResult", "run_demo", "locate_data", "pretrained_available"]
+
+
+class DemoError(AlexnetError, ValueError):
+    """A demo that cannot run as asked (no data, bad option)."""
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings; None means "the default for this device and mode" (see `resolve`)."""
+
+    out: str = "runs/demo"  # run folder
+    data_dir: str | None = None  # folder with Fashion-MNIST's idx files; None: the usual places
+    weights: str = "auto"  # auto (pretrained if cached or downloadable) | torchvision | none (from scratch)
+    full: bool = False  # the paper's setting: whole training set, 10 epochs, 227x227 (meant for a GPU)
+    train_samples: int | None = None  # training images (stratified subset); default 30,000 (CPU) / all (--full)
+    val_samples: int | None = None  # training images held out for the schedule and best checkpoint
+    test_samples: int | None = None  # test images for the final figure: the first N of the 10,000
+    epochs: int | None = None
+    input_size: int | None = None  # crop side; default 67 (CPU from scratch), 227 (--full), 224 (fine-tune)
+    batch_size: int | None = None
+    lr: float | None = None
+    init: str = "kaiming"  # initialisation for from-scratch training (paper | caffe | torchvision | kaiming)
+    device: str = "auto"
+    workers: int | None = None  # loader processes; default 0 on a CPU (the cores are busy computing), 8 on a GPU
+    seed: int = 0
+    download: bool = True  # may fetch the data and the pretrained weights where the network allows
+    show: int = 5  # test images to classify at the end
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    mode: str  # "finetune" or "scratch"
+    test_top1_error: float
+    test_top5_error: float
+    test_samples: int
+    seconds: float
+    files: dict[str, Path]
+    examples: list[dict[str, Any]]
+    notes: list[str]
+
+    @property
+    def test_accuracy(self) -> float:
+        return 1.0 - self.test_top1_error
+
+
+def locate_data(data_dir: str | None, download: bool) -> Path:
+    """The folder holding Fashion-MNIST's idx files: ``data_dir``, the Debian package's folder or torchvision's
+    roots; else a download through torchvision where the network allows; else a one-line error that names the
+    install command."""
+    from .data import datasets
+
+    folder = datasets.find_fashion_mnist(data_dir)
+    if folder is not None:
+        return folder
+    if data_dir is not None:
+        raise DemoError(f"{data_dir}: no Fashion-MNIST idx files there (train-images-idx3-ubyte[.gz], ...)")
+    if download and _reachable("https://ossci-datasets.s3.amazonaws.com"):
+        try:
+            return datasets.download_fashion_mnist(None)
+        except AlexnetError:
+            raise
+        except Exception as e:  # a network failure half-way: say so, with the offline way out
+            raise DemoError(
+                f"Fashion-MNIST download failed ({e}); install it with: {datasets.FASHION_MNIST_INSTALL}"
+            ) from None
+    raise datasets.fashion_mnist_missing(None)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` (no request is sent)."""
+    p = urlparse(url)
+    try:
+        with socket.create_connection((p.hostname, p.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pretrained_available(download: bool) -> tuple[bool, str]:
+    """(whether torchvision's ImageNet weights can be had, why): cached already, or downloadable now."""
+    from .weights import PRETRAINED
+
+    rec = PRETRAINED["torchvision"]
+    if rec.cache_path().is_file():
+        return True, f"cached at {rec.cache_path()}"
+    if not download:
+        return False, "not cached and downloads are off"
+    if _reachable(rec.url):
+        return True, f"downloadable from {rec.url}"
+    return False, f"not cached ({rec.cache_path()}) and {urlparse(rec.url).hostname} is unreachable"
+
+
+def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig:
+    """Fill the None fields with the defaults of this mode and device."""
+    gpu = device.type == "cuda"
+    c = dataclasses.replace(cfg)
+    if c.full:
+        defaults = {"train_samples": 0, "val_samples": 5000, "test_samples": 10000, "epochs": 10, "input_size": 227}
+        defaults.update(batch_size=128, lr=0.01)
+    elif finetune:
+        defaults = {"train_samples": 6000 if not gpu else 0, "val_samples": 1000, "test_samples": 2000}
+        # the usual fine-tuning rates: pretrained fc6/fc7 at 0.001, the new fc8 ten times faster
+        defaults.update(epochs=3, input_size=224, batch_size=64, lr=0.001)
+    else:
+        defaults = {"train_samples": 18000 if not gpu else 0, "val_samples": 1000, "test_samples": 2000}
+        defaults.update(epochs=2 if not gpu else 3, input_size=67 if not gpu else 227, batch_size=64, lr=0.01)
+    defaults["workers"] = 8 if gpu else 0
+    for k, v in defaults.items():
+        if getattr(c, k) is None:
+            setattr(c, k, v)
+    if c.test_samples < 1 or c.test_samples > 10000:
+        raise DemoError(f"--test-samples must be in 1..10000, got {c.test_samples}")
+    if c.val_samples < 1 or c.train_samples < 0 or c.epochs < 1:
+        raise DemoError("--val-samples and --epochs must be >= 1, --train-samples >= 0 (0 = all)")
+    return c
+
+
+def _stratified(targets: list[int], n: int, seed: int, exclude: set[int] | None = None) -> list[int]:
+    """``n`` indices drawn class by class (seeded), skipping ``exclude``; all remaining ones when n == 0."""
+    import random
+
+    pool = [i for i in range(len(targets)) if not exclude or i not in exclude]
+    if n == 0 or n >= len(pool):
+        return pool
+    by_class: dict[int, list[int]] = {}
+    for i in pool:
+        by_class.setdefault(targets[i], []).append(i)
+    rng = random.Random(seed)
+    out: list[int] = []
+    for k, c in enumerate(sorted(by_class)):
+        idx = by_class[c][:]
+        rng.shuffle(idx)
+        share = n * len(idx) // len(pool) + (1 if k < n * len(idx) % len(pool) else 0)
+        out += idx[:share]
+    return sorted(out[:n])
+
+
+def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
+    """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
+    from . import plots, train
+    from .data import datasets
+    from .evaluate import evaluate_dataset, write_json
+    from .predict import classify
+    from .weights import load_model
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    device = train.resolve_device(cfg.device, 0)
+    folder = locate_data(cfg.data_dir, cfg.download)
+    log(f"data: Fashion-MNIST from {folder}")
+
+    if cfg.weights not in ("auto", "torchvision", "none"):
+        raise DemoError(f"--weights must be auto, torchvision or none, got {cfg.weights!r}")
+    finetune = False
+    if cfg.weights == "torchvision":
+        finetune = True
+    elif cfg.weights == "auto" and not cfg.full:
+        finetune, why = pretrained_available(cfg.download)
+        log(f"pretrained ImageNet weights: {'yes' if finetune else 'no'} ({why})")
+        if not finetune:
+            notes.append(f"trained from scratch: pretrained weights {why}")
+    c = resolve(cfg, finetune, device)
+    mode = "finetune" if finetune else "scratch"
+
+    # data: a stratified training subset, a held-out validation share of the training set, the first N test images
+    base = datasets.FashionMNISTDataset(folder, "train")
+    val_idx = _stratified(base.targets, c.val_samples, c.seed + 1)
+    train_idx = _stratified(base.targets, c.train_samples, c.seed, exclude=set(val_idx))
+    test_base = datasets.FashionMNISTDataset(folder, "test")
+    test_idx = list(range(min(c.test_samples, len(test_base))))
+
+    tc = train.TrainConfig(
+        data=str(folder),
+        out=c.out,
+        arch="alexnet_owt" if finetune else "alexnet2012",
+        input_size=c.input_size,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        init=c.init,
+        device=c.device,
+        precision="auto",
+        channels_last=True,
+        workers=c.workers,
+        seed=c.seed,
+        progress="auto",
+        log_every=100,
+        tensorboard=False,
+    )
+    if finetune:
+        # conv1-conv5 keep their ImageNet filters; their conv5 features are computed once (section 6.1's
+        # "feature activations induced at the last, 4096-dimensional hidden layer" come from these layers)
+        tc = dataclasses.replace(
+            tc, weights="torchvision", train_layers=["fc6", "fc7", "fc8"], reinit=["fc8"], cache_features=True
+        )
+        tc = dataclasses.replace(tc, augment=False, new_layer_lr_mult=10.0)
+    else:
+        steps = c.epochs * -(-len(train_idx) // c.batch_size)
+        # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
+        tc = dataclasses.replace(tc, schedule="step", step_size=max(1, (2 * steps) // 3))
+        if c.input_size < 224:
+            tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
+
+    model_probe, pre = train.build_model(tc, base.classes)[:2]
+    del model_probe
+    augment = tc.augment and not tc.cache_features
+    train_ds = datasets.Subset(datasets.FashionMNISTDataset(folder, "train"), train_idx)
+    train_ds.transform = pre.geometry(augment)
+    val_ds = datasets.Subset(datasets.FashionMNISTDataset(folder, "train"), val_idx)
+    val_ds.transform = pre.geometry(False)
+    log(
+        f"{mode}: {tc.arch} at {c.input_size}x{c.input_size}, {len(train_ds):,} training images, "
+        f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"
+    )
+    result = train.main(tc, train_dataset=train_ds, val_dataset=val_ds)
+    if result.interrupted:
+        raise DemoError(f"interrupted; the run so far is in {result.out}")
+
+    out = Path(result.out)
+    best = out / "best.safetensors" if (out / "best.safetensors").is_file() else out / "last.safetensors"
+    model, pre = load_model(best)
+    test_ds = datasets.Subset(test_base, test_idx)
+    test_ds.transform = pre.geometry(False)
+    ev = evaluate_dataset(
+        model,
+        test_ds,
+        preprocessing=pre,
+        batch_size=128,
+        workers=c.workers,
+        device=device,
+        channels_last=True,
+        collect=True,
+    )
+    ev.data = {"source": str(folder), "split": "test"}  # test_idx are the first N: indices match the full set
+    d = ev.to_dict(top_misclassified=24)
+    d["weights"] = best.name
+    write_json(d, out / "test_eval.json")
+    write_json(d, out / "eval.json")  # the report shows the held-out test evaluation
+    log(
+        f"test: top-1 error {ev.top1_error:.2%} (accuracy {1 - ev.top1_error:.2%}), top-5 error "
+        f"{ev.top5_error:.2%} on {ev.num_samples:,} held-out test images"
+    )
+    report = plots.report(out, evaluate=False)
+
+    picks = list(range(min(c.show, len(test_base))))
+    images = [test_base.load(i) for i in picks]
+    top = classify(model, pre, images, topk=3, device=device)
+    examples = [
+        {"index": i, "true": test_base.classes[test_base.targets[i]], "top3": [(s.name, s.prob) for s in t]}
+        for i, t in zip(picks, top)
+    ]
+    files = {
+        "run": out,
+        "best": best,
+        "metrics": out / "metrics.csv",
+        "report": report,
+        "test_eval": out / "test_eval.json",
+        "config": out / "config.json",
+    }
+    return DemoResult(
+        out=out,
+        mode=mode,
+        test_top1_error=ev.top1_error,
+        test_top5_error=ev.top5_error,
+        test_samples=ev.num_samples,
+        seconds=time.perf_counter() - t0,
+        files=files,
+        examples=examples,
+        notes=notes,
+    )
