@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from .datasets import PREPARED_MANIFEST, DataError, _Subset, make_loader, open_dataset
+from .datasets import PREPARED_MANIFEST, DataError, Subset, make_loader, open_dataset
 from .fileio import atomic_write, atomic_write_text
 from .transforms import ResizeCenterCrop
 
@@ -83,7 +83,7 @@ def prepare(
             images, meta = f"{split}/{k:05d}.npy", f"{split}/{k:05d}.json"
             if not (out / meta).is_file():
                 indices = range(k * shard_size, min(len(ds), (k + 1) * shard_size))
-                _write_shard(_Subset(ds, indices), ds, indices, out / images, out / meta, size, workers, batch_size)
+                _write_shard(Subset(ds, indices), ds, indices, out / images, out / meta, size, workers, batch_size)
             shards.append({"images": images, "meta": meta})
             bar.update(1)
         bar.close()
