@@ -107,3 +107,12 @@ def test_kaiming_init_keeps_relu_variance():
     assert abs(m.fc6.weight.std().item() - (2 / fan_in) ** 0.5) < 1e-3
     assert abs(m.fc8.weight.std().item() - (1 / 4096) ** 0.5) < 1e-3
     assert all(torch.all(layer.bias == 0) for layer in m.named_layers().values())
+
+
+def test_lrn_models_run_in_bf16_on_cpu():
+    m = alexnet.create_model("caffenet", num_classes=4).eval()
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        ref = m(x)
+        low = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3

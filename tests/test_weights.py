@@ -294,3 +294,15 @@ def test_real_torchvision_download_matches_torchvision():
     x = pre.eval_transform()(torch.full((3, 300, 400), 128, dtype=torch.uint8))[None]
     with torch.no_grad():
         assert torch.equal(model(x), tv(x))
+
+
+def test_save_model_refuses_class_names_of_another_length(tmp_path):
+    import alexnet as ax
+    from alexnet.weights import WeightsError
+
+    m = ax.create_model("alexnet_owt", num_classes=3, input_size=64)
+    with pytest.raises(WeightsError, match="2 class names for a model with 3 classes"):
+        ax.save_model(
+            m, ax.Preprocessing(input_size=64, resize_size=73, class_names=["a", "b"]), tmp_path / "m.safetensors"
+        )
+    assert not (tmp_path / "m.safetensors").exists()

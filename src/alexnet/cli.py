@@ -82,7 +82,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", required=True, help="weights: .safetensors, .pth/.pt, .npy or 'torchvision'")
     p.add_argument("--arch", default=None, help="architecture when the weights file does not say")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .npy weights")
+    p.add_argument(
+        "--trust-pickle",
+        "--allow-pickle",
+        dest="trust_pickle",
+        action="store_true",
+        help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; another than loopback only when asked")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
@@ -115,7 +121,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         arch=args.arch,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.trust_pickle,
         options=options,
         log_level=args.log_level,
     )
@@ -158,6 +164,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (None: min(8, CPUs))")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="'auto': bf16 weights (cast once, channels_last) where the device computes bf16 natively "
+        "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
+    )
     p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
     p.set_defaults(func=_cmd_predict)
 
@@ -182,6 +195,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=device,
         workers=args.workers,
         expand=False,
+        precision=args.precision,
     ):
         if r.error is not None:
             print(f"alexnet predict: error: {r.error}", file=sys.stderr)
@@ -982,6 +996,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `alexnet ... | head`: the reader left; not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

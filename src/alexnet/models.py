@@ -122,6 +122,17 @@ _ARCHS: dict[str, Callable[[], AlexNetConfig]] = {
 }
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """`torch.nn.LocalResponseNorm` (section 3.3) that also runs on half-precision CPU tensors: PyTorch's CPU
+    kernel (an avg_pool3d) has no bfloat16/float16 version, so those are normalised in float32 and cast back.
+    The sum of squares is better kept in float32 anyway."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 class AlexNet(nn.Module):
     """AlexNet built from an `AlexNetConfig`.
 
@@ -144,7 +155,7 @@ class AlexNet(nn.Module):
 
         def add_pool_lrn() -> None:
             pool = nn.MaxPool2d(c.pool_kernel, c.pool_stride)
-            lrn = [nn.LocalResponseNorm(c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k)] if c.lrn else []
+            lrn = [LocalResponseNorm(c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k)] if c.lrn else []
             feats.extend([*lrn, pool] if c.lrn_before_pool else [pool, *lrn])
 
         add_conv("conv1", c.in_channels, ch[0], 11, 4, c.conv1_padding, 1)  # (N, 96, 55, 55) at 227

@@ -213,9 +213,13 @@ def save_model(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: save_model writes .safetensors files")
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     if not isinstance(model, AlexNet):
         raise WeightsError("save_model expects an alexnet.AlexNet model")
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    names = preprocessing.class_names
+    if names is not None and len(names) != model.config.num_classes:
+        raise WeightsError(f"{path}: {len(names)} class names for a model with {model.config.num_classes} classes")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT_NAME,
