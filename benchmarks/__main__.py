@@ -3,7 +3,13 @@
 import importlib
 import sys
 
-BENCHMARKS = {"pipeline": "benchmarks.pipeline", "model": "benchmarks.model_speed", "gpu": "benchmarks.gpu"}
+BENCHMARKS = {
+    "pipeline": "benchmarks.pipeline",
+    "model": "benchmarks.model_speed",
+    "predict": "benchmarks.predict_speed",
+    "finetune": "benchmarks.finetune_cache",
+    "gpu": "benchmarks.gpu",
+}
 
 
 def main() -> None:

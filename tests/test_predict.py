@@ -9,6 +9,7 @@ from PIL import Image
 import alexnet
 from alexnet.cli import main
 from alexnet.data.decode import decode_image
+from alexnet.errors import AlexnetError
 from alexnet.predict import ClassScore, classify, classify_batch, expand_inputs, predict_files
 from alexnet.weights import Preprocessing
 
@@ -132,3 +133,22 @@ def test_cli_predict_no_images(tmp_path, capsys):
     assert "no image files found" in capsys.readouterr().err
     assert main(["predict", "x.png", "--device", "nonsense"]) == 1
     assert "unknown device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_low_precision_agrees_with_fp32_on_top1(small, tmp_path, precision):
+    """bf16 weights cast once (channels_last) give the fp32 top-1 on distinct images, in classify and in
+    predict_files, and leave the caller's fp32 model untouched."""
+    model, pre = small
+    images = _images(12, seed=11)
+    want = [r[0].index for r in classify(model, pre, images, topk=1)]
+    got = classify(model, pre, images, topk=3, precision=precision)
+    assert [r[0].index for r in got] == want
+    assert all(0.0 <= s.prob <= 1.0 for r in got for s in r)
+    files = [_save(im, tmp_path / f"{i:02d}.png") for i, im in enumerate(images)]
+    fp32 = [r.scores[0].index for r in predict_files(model, pre, files, topk=1, batch_size=5, workers=2)]
+    low = [r.scores[0].index for r in predict_files(model, pre, files, topk=1, batch_size=5, precision=precision)]
+    assert low == fp32 == want
+    assert next(model.parameters()).dtype == torch.float32  # the weights were cast on a copy
+    with pytest.raises(AlexnetError, match="unknown precision"):
+        classify(model, pre, images[:1], precision="fp8")
