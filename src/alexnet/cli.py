@@ -911,8 +911,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         download=not args.no_download,
     )
-    say = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
-    r = run_demo(cfg, log=say)
+    if args.json:  # progress goes to stderr so that stdout is the JSON alone
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            r = run_demo(cfg, log=print)
+    else:
+        r = run_demo(cfg, log=print)
     if args.json:
         _print_json(
             {
