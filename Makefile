@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # on another machine pip fetches the same versions.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test test-all demo bench lint format clean
+.PHONY: test test-all demo fashion-mnist bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,28 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+# The demo: Fashion-MNIST from Debian's package when it is missing (root and apt), else the one command that
+# would install it; `alexnet demo` itself also looks in torchvision's roots and downloads where the network allows.
+DEMO_ARGS ?=
+demo: $(STAMP)
+	@$(BIN)/python -c "import sys; from alexnet.data.datasets import find_fashion_mnist as f; sys.exit(f() is None)" \
+		|| $(MAKE) --no-print-directory fashion-mnist
+	$(BIN)/alexnet demo $(DEMO_ARGS)
+
+fashion-mnist:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+		|| echo "could not install dataset-fashion-mnist; alexnet demo will try to download Fashion-MNIST"; \
+	else \
+		echo "Fashion-MNIST is not installed; to use it offline: sudo apt-get install dataset-fashion-mnist"; \
+	fi
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks pipeline
+	$(BIN)/python -m benchmarks model
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
