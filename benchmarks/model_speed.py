@@ -3,8 +3,10 @@
 Baseline = what a torchvision user writes: ``torchvision.models.alexnet()`` in fp32 eager mode, NCHW.
 Ours = the same architecture (``alexnet_owt``) with the settings ``alexnet train`` / ``alexnet predict`` apply:
 bf16 autocast (training) or bf16 weights cast once (inference), channels_last. Each measurement is the median of
-several timed runs after warm-up; baseline and ours alternate run by run so that load on the machine hits both.
-Peak memory is measured in a fresh subprocess per case (VmHWM, the peak RSS, on CPU: ru_maxrss would
+several fresh processes (each the median of a few steps after warm-up); baseline and ours alternate process by
+process so that load on the machine hits both. Ours also has the allocator setting every ``alexnet`` command
+applies at start-up (`alexnet.runtime.tune_cpu_allocator`). Peak memory is measured in a fresh subprocess per
+case (VmHWM, the peak RSS, on CPU: ru_maxrss would
 inherit the parent's across exec; max allocated on CUDA).
 
     python -m benchmarks.model_speed [--batch 64] [--runs 5] [--device cpu]
@@ -101,43 +103,53 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def compare(device: torch.device, batch: int, train: bool, runs: int, warmup: int = 2) -> dict[str, float]:
-    steps = {c: make_step(c, device, batch, train) for c in ("baseline", "ours")}
-    for s in steps.values():
-        for _ in range(warmup):
-            s()
-    times: dict[str, list[float]] = {c: [] for c in steps}
+def measure(case: str, device: str, batch: int, train: bool, steps: int, warmup: int = 2) -> float:
+    """Median seconds per step of ``case`` in THIS process (run by `_in_subprocess`)."""
+    if case == "ours":
+        from alexnet.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # what the alexnet command does at start-up
+    dev = torch.device(device)
+    step = make_step(case, dev, batch, train)
+    for _ in range(warmup):
+        step()
+    return statistics.median(timed(step, dev) for _ in range(steps))
+
+
+def _in_subprocess(expr: str) -> float:
+    code = f"import sys, json; sys.path.insert(0, '.'); from benchmarks.model_speed import *; print(json.dumps({expr}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def compare(device: torch.device, batch: int, train: bool, runs: int, steps: int = 4) -> dict[str, float]:
+    """img/s of baseline and ours: ``runs`` rounds, each a fresh process per case (a user runs one model per
+    process; two models alternating in one process would share, and thrash, one allocator), alternating
+    baseline, ours, baseline, ours ... so that load on the machine hits both; median over rounds."""
+    times: dict[str, list[float]] = {"baseline": [], "ours": []}
     for _ in range(runs):
-        for c, s in steps.items():  # alternate: baseline, ours, baseline, ours, ...
-            times[c].append(timed(s, device))
+        for c in times:
+            times[c].append(_in_subprocess(f"measure({c!r}, {str(device)!r}, {batch}, {train}, {steps})"))
     return {c: batch / statistics.median(t) for c, t in times.items()}
 
 
 def peak_memory(case: str, device: str, batch: int, train: bool) -> float:
     """Peak memory (MiB) of a few steps of ``case`` in a fresh process."""
-    code = (
-        "import sys, json, torch; sys.path.insert(0, '.');"
-        "from benchmarks.model_speed import make_step;"
-        f"d = torch.device('{device}'); s = make_step('{case}', d, {batch}, {train});"
-        "[s() for _ in range(2)];"
-        "peak = torch.cuda.max_memory_allocated() / 2**20 if d.type == 'cuda' else "
-        "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024;"
-        "print(json.dumps(peak))"
+    expr = (
+        f"(measure({case!r}, {device!r}, {batch}, {train}, 2), "
+        "torch.cuda.max_memory_allocated() / 2**20 if torch.device("
+        f"{device!r}).type == 'cuda' else "
+        "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)[1]"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return _in_subprocess(expr)
 
 
 def latency(device: torch.device, runs: int) -> dict[str, float]:
-    """Model-only batch-1 latency in ms (median)."""
-    steps = {c: make_step(c, device, 1, False) for c in ("baseline", "ours")}
-    for s in steps.values():
-        for _ in range(3):
-            s()
-    times: dict[str, list[float]] = {c: [] for c in steps}
-    for _ in range(runs * 4):
-        for c, s in steps.items():
-            times[c].append(timed(s, device))
+    """Model-only batch-1 latency in ms (median over fresh processes, each the median of 16 calls)."""
+    times: dict[str, list[float]] = {"baseline": [], "ours": []}
+    for _ in range(runs):
+        for c in times:
+            times[c].append(_in_subprocess(f"measure({c!r}, {str(device)!r}, 1, False, 16, 3)"))
     return {c: 1000 * statistics.median(t) for c, t in times.items()}
 
 

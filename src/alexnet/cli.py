@@ -993,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # faster CPU steps, same results (see alexnet.runtime)
     try:
         return int(args.func(args) or EXIT_OK)
     except AlexnetError as e:

@@ -1,0 +1,44 @@
+"""Process-wide settings that make PyTorch on CPU faster without changing any result.
+
+glibc's malloc serves every block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and gives
+it back with munmap on free. AlexNet's large tensors (fc6's 151 MB weight and its gradient, bf16 weight copies,
+conv1's activations) are allocated and freed every step, so each step pays page faults to zero fresh pages: on a
+2-core CPU that is a quarter or more of a training step. Raising the mmap and trim thresholds lets freed blocks
+be reused instead (what jemalloc/tcmalloc, which PyTorch's CPU performance guide recommends, do by design).
+Measured in benchmarks/model_speed.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+__all__ = ["tune_cpu_allocator"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_THRESHOLD = 1 << 30  # 1 GiB: above every tensor AlexNet allocates per step
+_done = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Raise glibc malloc's mmap and trim thresholds once per process; True if applied. A no-op elsewhere
+    (macOS, musl, Windows) and when ALEXNET_MALLOC_TUNING=0 or glibc's own MALLOC_* variables are set."""
+    global _done
+    if _done:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("ALEXNET_MALLOC_TUNING", "1") == "0":
+        return False
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return False  # the user chose their own allocator settings
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _done = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+    return _done
