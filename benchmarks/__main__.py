@@ -9,6 +9,7 @@ BENCHMARKS = {
     "predict": "benchmarks.predict_speed",
     "finetune": "benchmarks.finetune_cache",
     "gpu": "benchmarks.gpu",
+    "agreement": "benchmarks.bf16_agreement",
 }
 
 
