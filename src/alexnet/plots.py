@@ -27,6 +27,7 @@ from torchvision.utils import make_grid
 
 from .errors import AlexnetError
 from .models import AlexNet
+from .train import METRICS_COLUMNS  # the run folder's columns, written by train
 
 __all__ = [
     "PlotError",
@@ -41,17 +42,6 @@ __all__ = [
 ]
 
 DPI = 100
-METRICS_COLUMNS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc1",
-    "val_loss",
-    "val_acc1",
-    "val_acc5",
-    "images_per_s",
-    "seconds",
-)
 
 
 class PlotError(AlexnetError, ValueError):
