@@ -11,7 +11,7 @@ torchvision's downloader, and its 28x28 grey images go through the same RGB pipe
 4. writes the run folder (config.json, metrics.csv, best/last checkpoints, test_eval.json, report.html) and
    classifies a few test images.
 
-On a CPU the from-scratch run is scaled to minutes: an 18,000-image subset, 2 epochs, a 67x67 input (the paper's
+On a CPU the from-scratch run is scaled to minutes: a 24,000-image subset, 2 epochs, a 67x67 input (the paper's
 layers; adaptive pooling brings conv5's 1x1 maps to fc6's 6x6x256), He initialisation (the paper's N(0, 0.01)
 needs epochs to leave its initial plateau) and Caffe's step schedule. ``--full`` is the paper's setting for a
 GPU: the whole training set, 10 epochs, 227x227 input.
@@ -137,7 +137,7 @@ def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig
         # the usual fine-tuning rates: pretrained fc6/fc7 at 0.001, the new fc8 ten times faster
         defaults.update(epochs=3, input_size=224, batch_size=64, lr=0.001)
     else:
-        defaults = {"train_samples": 18000 if not gpu else 0, "val_samples": 1000, "test_samples": 2000}
+        defaults = {"train_samples": 24000 if not gpu else 0, "val_samples": 1000, "test_samples": 2000}
         defaults.update(epochs=2 if not gpu else 3, input_size=67 if not gpu else 227, batch_size=64, lr=0.01)
     defaults["workers"] = 8 if gpu else 0
     for k, v in defaults.items():
