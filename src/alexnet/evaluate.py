@@ -377,14 +377,9 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
 
 
 def _resolve_device(device: torch.device | str | None, local_rank: int = 0) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda asked for, but no CUDA device is available")
-    return device
+    from .runtime import resolve_device
+
+    return resolve_device(device, local_rank)
 
 
 def _init_distributed(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:

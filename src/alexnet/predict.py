@@ -27,6 +27,7 @@ from torch import nn
 
 from .data.decode import BadImageError, decode_image
 from .errors import AlexnetError
+from .runtime import resolve_device as _resolve_device
 from .weights import Preprocessing
 
 __all__ = [
@@ -79,16 +80,8 @@ class FileResult:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when available, else the CPU. Unknown names raise `AlexnetError`."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise AlexnetError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AlexnetError(f"device {device!r} asked for, but CUDA is not available")
-    return dev
+    """``None`` or ``"auto"``: CUDA when available, else the CPU (see `alexnet.runtime.resolve_device`)."""
+    return _resolve_device(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

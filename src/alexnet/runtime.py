@@ -1,4 +1,5 @@
-"""Process-wide settings that make PyTorch on CPU faster without changing any result.
+"""Process-wide settings: the device a command runs on, and a CPU allocator setting that makes PyTorch faster
+without changing any result.
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and gives
 it back with munmap on free. AlexNet's large tensors (fc6's 151 MB weight and its gradient, bf16 weight copies,
@@ -15,7 +16,11 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_cpu_allocator"]
+import torch
+
+from .errors import AlexnetError
+
+__all__ = ["tune_cpu_allocator", "resolve_device"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -42,3 +47,21 @@ def tune_cpu_allocator() -> bool:
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
     return _done
+
+
+def resolve_device(spec: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """The device a command runs on. ``None``/``"auto"``: this process's GPU (``cuda:LOCAL_RANK`` under torchrun)
+    when CUDA is available, else the CPU; a bare ``"cuda"`` also means this process's GPU. Raises `AlexnetError`
+    for a name that is no device, or for CUDA where there is none."""
+    if spec is None or str(spec) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise AlexnetError(f"unknown device {str(spec)!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AlexnetError(f"device {str(spec)!r} asked for, but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from . import runtime
 from .errors import AlexnetError
 from .evaluate import EvalResult, eval_sampler, evaluate
 from .models import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
@@ -291,18 +292,11 @@ def setup_distributed(device_kind: str) -> DistInfo:
 
 
 def resolve_device(spec: str, info_local_rank: int) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{info_local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    """`alexnet.runtime.resolve_device`, with its error as a `TrainError` naming the setting."""
     try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise TrainError(f"device: {spec!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError("device: CUDA was asked for but is not available")
-        if device.index is None:
-            device = torch.device(f"cuda:{info_local_rank}")
-    return device
+        return runtime.resolve_device(spec, info_local_rank)
+    except AlexnetError as e:
+        raise TrainError(str(e)) from None
 
 
 def bf16_native(device: torch.device) -> bool:
