@@ -135,3 +135,22 @@ def test_per_pixel_mean_image():
     assert torch.allclose(bt(ten)[0], expected, atol=1e-4)
     with pytest.raises(ValueError):
         pre.batch_transform(False, per_pixel_mean=True)
+
+
+def test_random_patch_matches_resize_then_crop():
+    """The fused patch (crop the source, resample once) is the paper's crop of the 256 image up to resampling."""
+    from torchvision.transforms.v2 import functional as F
+
+    from alexnet.data.transforms import RandomPatch, resize_center_crop
+
+    y, x = torch.meshgrid(torch.arange(375.0), torch.arange(500.0), indexing="ij")
+    img = torch.stack([x / 2, y / 1.5, (x + y) / 3.5]).clamp(0, 255).to(torch.uint8)  # smooth (3, 375, 500)
+    patch = RandomPatch(256, 224)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out = patch(img)
+        torch.manual_seed(seed)
+        i, j = (int(v) for v in torch.randint(0, 33, (2,)))
+        ref = F.crop(resize_center_crop(img, 256), i, j, 224, 224)
+        assert out.shape == ref.shape == (3, 224, 224)
+        assert (out.float() - ref.float()).abs().mean() < 1.5

@@ -67,6 +67,33 @@ class ResizeCenterCrop(nn.Module):
         return resize_center_crop(img, self.size)
 
 
+class RandomPatch(nn.Module):
+    """A random ``input_size`` patch of the `resize_center_crop` ``resize_size`` image (section 4.1), cut from the
+    source first and resampled once: the same patch (up to where resampling puts its pixel centres, under a
+    source pixel) at a fraction of the work, since only the patch's pixels are resampled. A source that already
+    is ``resize_size`` square (a prepared set) is sliced exactly, with no resampling.
+    uint8 (3, H, W) -> uint8 (3, input_size, input_size)."""
+
+    def __init__(self, resize_size: int, input_size: int) -> None:
+        super().__init__()
+        if input_size > resize_size:
+            raise ValueError(f"input_size {input_size} > resize_size {resize_size}")
+        self.resize_size = self.min_size = int(resize_size)
+        self.input_size = int(input_size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        r, p = self.resize_size, self.input_size
+        i, j = (int(v) for v in torch.randint(0, r - p + 1, (2,)))  # offsets in the resized square, like RandomCrop
+        h, w = img.shape[-2:]
+        if h == r and w == r:
+            return img[..., i : i + p, j : j + p]
+        side = min(h, w)
+        scale = side / r  # source pixels per resized pixel
+        top0, left0 = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+        top, left, size = top0 + round(i * scale), left0 + round(j * scale), max(1, round(p * scale))
+        return F.resized_crop(img, top, left, size, size, [p, p], antialias=True)
+
+
 class TenCrop(nn.Module):
     """The paper's test-time patches (section 4.1): the four corner and the central ``input_size`` patches of
     the ``resize_size`` image, and their mirrors. uint8 (3, H, W) -> uint8 (10, 3, S, S), in torchvision's
@@ -100,7 +127,7 @@ def eval_geometry(resize_size: int, input_size: int) -> v2.Compose:
 def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.Compose:
     """The paper's training patches (section 4.1): the central ``resize_size`` square (short side resized), a
     random ``input_size`` patch of it, mirrored with probability 1/2. uint8 (3, H, W) -> uint8 (3, S, S)."""
-    ops: list[nn.Module] = [ResizeCenterCrop(resize_size), v2.RandomCrop(input_size)]
+    ops: list[nn.Module] = [RandomPatch(resize_size, input_size)]
     if flip:
         ops.append(v2.RandomHorizontalFlip())
     return _Geometry(ops, resize_size)
