@@ -89,15 +89,11 @@ def locate_data(data_dir: str | None, download: bool) -> Path:
         return folder
     if data_dir is not None:
         raise DemoError(f"{data_dir}: no Fashion-MNIST idx files there (train-images-idx3-ubyte[.gz], ...)")
-    if download and _reachable("https://ossci-datasets.s3.amazonaws.com"):
-        try:
-            return datasets.download_fashion_mnist(None)
-        except AlexnetError:
-            raise
-        except Exception as e:  # a network failure half-way: say so, with the offline way out
-            raise DemoError(
-                f"Fashion-MNIST download failed ({e}); install it with: {datasets.FASHION_MNIST_INSTALL}"
-            ) from None
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        if _reachable(FashionMNIST.mirrors[0]):
+            return datasets.download_fashion_mnist(None)  # its failures are one-line DataErrors
     raise datasets.fashion_mnist_missing(None)
 
 
@@ -105,7 +101,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` (no request is sent)."""
     p = urlparse(url)
     try:
-        with socket.create_connection((p.hostname, p.port or 443), timeout=timeout):
+        with socket.create_connection((p.hostname, p.port or (80 if p.scheme == "http" else 443)), timeout=timeout):
             return True
     except OSError:
         return False
@@ -150,24 +146,14 @@ def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig
     return c
 
 
-def _stratified(targets: list[int], n: int, seed: int, exclude: set[int] | None = None) -> list[int]:
-    """``n`` indices drawn class by class (seeded), skipping ``exclude``; all remaining ones when n == 0."""
-    import random
+def _take(targets: list[int], n: int, seed: int) -> tuple[list[int], list[int]]:
+    """(the rest, about ``n`` indices drawn class by class, seeded) by `datasets.stratified_split`; n == 0 or
+    n >= len: everything is taken."""
+    from .data import datasets
 
-    pool = [i for i in range(len(targets)) if not exclude or i not in exclude]
-    if n == 0 or n >= len(pool):
-        return pool
-    by_class: dict[int, list[int]] = {}
-    for i in pool:
-        by_class.setdefault(targets[i], []).append(i)
-    rng = random.Random(seed)
-    out: list[int] = []
-    for k, c in enumerate(sorted(by_class)):
-        idx = by_class[c][:]
-        rng.shuffle(idx)
-        share = n * len(idx) // len(pool) + (1 if k < n * len(idx) % len(pool) else 0)
-        out += idx[:share]
-    return sorted(out[:n])
+    if n == 0 or n >= len(targets):
+        return [], list(range(len(targets)))
+    return datasets.stratified_split(targets, n / len(targets), seed)
 
 
 def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
@@ -199,8 +185,8 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
 
     # data: a stratified training subset, a held-out validation share of the training set, the first N test images
     base = datasets.FashionMNISTDataset(folder, "train")
-    val_idx = _stratified(base.targets, c.val_samples, c.seed + 1)
-    train_idx = _stratified(base.targets, c.train_samples, c.seed, exclude=set(val_idx))
+    rest, val_idx = _take(base.targets, c.val_samples, c.seed + 1)
+    train_idx = [rest[i] for i in _take([base.targets[i] for i in rest], c.train_samples, c.seed)[1]]
     test_base = datasets.FashionMNISTDataset(folder, "test")
     test_idx = list(range(min(c.test_samples, len(test_base))))
 
@@ -236,13 +222,9 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         if c.input_size < 224:
             tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
 
-    model_probe, pre = train.build_model(tc, base.classes)[:2]
-    del model_probe
-    augment = tc.augment and not tc.cache_features
-    train_ds = datasets.Subset(datasets.FashionMNISTDataset(folder, "train"), train_idx)
-    train_ds.transform = pre.geometry(augment)
+    # two views of one data set (train.main gives each its geometry)
+    train_ds = datasets.Subset(base, train_idx)
     val_ds = datasets.Subset(datasets.FashionMNISTDataset(folder, "train"), val_idx)
-    val_ds.transform = pre.geometry(False)
     log(
         f"{mode}: {tc.arch} at {c.input_size}x{c.input_size}, {len(train_ds):,} training images, "
         f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"

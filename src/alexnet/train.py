@@ -878,7 +878,8 @@ def main(
 
     ``train_dataset`` / ``val_dataset``: data sets that follow the `alexnet.data` contract (``ds[i]`` is
     ``(uint8 (3, S, S) image, label)`` already cropped to the input size, attributes ``classes``/``targets``),
-    used instead of opening ``config.data``.
+    used instead of opening ``config.data``. One whose ``transform`` attribute is None gets the run's
+    `Preprocessing.geometry` (training or evaluation).
     """
     cfg = dataclasses.replace(config)
     check_config(cfg)
@@ -928,6 +929,10 @@ def _run(
         train_ds, val_ds = _open_datasets(cfg, pre, augment)
     else:
         train_ds, val_ds = train_dataset, val_dataset
+        # data sets handed in without a transform get this run's geometry (the model decides the input size)
+        for ds, train_geo in ((train_ds, augment), (val_ds, False)):
+            if ds is not None and hasattr(ds, "transform") and ds.transform is None:
+                ds.transform = pre.geometry(train_geo)
     ds_classes = _class_names(train_ds)
     _check_data(train_ds, ds_classes, cfg.data or "data")
     if ds_classes != class_names:
