@@ -2,14 +2,18 @@
 
 ``alexnet.train.main`` on a generated folder of 500x375 quality-90 JPEGs (``--classes`` class folders), starting
 from random torchvision weights (``torchvision.models.alexnet()``'s state dict loaded into ``alexnet_owt`` and
-saved with `alexnet.save_model`); fc8 is resized to the folder's classes and re-initialised. Two cases: training
-fc6-fc8, and training fc8 only. Each runs ``--epochs`` epochs plain (every step decodes, crops and runs the frozen
-convolutions) and with ``cache_features=True`` (the pooled conv5 features computed once, fc6-fc8 trained from
-them). Reported: seconds per epoch (the training loop, from metrics.csv), the cache's one-off build time, the
-whole run's wall time, and the ratios; the final weights of both paths are compared (they are equal up to float
-rounding by design: same data order, same dropout masks). Median of ``--runs`` runs.
+saved with `alexnet.save_model`); fc8 is resized to the folder's classes and re-initialised. Three cases: training
+fc6-fc8, training fc8 only, and the tutorial's fc7+fc8 on the paper's layout (random ``alexnet2012`` weights,
+227x227; dropout follows fc6's ReLU, so the cache holds fc6's output). Each runs ``--epochs`` epochs plain (every
+step decodes, crops and runs the frozen layers) and with ``cache_features=True`` (the frozen front computed once,
+the rest trained from it). Both paths see the same centre crops (the cache cannot hold random crops), the same data
+order and the same dropout masks, so their final weights agree up to float rounding (printed); ``--augment`` gives
+the plain path random crops and flips instead (the default of a run without the cache; about the same cost,
+different weights).
+Reported: seconds per epoch (the training loop, from metrics.csv), the cache's one-off build time, the whole run's
+wall time, and the ratios. Median of ``--runs`` runs.
 
-    python -m benchmarks finetune [--images 256] [--classes 10] [--epochs 2] [--runs 3] [--batch 64]
+    python -m benchmarks finetune [--images 1024] [--classes 10] [--epochs 2] [--runs 3] [--batch 64] [--augment]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from safetensors.torch import load_file
 import alexnet
 from alexnet.train import TrainConfig
 from alexnet.train import main as train_main
+from alexnet.weights import default_preprocessing
 
 from .model_speed import machine
 from .pipeline import make_jpegs
@@ -49,7 +54,7 @@ def run(data: Path, weights: Path, out: Path, layers: list[str], cache: bool, ar
     cfg = TrainConfig(
         data=str(data), out=str(out), weights=str(weights), train_layers=layers, cache_features=cache,
         epochs=args.epochs, batch_size=args.batch, val_split=0.0, workers=args.workers, precision=args.precision,
-        schedule="step", progress="none", tensorboard=False, seed=0,
+        schedule="step", progress="none", tensorboard=False, seed=0, augment=args.augment,
     )  # fmt: skip
     t = time.perf_counter()
     train_main(cfg)
@@ -67,18 +72,20 @@ def max_diff(a: Path, b: Path) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader worker processes")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    ap.add_argument("--augment", action="store_true", help="random crops and flips on the plain path")
     args = ap.parse_args(argv)
     print(f"# {machine()}, torchvision {torchvision.__version__}")
     print(
         f"# {args.images} JPEGs 500x375 q90 in {args.classes} classes, {args.epochs} epochs, batch {args.batch}, "
-        f"{args.workers} workers, precision {args.precision}, median of {args.runs} runs",
+        f"{args.workers} workers, precision {args.precision}, plain path "
+        f"{'augmented' if args.augment else 'centre crops'}, median of {args.runs} runs",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,16 +95,24 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(torchvision.models.alexnet().state_dict(), tmp / "random.pth")
         model, pre = alexnet.load_model(str(tmp / "random.pth"), arch="alexnet_owt")
         weights = alexnet.save_model(model, pre, tmp / "random.safetensors")
-        for name, layers in (("fc6-fc8", ["fc6", "fc7", "fc8"]), ("fc8 only", ["fc8"])):
+        torch.manual_seed(0)
+        paper = alexnet.create_model("alexnet2012")  # the bvlc/tutorial layout: dropout after fc6's ReLU
+        paper_weights = alexnet.save_model(paper, default_preprocessing(paper.config), tmp / "paper.safetensors")
+        cases = (
+            ("fc6-fc8", weights, ["fc6", "fc7", "fc8"]),
+            ("fc8 only", weights, ["fc8"]),
+            ("fc7-fc8 (paper layout)", paper_weights, ["fc7", "fc8"]),
+        )
+        for name, w, layers in cases:
             res: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for r in range(args.runs):  # interleaved: plain, cached, plain, cached, ...
                 for cache in (False, True):
-                    res[cache].append(run(tmp / "data", weights, tmp / f"{name[:3]}-{cache}-{r}", layers, cache, args))
+                    res[cache].append(run(tmp / "data", w, tmp / f"{name[:3]}-{cache}-{r}", layers, cache, args))
             diff = max_diff(tmp / f"{name[:3]}-False-0", tmp / f"{name[:3]}-True-0")
             med = {c: {k: statistics.median(x[k] for x in v) for k in v[0]} for c, v in res.items()}
             p, c = med[False], med[True]
             print(
-                f"{name:<9} plain {p['epoch']:7.2f} s/epoch   cached {c['epoch']:7.2f} s/epoch   "
+                f"{name:<22} plain {p['epoch']:7.2f} s/epoch   cached {c['epoch']:7.2f} s/epoch   "
                 f"ratio {p['epoch'] / c['epoch']:5.2f}x   | cache build + setup {c['rest']:6.2f} s (plain setup "
                 f"{p['rest']:.2f} s)   whole run {p['wall']:.1f} s vs {c['wall']:.1f} s ({p['wall'] / c['wall']:.2f}x)"
                 f"   max |w_plain - w_cached| {diff:.1e}",

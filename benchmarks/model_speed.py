@@ -2,12 +2,12 @@
 
 Baseline = what a torchvision user writes: ``torchvision.models.alexnet()`` in fp32 eager mode, NCHW.
 Ours = the same architecture (``alexnet_owt``) with the settings ``alexnet train`` / ``alexnet predict`` apply:
-bf16 autocast (training) or bf16 weights cast once (inference), channels_last. Each measurement is the median of
-several fresh processes (each the median of a few steps after warm-up); baseline and ours alternate process by
-process so that load on the machine hits both. Ours also has the allocator setting every ``alexnet`` command
-applies at start-up (`alexnet.runtime.tune_cpu_allocator`). Peak memory is measured in a fresh subprocess per
-case (VmHWM, the peak RSS, on CPU: ru_maxrss would
-inherit the parent's across exec; max allocated on CUDA).
+bf16 autocast and the fused SGD update (training) or bf16 weights cast once (inference), channels_last. Each
+measurement is the median of several fresh processes (each the median of a few steps after warm-up); baseline and
+ours alternate process by process so that load on the machine hits both. Ours also has the allocator setting every
+``alexnet`` command applies at start-up (`alexnet.runtime.tune_cpu_allocator`). Peak memory is measured in a fresh
+subprocess per case (VmHWM, the peak RSS, on CPU: ru_maxrss would inherit the parent's across exec; max allocated
+on CUDA).
 
     python -m benchmarks.model_speed [--batch 64] [--runs 5] [--device cpu]
 """
@@ -69,7 +69,8 @@ def make_step(case: str, device: torch.device, batch: int, train: bool):
         x = x.contiguous(memory_format=torch.channels_last)
     if train:
         model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        fused = {"fused": True} if case == "ours" else {}  # as alexnet.train builds it
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
         amp = (lambda: torch.autocast(device.type, dtype=low)) if (low is not None) else contextlib.nullcontext
 
         def step() -> None:

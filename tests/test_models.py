@@ -116,3 +116,36 @@ def test_lrn_models_run_in_bf16_on_cpu():
         ref = m(x)
         low = m.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert low.dtype == torch.bfloat16 and (low.float() - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
+
+
+def test_dropout_draws_bernoulli_masks_scales_and_backpropagates():
+    from alexnet.models import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.5)
+    x = torch.full((64, 9216), 3.0, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert 0.49 < kept.float().mean().item() < 0.51  # 590k Bernoulli(0.5) draws
+    assert torch.all(y[kept] == 6.0)  # inverted dropout: kept units scaled by 1/(1-p)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * 2.0)  # the gradient flows through the same mask
+    a, b = Dropout(0.5)(torch.ones(4096)), Dropout(0.5)(torch.ones(4096))
+    assert not torch.equal(a, b)  # a new mask each call
+    assert Dropout(0.25)(torch.ones(100_000)).ne(0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    half = Dropout(0.5)(torch.ones(1000, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) <= {0.0, 2.0}
+    z = torch.ones(1000)
+    assert Dropout(0.5, inplace=True)(z) is z and set(z.unique().tolist()) <= {0.0, 2.0}
+    drop.eval()
+    x = torch.randn(8, 16)
+    assert torch.equal(drop(x), x)  # evaluation: identity
+    assert torch.equal(Dropout(0.0)(x), x)
+
+
+def test_models_use_the_fast_dropout():
+    from alexnet.models import Dropout
+
+    for arch in ("alexnet2012", "alexnet_owt", "caffenet"):
+        drops = [m for m in alexnet.create_model(arch).modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(drops) == 2 and all(type(m) is Dropout and m.p == 0.5 for m in drops)

@@ -330,6 +330,55 @@ def test_feature_cache_equals_plain_path(data, pretrained, tmp_path):
             assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6)
 
 
+def test_cache_split_stops_at_the_first_learner_or_dropout():
+    paper = alexnet.create_model("alexnet2012", num_classes=3, input_size=64, adaptive_pool=True, **TINY)
+    train.freeze_layers(paper, ["fc7", "fc8"])
+    assert train.cache_split(paper) == 2  # fc6 + ReLU; the dropout after them draws a new mask every step
+    train.freeze_layers(paper, ["fc6", "fc7", "fc8"])
+    assert train.cache_split(paper) == 0
+    owt = alexnet.create_model("alexnet_owt", num_classes=3, input_size=64, **TINY)
+    train.freeze_layers(owt, ["fc7", "fc8"])
+    assert train.cache_split(owt) == 0  # torchvision's layout: dropout comes before fc6
+    nodrop = alexnet.create_model("alexnet2012", num_classes=3, dropout=0.0, input_size=64, adaptive_pool=True, **TINY)
+    train.freeze_layers(nodrop, ["fc8"])
+    assert train.cache_split(nodrop) == 4  # fc6, ReLU, fc7, ReLU
+
+
+def test_feature_cache_through_frozen_fc6_equals_plain_path(data, tmp_path):
+    """The tutorial's case: the paper's layout, fc7 and fc8 learn; the cache holds fc6's output."""
+    torch.manual_seed(2)
+    model = alexnet.create_model(
+        "alexnet2012", num_classes=3, input_size=64, adaptive_pool=True, conv1_padding=2, **TINY
+    )
+    pre = default_preprocessing(model.config, ["class0", "class1", "class2"])
+    path = save_model(model, pre, tmp_path / "paper.safetensors")
+    kw = dict(weights=str(path), train_layers=["fc7", "fc8"], augment=False, epochs=3, lr=0.05, arch="alexnet2012")
+    calls = []
+    original = train.compute_features
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((kwargs["front"], result[0].features.shape[1]))
+        return result
+
+    train.main(tiny_config(data, tmp_path / "plain", **kw))
+    train.compute_features = spy
+    try:
+        train.main(tiny_config(data, tmp_path / "cache", **kw, cache_features=True))
+    finally:
+        train.compute_features = original
+    assert calls == [(2, 64), (2, 64)]  # train and val caches hold fc6's 64 outputs, not conv5's 32*6*6
+    a, b = weights(tmp_path / "plain" / "last.safetensors"), weights(tmp_path / "cache" / "last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert torch.equal(a["classifier.0.weight"], model.fc6.weight)  # fc6 frozen on both paths
+    assert not torch.equal(a["classifier.3.weight"], model.fc7.weight)
+    ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "cache")
+    for x, y in zip(ra, rb):
+        for k in ("train_loss", "train_acc1", "val_loss", "val_acc1"):
+            assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6)
+
+
 def test_feature_cache_needs_frozen_convs(data, pretrained, tmp_path):
     with pytest.raises(train.TrainError, match="every conv layer frozen"):
         tiny_config(data, tmp_path / "x", weights=str(pretrained), cache_features=True)

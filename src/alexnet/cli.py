@@ -843,7 +843,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         "--cache-features",
         action="store_true",
         default=S,
-        help="all conv layers frozen: compute conv5 features once and train fc6-8 from them",
+        help="all conv layers frozen: compute their features once (and fc6's, when frozen in the paper's layout) "
+        "and train the rest from them",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -133,6 +133,23 @@ class LocalResponseNorm(nn.LocalResponseNorm):
         return super().forward(x)
 
 
+class Dropout(nn.Dropout):
+    """`torch.nn.Dropout` (section 4: each hidden unit of fc6/fc7 is zeroed with probability ``p`` while training;
+    inverted, as torchvision's, so that evaluation needs no rescaling) whose CPU mask comes from ``torch.rand``.
+    PyTorch's CPU ``bernoulli_`` kernel is about 5x slower than ``rand`` for the same Bernoulli(1 - p) mask (6.3 vs
+    1.3 ms for fc6's 64x9216 input on 2 cores), which is 5 % of a cached fine-tuning step. Other devices keep
+    PyTorch's fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1.0:
+            return x.mul_(0.0) if self.inplace else x * 0.0
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # float32 draws whatever x's dtype
+        scale = keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x.mul_(scale) if self.inplace else x * scale
+
+
 class AlexNet(nn.Module):
     """AlexNet built from an `AlexNetConfig`.
 
@@ -170,7 +187,7 @@ class AlexNet(nn.Module):
         self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if c.adaptive_pool else nn.Identity()
 
         cls: list[nn.Module] = []
-        drop = (lambda: [nn.Dropout(c.dropout)]) if c.dropout > 0 else (lambda: [])
+        drop = (lambda: [Dropout(c.dropout)]) if c.dropout > 0 else (lambda: [])
         for name, fin in (("fc6", ch[4] * 6 * 6), ("fc7", c.fc_features)):
             if c.dropout_before_fc:
                 cls.extend(drop())
