@@ -85,6 +85,59 @@ def test_loader_with_workers_reports_bad_names(tmp_path):
     assert seen == 6 and len(bad) == 1 and bad[0].endswith("broken.png")
 
 
+class _Pid(torch.utils.data.Dataset):
+    """Each item: a random draw (the transform's randomness) and the pid of the process that made it."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        import os
+
+        return torch.rand(3), os.getpid()
+
+
+def _draws(loader):
+    return [(x.clone(), y.tolist()) for x, y, _ in loader]
+
+
+def test_random_transforms_follow_the_batch_not_the_worker():
+    """SeededBatchSampler: a batch's random numbers depend on (seed, epoch, batch number) only."""
+    draws = {}
+    for workers in (0, 2):
+        loader = D.make_loader(_Pid(), batch_size=4, workers=workers, seed=5)
+        loader.batch_sampler.set_epoch(1)
+        draws[workers] = [x for x, _ in _draws(loader)]
+    assert all(torch.equal(a, b) for a, b in zip(draws[0], draws[2]))
+    assert not torch.equal(draws[0][0], draws[0][1])  # batches differ from one another
+    loader = D.make_loader(_Pid(), batch_size=4, seed=5)
+    loader.batch_sampler.set_epoch(2)
+    assert not torch.equal(_draws(loader)[0][0], draws[0][0])  # and from epoch to epoch
+    torch.manual_seed(0)
+    before = torch.rand(4)
+    torch.manual_seed(0)
+    _draws(D.make_loader(_Pid(), batch_size=4, seed=5))  # no workers: the caller's generator is left as it was
+    assert torch.equal(torch.rand(4), before)
+
+
+def test_loader_skips_batches_and_keeps_workers():
+    class Skipping(torch.utils.data.SequentialSampler):
+        skip = 0
+
+        def __iter__(self):
+            return iter(list(super().__iter__())[self.skip :])
+
+    sampler = Skipping(range(12))
+    loader = D.make_loader(_Pid(), batch_size=4, workers=2, sampler=sampler, seed=1)
+    loader.batch_sampler.set_epoch(3)
+    full = _draws(loader)
+    sampler.skip = 4  # resume after the first batch: the rest is drawn as before
+    rest = _draws(loader)
+    assert len(rest) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(full[1:], rest))
+    pids = {p for _, ps in full + rest for p in ps}
+    assert len(pids) == 2  # the same two worker processes served both passes
+
+
 def _idx(arr, path, gz):
     header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
     data = header + arr.astype(np.uint8).tobytes()

@@ -1095,6 +1095,7 @@ def _run(
         save_model(model, pre, out / "last.safetensors", arch=cfg.arch)
         _torch_save_atomic(state, out / "state.pt")
 
+    loader, val_loader = _run_loaders(cfg, epoch_train_ds, epoch_val_ds, local_batch, sampler, info)
     interrupted = False
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -1102,7 +1103,8 @@ def _run(
             stats = partial if partial.steps else EpochStats()
             partial = EpochStats()
             sampler.skip = stats.steps * local_batch
-            loader = _epoch_loader(cfg, epoch_train_ds, local_batch, sampler, epoch, info.rank)
+            if hasattr(loader.batch_sampler, "set_epoch"):  # per-batch seeds of the random transforms
+                loader.batch_sampler.set_epoch(epoch)
             lr_now = optimizer.param_groups[0]["lr"]
             try:
                 stats, stopped = train_one_epoch(
@@ -1131,16 +1133,9 @@ def _run(
             train_totals = _reduce_stats(stats, info, device)
             val: EvalResult | None = None
             if epoch_val_ds is not None:
-                vsampler = eval_sampler(epoch_val_ds, info.rank, info.world_size) if not cfg.cache_features else None
-                if cfg.cache_features:  # each rank cached its own eval_sampler share
-                    vloader: Any = DataLoader(epoch_val_ds, batch_size=local_batch, shuffle=False)
-                else:
-                    vloader = _make_loader(
-                        epoch_val_ds, batch_size=local_batch, sampler=vsampler, workers=cfg.workers, seed=cfg.seed
-                    )
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     val = evaluate(
-                        net, vloader, device=device, batch_transform=val_tf, num_classes=num_classes,
+                        net, val_loader, device=device, batch_transform=val_tf, num_classes=num_classes,
                         distributed=info.distributed, amp_dtype=amp_dtype,
                         channels_last=cfg.channels_last and not cfg.cache_features,
                     )  # fmt: skip
@@ -1208,14 +1203,26 @@ def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
     )
 
 
-def _epoch_loader(cfg: TrainConfig, ds: Any, batch: int, sampler: EpochSampler, epoch: int, rank: int) -> Any:
-    """A loader per epoch, its generator seeded by (seed, epoch, rank): worker augmentation streams then depend on
-    nothing but those, so a resumed epoch draws what an uninterrupted one would."""
-    seed = (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**63
-    if isinstance(ds, FeatureDataset):
-        g = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=0, generator=g)
-    return _make_loader(ds, batch_size=batch, sampler=sampler, workers=cfg.workers, seed=seed)
+def _run_loaders(
+    cfg: TrainConfig, train_ds: Any, val_ds: Any | None, batch: int, sampler: EpochSampler, info: DistInfo
+) -> tuple[Any, Any | None]:
+    """The training and validation loaders of the whole run, made once: their workers live from epoch to epoch
+    (no start-up per epoch). Each training batch's random transforms draw from a seed of (seed, rank, epoch,
+    batch number) (`alexnet.data.datasets.SeededBatchSampler`), so a resumed run, even one resumed mid-epoch,
+    sees the batches an uninterrupted one would, whatever the number of workers. Cached features need no
+    workers."""
+    if isinstance(train_ds, FeatureDataset):  # each rank cached its own eval_sampler share of the validation set
+        # an own generator: a DataLoader without one draws its base seed from the global RNG (dropout's) per pass
+        g = torch.Generator().manual_seed(cfg.seed)
+        val = DataLoader(val_ds, batch_size=batch, shuffle=False, generator=g) if val_ds is not None else None
+        return DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=0, generator=g), val
+    seed = (cfg.seed * 1_000_003 + info.rank) % 2**63
+    train = _make_loader(train_ds, batch_size=batch, sampler=sampler, workers=cfg.workers, seed=seed)
+    val = None
+    if val_ds is not None:
+        vsampler = eval_sampler(val_ds, info.rank, info.world_size)
+        val = _make_loader(val_ds, batch_size=batch, sampler=vsampler, workers=cfg.workers, seed=cfg.seed)
+    return train, val
 
 
 def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:

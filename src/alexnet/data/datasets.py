@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import AlexnetError
 from .decode import BadImageError, decode_image
@@ -34,6 +34,7 @@ __all__ = [
     "fashion_mnist_missing",
     "find_fashion_mnist",
     "make_loader",
+    "SeededBatchSampler",
     "open_dataset",
     "read_idx",
     "read_list_file",
@@ -489,6 +490,64 @@ class _Indexed(Dataset):
         except BadImageError as e:
             return i, None, str(e)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, Any, str | None]]:
+        """One batch, its random transforms drawn from the batch's own seed (`SeededBatchSampler`): in a worker
+        the worker's generators are reseeded; in the main process (no workers) they are set aside and restored,
+        so that the training step's own random numbers (dropout) do not depend on the loading."""
+        seed = getattr(indices, "seed", None)
+        if seed is None:
+            return [self[i] for i in indices]
+        if torch.utils.data.get_worker_info() is not None:
+            _reseed(seed)
+            return [self[i] for i in indices]
+        py, npy = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                _reseed(seed)
+                return [self[i] for i in indices]
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def _reseed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class _SeededBatch(list):
+    """The indices of one batch, with the seed its random transforms draw from (pickled along to a worker)."""
+
+    seed: int | None = None
+
+
+class SeededBatchSampler(BatchSampler):
+    """torch's BatchSampler whose batches carry a seed made from (``seed``, epoch, batch number): the random crops,
+    flips and lighting of a batch then depend on nothing else, not on which worker builds it, how many workers
+    there are, or what came before. So an epoch started afresh (a resumed run, even mid-epoch) draws what an
+    uninterrupted one would, and the workers can be kept from epoch to epoch (``persistent_workers``) instead of
+    being restarted. The epoch is what `set_epoch` set, else the number of passes so far; the batch numbers of a
+    sampler with a ``skip`` attribute (`alexnet.train.EpochSampler`) start after the skipped batches."""
+
+    def __init__(self, sampler: Sampler | Sequence[int], batch_size: int, drop_last: bool, seed: int = 0) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.seed = int(seed)
+        self.epoch: int | None = None
+        self._passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):  # type: ignore[override]
+        epoch = self.epoch if self.epoch is not None else self._passes
+        self._passes += 1
+        first = int(getattr(self.sampler, "skip", 0)) // self.batch_size
+        for k, indices in enumerate(super().__iter__(), start=first):
+            batch = _SeededBatch(indices)
+            batch.seed = int(np.random.SeedSequence([self.seed % 2**63, epoch, k]).generate_state(1, np.uint64)[0])
+            yield batch
+
 
 class _Collate:
     def __init__(self, names: Sequence[str]) -> None:
@@ -540,20 +599,21 @@ def make_loader(
     """A DataLoader whose batches are ``(images, labels, bad)``: ``images`` the stacked uint8 (or transformed)
     tensors, ``labels`` int64, ``bad`` the names of the samples dropped from this batch as bad images (a batch may
     hold fewer than ``batch_size`` samples, or none). With ``on_bad_image == "fail"`` the first bad image raises
-    `BadImageError` in the calling process. Shuffling and the workers' random transforms follow ``seed``."""
+    `BadImageError` in the calling process. Shuffling and the random transforms follow ``seed`` (batch by batch,
+    see `SeededBatchSampler`, whose ``set_epoch`` the loader's ``batch_sampler`` has). The workers are kept from
+    one pass over the loader to the next."""
     names = getattr(ds, "names", None) or [str(i) for i in range(len(ds))]
     generator = torch.Generator()
     generator.manual_seed(seed)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    if sampler is None:
+        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
     return _Loader(
         _Indexed(ds),
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        batch_sampler=SeededBatchSampler(sampler, batch_size, drop_last, seed),
         num_workers=workers,
         collate_fn=_Collate(names),
-        drop_last=drop_last,
         generator=generator,
         worker_init_fn=_seed_worker if workers > 0 else None,
         persistent_workers=workers > 0,
