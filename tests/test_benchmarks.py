@@ -1,0 +1,23 @@
+"""The prepared GPU benchmark script must work when a GPU machine is lent: its logic is run here on the CPU at tiny
+sizes (`--smoke`), every section included. The figures of a smoke run mean nothing and are not checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_script_runs_every_section_on_cpu(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OUT": str(tmp_path)}
+    cmd = [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--device", "cpu"]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert set(results) == {"train_img_s", "infer_img_s", "decode_img_s", "e2e_jpeg_img_s", "e2e_prepared_img_s"}
+    assert all(v > 0 for v in (results["decode_img_s"], results["e2e_jpeg_img_s"], results["e2e_prepared_img_s"]))
+    assert results["train_img_s"]["ours"] > 0 and results["infer_img_s"]["baseline"] > 0
