@@ -14,6 +14,7 @@ Reported: seconds per epoch (the training loop, from metrics.csv), the cache's o
 wall time, and the ratios. Median of ``--runs`` runs.
 
     python -m benchmarks finetune [--images 1024] [--classes 10] [--epochs 2] [--runs 3] [--batch 64] [--augment]
+        [--precision fp32|bf16|auto] [--channels-last]
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run(data: Path, weights: Path, out: Path, layers: list[str], cache: bool, ar
         data=str(data), out=str(out), weights=str(weights), train_layers=layers, cache_features=cache,
         epochs=args.epochs, batch_size=args.batch, val_split=0.0, workers=args.workers, precision=args.precision,
         schedule="step", progress="none", tensorboard=False, seed=0, augment=args.augment,
+        channels_last=args.channels_last,
     )  # fmt: skip
     t = time.perf_counter()
     train_main(cfg)
@@ -80,11 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader worker processes")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     ap.add_argument("--augment", action="store_true", help="random crops and flips on the plain path")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC convolutions (the plain path's)")
     args = ap.parse_args(argv)
     print(f"# {machine()}, torchvision {torchvision.__version__}")
     print(
         f"# {args.images} JPEGs 500x375 q90 in {args.classes} classes, {args.epochs} epochs, batch {args.batch}, "
-        f"{args.workers} workers, precision {args.precision}, plain path "
+        f"{args.workers} workers, precision {args.precision}{', channels_last' if args.channels_last else ''}, "
+        f"plain path "
         f"{'augmented' if args.augment else 'centre crops'}, median of {args.runs} runs",
         flush=True,
     )

@@ -797,6 +797,13 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="NHWC convolutions")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S, help="torch.compile the model")
+    g.add_argument(
+        "--decode-on-device",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="decode plain JPEGs in batches on the training device (nvJPEG on a GPU), crop and flip them there; "
+        "the workers only read files",
+    )
     g.add_argument("--progress", choices=["auto", "bar", "log", "none"], default=S, help="progress" + d("progress"))
     g.add_argument("--log-every", type=_positive_int, default=S, help="steps per log line" + d("log_every"))
     g.add_argument(

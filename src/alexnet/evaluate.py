@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
+from .data.device_decode import materialize
 from .errors import AlexnetError
 
 if TYPE_CHECKING:
@@ -273,8 +274,13 @@ def evaluate(
     try:
         for batch in it:
             images, labels = batch[0], batch[1]
+            refs = batch[3] if len(batch) > 3 and batch[3] is not None else None
             if len(batch) > 2 and batch[2]:
                 skipped.extend(str(b) for b in batch[2])
+            images, labels, dropped = materialize(images, labels, device)  # a batch still encoded
+            if dropped:
+                skipped.extend(dropped)
+                refs = [r for r in refs if r[1] not in set(dropped)] if refs is not None else None
             if len(labels) == 0:
                 continue
             images = images.to(device, non_blocking=True)
@@ -313,8 +319,7 @@ def evaluate(
                 kept["predicted"].append(pred.cpu())
                 kept["confidence"].append(probs.gather(1, pred.view(-1, 1)).flatten().cpu())
                 kept["true_prob"].append(probs.gather(1, labels.view(-1, 1)).flatten().cpu())
-                refs = batch[3] if len(batch) > 3 and batch[3] is not None else [(-1, "")] * len(labels)
-                kept["refs"].extend(refs)
+                kept["refs"].extend(refs if refs is not None and len(refs) == len(labels) else [(-1, "")] * len(labels))
     finally:
         model.train(was_training)
     predictions = None

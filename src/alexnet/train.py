@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import runtime
+from .data.device_decode import materialize
 from .errors import AlexnetError
 from .evaluate import EvalResult, eval_sampler, evaluate
 from .models import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
@@ -129,6 +130,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 where native)
     channels_last: bool = False  # NHWC memory format for the convolutions
     compile: bool = False  # torch.compile the model
+    decode_on_device: bool = False  # JPEGs decoded in batches on the device (nvJPEG on a GPU); not with the cache
     workers: int = 4  # DataLoader worker processes per rank
     seed: int = 0  # seeds model init, data order, augmentation and dropout
     on_bad_image: str = "skip"  # skip (count and list in skipped.txt) | fail
@@ -548,6 +550,8 @@ def train_one_epoch(
         x, labels = batch[0], batch[1]
         if len(batch) > 2 and batch[2]:
             stats.bad.extend(batch[2])
+        x, labels, dropped = materialize(x, labels, device)  # a batch still encoded: decoded on the device
+        stats.bad.extend(dropped)
         if len(labels) == 0:  # every image of this batch was bad
             continue
         lo, hi = int(labels.min()), int(labels.max())
@@ -949,6 +953,8 @@ def _run(
         for ds, train_geo in ((train_ds, augment), (val_ds, False)):
             if ds is not None and hasattr(ds, "transform") and ds.transform is None:
                 ds.transform = pre.geometry(train_geo)
+    if cfg.decode_on_device and not cfg.cache_features and not _decode_on_device(train_ds) and info.is_main:
+        print("decode_on_device: the training set holds no image files; it is read as before", flush=True)
     ds_classes = _class_names(train_ds)
     _check_data(train_ds, ds_classes, cfg.data or "data")
     if ds_classes != class_names:
@@ -1201,6 +1207,21 @@ def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
         f"epoch {row['epoch']}/{epochs} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
         f"top-1 {row['train_acc1']:.2f}%{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
     )
+
+
+def _decode_on_device(ds: Any) -> bool:
+    """Switch an image-file data set (possibly a subset) to handing out its plain JPEGs still encoded, for the
+    training loop to decode a batch at a time on the device (`alexnet.data.device_decode`). False when ``ds``
+    holds no image files (Fashion-MNIST, a prepared set, a handed-in data set)."""
+    from .data.datasets import ImageListDataset, Subset
+
+    base = ds
+    while isinstance(base, Subset):
+        base = base.base
+    if not isinstance(base, ImageListDataset):
+        return False
+    ds.encoded = True
+    return True
 
 
 def _run_loaders(

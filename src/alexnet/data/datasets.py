@@ -11,7 +11,7 @@ import gzip
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import AlexnetError
-from .decode import BadImageError, decode_image
+from .decode import BadImageError, decode_image, read_bytes
+from .device_decode import EncodedBatch, EncodedJpeg, plain_jpeg, sample_seed
 
 __all__ = [
     "DataError",
@@ -89,6 +90,9 @@ class ImageListDataset(Dataset):
         self.on_bad_image = on_bad_image
         # The decoder may decode JPEGs at reduced scale as long as the short side stays >= min_size.
         self.min_size = min_size if min_size is not None else getattr(transform, "min_size", None)
+        # True: plain JPEGs are returned as their bytes, for the loader to decode on the training device
+        # (`alexnet.data.device_decode`); other files are decoded and transformed here as usual.
+        self.encoded = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -99,7 +103,13 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
         try:
-            img = self.load(i)
+            if getattr(self, "encoded", False):
+                data = read_bytes(self.names[i])
+                if plain_jpeg(data):
+                    return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)), self.targets[i]
+                img = decode_image(data, min_size=self.min_size, name=self.names[i])
+            else:
+                img = self.load(i)
         except BadImageError:
             if self.on_bad_image == "fail":
                 raise
@@ -207,7 +217,7 @@ class Subset(Dataset):
         return getattr(self.base, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("transform", "on_bad_image", "min_size"):
+        if name in ("transform", "on_bad_image", "min_size", "encoded"):
             setattr(self.base, name, value)
         else:
             super().__setattr__(name, value)
@@ -495,19 +505,30 @@ class _Indexed(Dataset):
         the worker's generators are reseeded; in the main process (no workers) they are set aside and restored,
         so that the training step's own random numbers (dropout) do not depend on the loading."""
         seed = getattr(indices, "seed", None)
+        out = _SeededBatch()
+        out.seed = seed  # for the samples still encoded, whose transforms run later (`EncodedBatch`)
         if seed is None:
-            return [self[i] for i in indices]
-        if torch.utils.data.get_worker_info() is not None:
+            out.extend(self[i] for i in indices)
+        elif torch.utils.data.get_worker_info() is not None:
             _reseed(seed)
-            return [self[i] for i in indices]
-        py, npy = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                _reseed(seed)
-                return [self[i] for i in indices]
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
+            out.extend(self._seeded(seed, indices))
+        else:
+            py, npy = random.getstate(), np.random.get_state()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    _reseed(seed)
+                    out.extend(self._seeded(seed, indices))
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
+        return out
+
+    def _seeded(self, seed: int, indices: Sequence[int]) -> Iterator[tuple[int, Any, str | None]]:
+        """The samples, torch's generator seeded per sample (`device_decode.sample_seed`): a sample's crop does
+        not depend on its neighbours, so one decoded later on the device draws the same."""
+        for position, i in enumerate(indices):
+            torch.default_generator.manual_seed(sample_seed(seed, position))
+            yield self[i]
 
 
 def _reseed(seed: int) -> None:
@@ -550,8 +571,9 @@ class SeededBatchSampler(BatchSampler):
 
 
 class _Collate:
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], transform: Any = None, on_bad_image: str = "skip") -> None:
         self.names = names
+        self.transform, self.on_bad_image = transform, on_bad_image  # for batches still encoded
 
     def __call__(self, batch: list[tuple[int, Any, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         for _, _, err in batch:
@@ -561,8 +583,14 @@ class _Collate:
         bad = [self.names[i] for i, s, _ in batch if s is None]
         if not good:
             return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
-        images = torch.stack([torch.as_tensor(x) for x, _ in good])
         labels = torch.tensor([int(y) for _, y in good], dtype=torch.int64)
+        if any(isinstance(x, EncodedJpeg) for x, _ in good):
+            kept = [self.names[i] for i, s, _ in batch if s is not None]
+            positions = [p for p, (_, s, _) in enumerate(batch) if s is not None]
+            encoded = EncodedBatch([x for x, _ in good], kept, self.transform, getattr(batch, "seed", None),
+                                   self.on_bad_image, positions)  # fmt: skip
+            return encoded, labels, bad  # type: ignore[return-value]
+        images = torch.stack([torch.as_tensor(x) for x, _ in good])
         return images, labels, bad
 
 
@@ -613,7 +641,7 @@ def make_loader(
         _Indexed(ds),
         batch_sampler=SeededBatchSampler(sampler, batch_size, drop_last, seed),
         num_workers=workers,
-        collate_fn=_Collate(names),
+        collate_fn=_Collate(names, getattr(ds, "transform", None), getattr(ds, "on_bad_image", "skip")),
         generator=generator,
         worker_init_fn=_seed_worker if workers > 0 else None,
         persistent_workers=workers > 0,
