@@ -8,7 +8,8 @@ Sections (each prints ours, the baseline where there is one, and the ratio; medi
    torch.compile, large batch);
 2. inference img/s: the same baseline vs ours (bf16 weights, channels_last, torch.compile);
 3. GPU JPEG decode img/s: ``torchvision.io.decode_jpeg(device="cuda")`` on batches of 500x375 JPEGs;
-4. end-to-end training img/s from JPEG files and from a prepared set (``alexnet prepare``), 16 loader workers
+4. end-to-end training img/s from JPEG files (decoded by the workers, and decoded on the device as
+   ``--decode-on-device`` does) and from a prepared set (``alexnet prepare``), 16 loader workers
    (eager bf16 model, the loader and batch transform ``alexnet train`` uses: workers kept from pass to pass, as
    from epoch to epoch in training; passes 2-3 over 8,192 images at batch 256, after a warm-up pass).
 Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set.
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "e2e" not in skip:
         from alexnet.data.datasets import make_loader, open_dataset
+        from alexnet.data.device_decode import materialize
 
         pre = alexnet.Preprocessing(input_size=224, resize_size=256)
         bt = pre.batch_transform(True, lighting=0.1).to(device)
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     sync(device)
                     t0, seen = time.perf_counter(), 0
                 for x, y, _bad in loader:
+                    x, y, _ = materialize(x, y, device)  # batches still encoded (decode_on_device): decoded here
                     x = bt(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                     y = y.to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=low):
@@ -230,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         ds = open_dataset(str(tmp / "jpegs"), transform=pre.geometry(True))
         r_jpeg = run_epoch(ds)
         log("e2e_jpeg_img_s", f"e2e train from JPEG files, {workers} workers, b{b}: {r_jpeg:10.0f} img/s", r_jpeg)
+        ds.encoded = True  # alexnet train --decode-on-device: workers read files, the device decodes and crops
+        r_dev = run_epoch(ds)
+        log(
+            "e2e_jpeg_device_decode_img_s",
+            f"e2e train from JPEG files decoded on {device.type} (--decode-on-device), {workers} workers, b{b}: "
+            f"{r_dev:10.0f} img/s",
+            r_dev,
+        )
         from alexnet.data.prepare import prepare
 
         prepare(str(tmp / "jpegs"), str(tmp / "prepared"), workers=workers, progress=False)
