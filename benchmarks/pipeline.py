@@ -6,7 +6,13 @@
     (`Preprocessing.geometry(True)`: the paper's central 256 square, random 224 patch, mirror), and the
     normalisation batched (`Preprocessing.batch_transform`) as a training loop runs it;
 (c) ours from a prepared set (`alexnet prepare`, the paper's decode-once step), same geometry and normalisation.
-All produce float32 (N, 3, 224, 224) normalised tensors. Median of several runs, printed side by side.
+All produce float32 (N, 3, 224, 224) normalised tensors. Each run of each pipeline is a fresh process (as in
+benchmarks/model_speed.py), the three alternating run by run so that load on the machine hits all alike; median of
+the runs, printed side by side. (b) and (c) have the allocator setting `alexnet train` (the CLI and `train.main`)
+applies at start-up (`alexnet.runtime.tune_cpu_allocator`); the baseline runs as a torchvision user's process
+does, without it. The setting is process-wide, which is why the pipelines do not share a process: without it each
+batch's 38 MB float tensor is a fresh mmap whose page faults cost 5x the normalisation itself (20 vs 3.6 ms per
+batch of 64 on the reference machine), and with it the baseline's per-image float tensors are served faster too.
 
     python -m benchmarks pipeline [--images 300] [--runs 5]
 """
@@ -78,26 +84,50 @@ def run_prepared(ds, batch: int = 64) -> float:
     return len(ds) / (time.perf_counter() - t)
 
 
+def measure(case: str, tmp: str) -> float:
+    """images/s of one pipeline in THIS process (one thread), after a warm-up on 20 images."""
+    torch.set_num_threads(1)
+    if case != "baseline":
+        from alexnet.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # as alexnet train does at start-up
+    if case == "prepared":
+        from alexnet.data.datasets import open_dataset
+
+        prepared = open_dataset(Path(tmp) / "prep")
+        run_prepared(prepared)  # warm up (page cache, kernels)
+        return run_prepared(prepared)
+    blobs = [p.read_bytes() for p in sorted((Path(tmp) / "jpg").rglob("*.jpg"))]  # decoded from memory
+    run = run_baseline if case == "baseline" else run_ours
+    run(blobs[:20])
+    return run(blobs)
+
+
+def _in_subprocess(case: str, tmp: str) -> float:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.path.insert(0, '.'); from benchmarks.pipeline import measure; "
+    code += f"print(measure({case!r}, {tmp!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    from alexnet.data.datasets import open_dataset
     from alexnet.data.prepare import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp) / "jpg", args.images)
-        blobs = [p.read_bytes() for p in paths]  # both pipelines decode from memory: no disk cache effects
+        make_jpegs(Path(tmp) / "jpg", args.images)
         prepare(Path(tmp) / "jpg", Path(tmp) / "prep", size=256, progress=False)
-        prepared = open_dataset(Path(tmp) / "prep")
-        run_baseline(blobs[:20]), run_ours(blobs[:20])  # warm up
         base, ours, prep = [], [], []
-        for _ in range(args.runs):  # interleaved, so that load changes hit all alike
-            base.append(run_baseline(blobs))
-            ours.append(run_ours(blobs))
-            prep.append(run_prepared(prepared))
+        for _ in range(args.runs):  # alternating, so that load changes hit all alike
+            base.append(_in_subprocess("baseline", tmp))
+            ours.append(_in_subprocess("ours", tmp))
+            prep.append(_in_subprocess("prepared", tmp))
     b, o, p = statistics.median(base), statistics.median(ours), statistics.median(prep)
     print(f"{args.images} JPEGs 500x375 q90, 1 thread, median of {args.runs} runs")
     print(f"(a) torchvision PIL baseline        {b:8.1f} images/s")

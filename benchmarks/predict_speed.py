@@ -12,7 +12,9 @@ the reference for top-1 agreement. Both models hold the SAME random weights: tor
 Top-1 agreement is measured against our own fp32 result, per image, on more generated images: with the benchmark's
 random weights (torchvision's init: near-uniform softmax, near ties everywhere) and with He-init random weights
 (activations keep their scale, so the logits have margins); random weights are all this offline benchmark has.
-Median of several interleaved runs after a warm-up pass.
+Median of several interleaved runs after a warm-up pass. Peak memory: each path once more in a fresh process,
+its peak resident set (VmHWM) and, for the baseline's DataLoader, the largest worker process's (ours decodes in
+threads of the one process).
 
     python -m benchmarks predict [--images 256] [--runs 3] [--batch 32] [--agree-images 512]
 """
@@ -59,6 +61,41 @@ def run_ours(model, pre, files: list[str], batch: int, precision: str) -> tuple[
     )
     dt = time.perf_counter() - t
     return len(files) / dt, [r.scores[0].index for r in res]
+
+
+def _peak(case: str, tmp: str, batch: int, workers: int) -> str:
+    """Run ``case`` once over ``tmp``/jpg in THIS (fresh) process; JSON of its peak RSS and its children's, MiB."""
+    import json
+    import resource
+
+    from alexnet.runtime import tune_cpu_allocator
+
+    folder = Path(tmp) / "jpg"
+    if case == "baseline":
+        model = torchvision.models.alexnet().eval()
+        model.load_state_dict(torch.load(Path(tmp) / "random.pth", weights_only=True))
+        run_baseline(model, folder, batch, workers)
+    else:
+        tune_cpu_allocator()  # what the alexnet command does at start-up
+        model, pre = load_model(str(Path(tmp) / "random.pth"), arch="alexnet_owt")
+        run_ours(model, pre, sorted(str(p) for p in folder.rglob("*.jpg")), batch, case)
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return json.dumps({"self": hwm, "child": children})
+
+
+def peak_memory(case: str, tmp: str, batch: int, workers: int) -> dict[str, float]:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, '.'); from benchmarks.predict_speed import _peak; "
+        f"print(_peak({case!r}, {tmp!r}, {batch}, {workers}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def agreement(a: list[int], b: list[int]) -> float:
@@ -112,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ours predict_files, precision=fp32              {mf:8.1f} img/s   {mf / mb:.2f}x")
         print(f"top-1 agreement in the timed runs: auto vs our fp32 {agreement(top_auto, top_fp32):.2f}%, "
               f"our fp32 vs baseline {agreement(top_fp32, top_base):.2f}%")  # fmt: skip
+        for case in ("baseline", "auto", "fp32"):
+            m = peak_memory(case, tmp, args.batch, cores)
+            workers = f", largest worker {m['child']:.0f} MiB" if case == "baseline" else ""
+            print(f"peak memory {case:8}: {m['self']:6.0f} MiB{workers}", flush=True)
         more = Path(tmp) / "agree"
         make_jpegs(more, args.agree_images, seed=2)
         files = sorted(str(p) for p in more.rglob("*.jpg"))
