@@ -953,8 +953,15 @@ def _run(
         for ds, train_geo in ((train_ds, augment), (val_ds, False)):
             if ds is not None and hasattr(ds, "transform") and ds.transform is None:
                 ds.transform = pre.geometry(train_geo)
-    if cfg.decode_on_device and not cfg.cache_features and not _decode_on_device(train_ds) and info.is_main:
-        print("decode_on_device: the training set holds no image files; it is read as before", flush=True)
+    if cfg.decode_on_device and not cfg.cache_features:
+        if not _decode_on_device(train_ds) and info.is_main:
+            print("decode_on_device: the training set holds no image files; it is read as before", flush=True)
+        elif device.type != "cuda" and info.is_main:
+            print(
+                f"decode_on_device: on {device.type} the main process decodes every batch, which the loader's "
+                "workers would share; it is meant for a GPU",
+                flush=True,
+            )
     ds_classes = _class_names(train_ds)
     _check_data(train_ds, ds_classes, cfg.data or "data")
     if ds_classes != class_names:
