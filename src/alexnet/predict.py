@@ -207,10 +207,13 @@ def predict_files(
 ) -> Iterator[FileResult]:
     """Classify every file ``inputs`` expands to (see `expand_inputs`), yielding one `FileResult` per file in order.
 
-    Threads decode, resize and crop the next batch while the model runs on the current one (PIL and torch release
-    the GIL). A file that cannot be decoded yields a result with ``error`` and never stops the others. ``expand=False``
-    takes ``inputs`` as the final list of files (from `expand_inputs`). ``precision``: "fp32", "bf16" or "auto"
-    (see the module's docstring; the weights are cast once per call).
+    Threads decode, resize and crop a batch (PIL and torch release the GIL). On a GPU they prepare the next batch
+    while the model runs on the current one; on a CPU they take turns with the model, whose own threads already
+    use every core: decoding alongside them oversubscribes the cores and stalls the model's threads at their
+    barriers (2 cores, bf16, batch 32: 377 img/s taking turns against 309 overlapped). A file that cannot be
+    decoded yields a result with ``error`` and never stops the others. ``expand=False`` takes ``inputs`` as the
+    final list of files (from `expand_inputs`). ``precision``: "fp32", "bf16" or "auto" (see the module's
+    docstring; the weights are cast once per call).
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
@@ -230,10 +233,11 @@ def predict_files(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+        overlap = dev.type != "cpu"
         pending: list[Future[torch.Tensor]] | None = [pool.submit(load, f) for f in chunks[0]] if chunks else None
         for n, chunk in enumerate(chunks):
-            futures = pending or []
-            pending = [pool.submit(load, f) for f in chunks[n + 1]] if n + 1 < len(chunks) else None
+            futures = pending if pending is not None else [pool.submit(load, f) for f in chunk]
+            pending = [pool.submit(load, f) for f in chunks[n + 1]] if overlap and n + 1 < len(chunks) else None
             good: list[tuple[int, torch.Tensor]] = []
             errors: dict[int, str] = {}
             for i, fut in enumerate(futures):
