@@ -12,7 +12,7 @@ Sections (each prints ours, the baseline where there is one, and the ratio; medi
    ``--decode-on-device`` does) and from a prepared set (``alexnet prepare``), 16 loader workers
    (eager bf16 model, the loader and batch transform ``alexnet train`` uses: workers kept from pass to pass, as
    from epoch to epoch in training; passes 2-3 over 8,192 images at batch 256, after a warm-up pass).
-Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set.
+Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set, after each figure.
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ RESULTS: dict[str, object] = {}
 
 
 def log(key: str, text: str, value: object) -> None:
+    """Print a figure and rewrite $OUT/gpu.json with every figure so far (a run cut short keeps what it made)."""
     RESULTS[key] = value
     print(text, flush=True)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu.json").write_text(json.dumps(RESULTS, indent=2))
 
 
 def sync(device: torch.device) -> None:
@@ -252,9 +256,6 @@ def main(argv: list[str] | None = None) -> int:
             r_prep,
         )
 
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "gpu.json").write_text(json.dumps(RESULTS, indent=2))
     return 0
 
 
