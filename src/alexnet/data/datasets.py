@@ -544,8 +544,9 @@ class _SeededBatch(list):
 
 
 class SeededBatchSampler(BatchSampler):
-    """torch's BatchSampler whose batches carry a seed made from (``seed``, epoch, batch number): the random crops,
-    flips and lighting of a batch then depend on nothing else, not on which worker builds it, how many workers
+    """torch's BatchSampler whose batches carry a seed made from (``seed``, epoch, batch number): the random crops
+    and flips of a batch (the loader's transforms; PCA lighting runs later, in the training step) then depend on
+    nothing else, not on which worker builds it, how many workers
     there are, or what came before. So an epoch started afresh (a resumed run, even mid-epoch) draws what an
     uninterrupted one would, and the workers can be kept from epoch to epoch (``persistent_workers``) instead of
     being restarted. The epoch is what `set_epoch` set, else the number of passes so far; the batch numbers of a
