@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from _evalkit import CLASSES, RESIZE, image_folder, saved_weights, tiny_model, tiny_preprocessing
 from torch import nn
 
+import alexnet
 from alexnet.cli import main
 from alexnet.data.decode import decode_image
 from alexnet.data.transforms import resize_center_crop
@@ -160,6 +161,20 @@ def test_evaluate_dataset_names_skips_and_json(tmp_path: Path):
     assert conf == sorted(conf, reverse=True) and len(conf) == 9 - int(r.confusion.diagonal().sum())
     table = format_table(r)
     assert f"{100 * r.top1_error:.2f} %" in table and "zz_broken" not in table and "1 bad images skipped" in table
+
+
+def test_evaluate_dataset_in_bf16_agrees_with_fp32(tmp_path: Path, capsys):
+    data = image_folder(tmp_path / "val", per_class=3)
+    w = saved_weights(tmp_path / "w.safetensors")
+    model, pre = alexnet.load_model(w)
+    a = evaluate_dataset(model, data, preprocessing=pre, device="cpu")
+    b = evaluate_dataset(model, data, preprocessing=pre, device="cpu", precision="bf16")
+    assert a.num_samples == b.num_samples == 9
+    assert (a.predictions.predicted == b.predictions.predicted).sum() >= 8
+    assert not torch.equal(a.predictions.confidence, b.predictions.confidence)  # bf16 arithmetic really ran
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # on a copy: the caller's model is kept
+    assert main(["evaluate", str(data), "--weights", str(w), "--precision", "bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 9
 
 
 def test_weights_whose_classes_differ_from_the_data(tmp_path: Path, capsys):

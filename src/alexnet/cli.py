@@ -448,6 +448,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     _data_flags(p, split=None)
     _eval_weights_flags(p)
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32: the exact figures; bf16 (or auto: bf16 where the device computes it natively): weights cast "
+        "once, channels_last, several times faster on GPUs and AVX512-BF16 / AMX CPUs",
+    )
     p.add_argument("--out", default=None, help="write the result as JSON to this file (e.g. eval.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--top-misclassified", type=int, default=32, help="most confident errors listed in the JSON")
@@ -476,6 +483,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         allow_pickle=args.trust_pickle,
         check_class_names=not args.ignore_class_names,
         progress=args.progress,
+        precision=args.precision,
     )
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
