@@ -11,7 +11,8 @@ Sections (each prints ours, the baseline where there is one, and the ratio; medi
 4. end-to-end training img/s from JPEG files (decoded by the workers, and decoded on the device as
    ``--decode-on-device`` does) and from a prepared set (``alexnet prepare``), 16 loader workers
    (eager bf16 model, the loader and batch transform ``alexnet train`` uses: workers kept from pass to pass, as
-   from epoch to epoch in training; passes 2-3 over 8,192 images at batch 256, after a warm-up pass).
+   from epoch to epoch in training; 8,192 images at batch 256: a warm-up pass, one pass that only loads, two that
+   train). The loader-only figure tells the loader's limit apart from the training step's.
 Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set, after each figure.
 """
 
@@ -212,49 +213,50 @@ def main(argv: list[str] | None = None) -> int:
         fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
 
-        def run_epoch(ds, passes: int = 3) -> float:
-            """img/s over passes 2..n: pass 1 starts the workers and warms up cuDNN and the page cache; the
-            workers are kept from pass to pass, as ``alexnet train`` keeps them from epoch to epoch."""
-            seen, t0 = 0, 0.0
+        def run_epoch(ds) -> tuple[float, float]:
+            """(loader-only img/s, training img/s) over one data set and one loader: pass 1 starts the workers and
+            warms up cuDNN and the page cache (training), pass 2 only loads (decoding on the device and the batch
+            transform included), passes 3-4 train. The workers are kept from pass to pass, as ``alexnet train``
+            keeps them from epoch to epoch."""
             loader = make_loader(ds, batch_size=b, shuffle=True, workers=workers, drop_last=True)
-            for k in range(passes):
-                if k == 1:
+            rates: list[float] = []
+            seen, t0 = 0, time.perf_counter()
+            for k in range(4):
+                if k in (1, 2):
                     sync(device)
                     t0, seen = time.perf_counter(), 0
+                train = k != 1
                 for x, y, _bad in loader:
                     x, y, _ = materialize(x, y, device)  # batches still encoded (decode_on_device): decoded here
                     x = bt(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                     y = y.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=low):
-                        loss = torch.nn.functional.cross_entropy(model(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    if train:
+                        with torch.autocast(device.type, dtype=low):
+                            loss = torch.nn.functional.cross_entropy(model(x), y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
                     seen += len(y)
+                if k == 1:
+                    sync(device)
+                    rates.append(seen / (time.perf_counter() - t0))
             sync(device)
-            return seen / (time.perf_counter() - t0)
+            rates.append(seen / (time.perf_counter() - t0))
+            return rates[0], rates[1]
+
+        def report(key: str, what: str, rates: tuple[float, float]) -> None:
+            log(f"loader_{key}_img_s", f"loader    {what}, {workers} workers, b{b}: {rates[0]:10.0f} img/s", rates[0])
+            log(f"e2e_{key}_img_s", f"e2e train {what}, {workers} workers, b{b}: {rates[1]:10.0f} img/s", rates[1])
 
         ds = open_dataset(str(tmp / "jpegs"), transform=pre.geometry(True))
-        r_jpeg = run_epoch(ds)
-        log("e2e_jpeg_img_s", f"e2e train from JPEG files, {workers} workers, b{b}: {r_jpeg:10.0f} img/s", r_jpeg)
+        report("jpeg", "from JPEG files", run_epoch(ds))
         ds.encoded = True  # alexnet train --decode-on-device: workers read files, the device decodes and crops
-        r_dev = run_epoch(ds)
-        log(
-            "e2e_jpeg_device_decode_img_s",
-            f"e2e train from JPEG files decoded on {device.type} (--decode-on-device), {workers} workers, b{b}: "
-            f"{r_dev:10.0f} img/s",
-            r_dev,
-        )
+        report("jpeg_device_decode", f"from JPEG files decoded on {device.type}", run_epoch(ds))
         from alexnet.data.prepare import prepare
 
         prepare(str(tmp / "jpegs"), str(tmp / "prepared"), workers=workers, progress=False)
         ds = open_dataset(str(tmp / "prepared"), transform=pre.geometry(True))
-        r_prep = run_epoch(ds)
-        log(
-            "e2e_prepared_img_s",
-            f"e2e train from a prepared set, {workers} workers, b{b}: {r_prep:10.0f} img/s",
-            r_prep,
-        )
+        report("prepared", "from a prepared set", run_epoch(ds))
 
     return 0
 
