@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import AlexnetError
 
-__all__ = ["BadImageError", "decode_image", "read_bytes"]
+__all__ = ["BadImageError", "decode_image", "jpeg_header", "read_bytes"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION = 0x0112
@@ -56,14 +56,19 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
     data = source if isinstance(source, bytes) else read_bytes(source, label)
     if not data:
         raise BadImageError(f"{label}: empty file")
+    if data[:3] == _JPEG_MAGIC:  # the common case, without Pillow's header parse (a tenth of the decode's time)
+        head = jpeg_header(data)
+        if head is not None:
+            w, h, components, orientation = head
+            limit = Image.MAX_IMAGE_PIXELS
+            if components in (1, 3) and (limit is None or w * h <= limit):
+                fast = _decode_jpeg_fast(data, (w, h), orientation, min_size)
+                if fast is not None:
+                    return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                if data[:3] == _JPEG_MAGIC and im.mode in ("RGB", "L"):
-                    fast = _decode_jpeg_fast(im, data, min_size)
-                    if fast is not None:
-                        return fast
                 if min_size is not None and im.format == "JPEG":
                     im.draft("RGB" if im.mode != "CMYK" else None, (min_size, min_size))
                 im.load()  # raises on truncated data (Pillow does not load truncated images by default)
@@ -78,10 +83,75 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def _decode_jpeg_fast(im: Image.Image, data: bytes, min_size: int | None) -> torch.Tensor | None:
-    """A plain RGB or grayscale JPEG through libjpeg-turbo without Pillow's copies; None for Pillow's path
-    (a DCT-domain downscale is possible, which Pillow's ``draft`` exposes and torchvision does not)."""
-    w, h = im.size
+def jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, EXIF orientation) read from a JPEG's header segments, or None when anything is
+    unusual (not 8-bit, lossless or arithmetic coding, a malformed segment or EXIF block): the caller then asks
+    Pillow, which words any error. Reads the segments up to the first scan only."""
+    n, pos = len(data), 2
+    if data[:2] != b"\xff\xd8":
+        return None
+    frame: tuple[int, int, int] | None = None
+    orientation = 1
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > n:
+            return None
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            return (*frame, orientation) if frame is not None else None
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended and progressive Huffman frames
+            if len(segment) < 6 or segment[0] != 8 or frame is not None:
+                return None
+            h, w = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+            if h == 0 or w == 0:
+                return None
+            frame = (w, h, segment[5])
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # lossless, hierarchical or arithmetic-coded frames
+        elif marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
+            found = _exif_orientation(segment[6:])
+            if found is None:
+                return None
+            orientation = found
+        pos += 2 + length
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 of an EXIF block (1 when absent), or None when the block is malformed."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    order = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    for k in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
+        p = ifd + 2 + 12 * k
+        if p + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[p : p + 2], order) == _EXIF_ORIENTATION:
+            if int.from_bytes(tiff[p + 2 : p + 4], order) != 3:  # SHORT
+                return None
+            return int.from_bytes(tiff[p + 8 : p + 10], order)
+    return 1
+
+
+def _decode_jpeg_fast(
+    data: bytes, size: tuple[int, int], orientation: int, min_size: int | None
+) -> torch.Tensor | None:
+    """A plain RGB or grayscale JPEG (``size`` = (w, h) from `jpeg_header`) through libjpeg-turbo without Pillow;
+    None for Pillow's path: a DCT-domain downscale is possible (Pillow's ``draft`` exposes it, torchvision does
+    not), or the data does not decode (Pillow words the error)."""
+    w, h = size
     if min_size is not None and min(w, h) >= 2 * min_size:
         return None
     try:
@@ -92,8 +162,7 @@ def _decode_jpeg_fast(im: Image.Image, data: bytes, min_size: int | None) -> tor
             img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (ImportError, RuntimeError):
         return None  # no torchvision decoder, or a bad file: Pillow decides and words the error
-    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    return _orient(img, orientation) if orientation not in (1, None) else img
+    return _orient(img, orientation) if orientation != 1 else img
 
 
 def _orient(img: torch.Tensor, orientation: int) -> torch.Tensor:

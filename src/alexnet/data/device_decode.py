@@ -17,7 +17,6 @@ transforms, on the device.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .decode import _EXIF_ORIENTATION, _JPEG_MAGIC, BadImageError, decode_image
+from .decode import BadImageError, decode_image, jpeg_header
 
 __all__ = ["EncodedBatch", "EncodedJpeg", "materialize", "plain_jpeg", "sample_seed"]
 
@@ -40,21 +39,13 @@ def sample_seed(batch_seed: int, position: int) -> int:
 def plain_jpeg(data: bytes) -> bool:
     """True when ``data`` is a JPEG the device decoder reproduces exactly as `decode_image` would: 8-bit RGB or
     grayscale (``mode=RGB`` expands the latter), no EXIF orientation to apply, and no more pixels than Pillow
-    allows. Reads the header only."""
-    if data[:3] != _JPEG_MAGIC:
+    allows. Reads the header only (`decode.jpeg_header`)."""
+    head = jpeg_header(data)
+    if head is None:
         return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.format != "JPEG" or im.mode not in ("RGB", "L"):
-                    return False
-                w, h = im.size
-                if Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS:
-                    return False
-                return im.getexif().get(_EXIF_ORIENTATION, 1) in (1, None)
-    except Exception:  # noqa: BLE001 - anything odd goes to the CPU path, which words the error
-        return False
+    w, h, components, orientation = head
+    limit = Image.MAX_IMAGE_PIXELS
+    return components in (1, 3) and orientation == 1 and (limit is None or w * h <= limit)
 
 
 class EncodedJpeg:
