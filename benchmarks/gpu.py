@@ -105,8 +105,8 @@ def ours_model(device: torch.device, compile_: bool, dtype: torch.dtype | None =
     return torch.compile(m) if compile_ else m
 
 
-def _write_jpeg(job: tuple[Path, int, np.ndarray]) -> None:
-    path, _, small = job
+def _write_jpeg(job: tuple[Path, np.ndarray]) -> None:
+    path, small = job
     Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(path, quality=90)
 
 
@@ -117,7 +117,7 @@ def make_jpegs(folder: Path, n: int, classes: int = 10, workers: int = 1) -> Non
     base = rng.integers(0, 255, (n, 24, 32, 3), dtype=np.uint8)
     for c in range(classes):
         (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
-    jobs = [(folder / f"c{i % classes}" / f"{i}.jpg", i, base[i]) for i in range(n)]
+    jobs = [(folder / f"c{i % classes}" / f"{i}.jpg", base[i]) for i in range(n)]
     if workers <= 1:
         for job in jobs:
             _write_jpeg(job)

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 import torchvision
@@ -105,7 +106,7 @@ def timed(step, device: torch.device) -> float:
 
 
 def measure(case: str, device: str, batch: int, train: bool, steps: int, warmup: int = 2) -> float:
-    """Median seconds per step of ``case`` in THIS process (run by `_in_subprocess`)."""
+    """Median seconds per step of ``case`` in THIS process (run by `in_subprocess`)."""
     if case == "ours":
         from alexnet.runtime import tune_cpu_allocator
 
@@ -117,10 +118,18 @@ def measure(case: str, device: str, batch: int, train: bool, steps: int, warmup:
     return statistics.median(timed(step, dev) for _ in range(steps))
 
 
-def _in_subprocess(expr: str) -> float:
-    code = f"import sys, json; sys.path.insert(0, '.'); from benchmarks.model_speed import *; print(json.dumps({expr}))"
+def in_subprocess(expr: str, module: str = "benchmarks.model_speed") -> Any:
+    """The JSON value of ``expr`` evaluated in a fresh Python process that has imported ``module``'s public names
+    (run from the repository root). Every benchmark measures each case in its own process this way."""
+    code = f"import sys, json; sys.path.insert(0, '.'); from {module} import *; print(json.dumps({expr}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM), MiB: ru_maxrss would inherit the parent's across exec."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def compare(device: torch.device, batch: int, train: bool, runs: int, steps: int = 4) -> dict[str, float]:
@@ -130,7 +139,7 @@ def compare(device: torch.device, batch: int, train: bool, runs: int, steps: int
     times: dict[str, list[float]] = {"baseline": [], "ours": []}
     for _ in range(runs):
         for c in times:
-            times[c].append(_in_subprocess(f"measure({c!r}, {str(device)!r}, {batch}, {train}, {steps})"))
+            times[c].append(in_subprocess(f"measure({c!r}, {str(device)!r}, {batch}, {train}, {steps})"))
     return {c: batch / statistics.median(t) for c, t in times.items()}
 
 
@@ -138,11 +147,9 @@ def peak_memory(case: str, device: str, batch: int, train: bool) -> float:
     """Peak memory (MiB) of a few steps of ``case`` in a fresh process."""
     expr = (
         f"(measure({case!r}, {device!r}, {batch}, {train}, 2), "
-        "torch.cuda.max_memory_allocated() / 2**20 if torch.device("
-        f"{device!r}).type == 'cuda' else "
-        "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)[1]"
+        f"torch.cuda.max_memory_allocated() / 2**20 if torch.device({device!r}).type == 'cuda' else peak_rss_mib())[1]"
     )
-    return _in_subprocess(expr)
+    return in_subprocess(expr)
 
 
 def latency(device: torch.device, runs: int) -> dict[str, float]:
@@ -150,7 +157,7 @@ def latency(device: torch.device, runs: int) -> dict[str, float]:
     times: dict[str, list[float]] = {"baseline": [], "ours": []}
     for _ in range(runs):
         for c in times:
-            times[c].append(_in_subprocess(f"measure({c!r}, {str(device)!r}, 1, False, 16, 3)"))
+            times[c].append(in_subprocess(f"measure({c!r}, {str(device)!r}, 1, False, 16, 3)"))
     return {c: 1000 * statistics.median(t) for c, t in times.items()}
 
 

@@ -104,13 +104,9 @@ def measure(case: str, tmp: str) -> float:
 
 
 def _in_subprocess(case: str, tmp: str) -> float:
-    import subprocess
-    import sys
+    from .model_speed import in_subprocess
 
-    code = "import sys; sys.path.insert(0, '.'); from benchmarks.pipeline import measure; "
-    code += f"print(measure({case!r}, {tmp!r}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return in_subprocess(f"measure({case!r}, {tmp!r})", "benchmarks.pipeline")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ from alexnet import create_model
 from alexnet.predict import predict_files, resolve_precision
 from alexnet.weights import load_model
 
-from .model_speed import machine
+from .model_speed import in_subprocess, machine, peak_rss_mib
 from .pipeline import MEAN, STD, make_jpegs
 
 
@@ -63,9 +63,8 @@ def run_ours(model, pre, files: list[str], batch: int, precision: str) -> tuple[
     return len(files) / dt, [r.scores[0].index for r in res]
 
 
-def _peak(case: str, tmp: str, batch: int, workers: int) -> str:
-    """Run ``case`` once over ``tmp``/jpg in THIS (fresh) process; JSON of its peak RSS and its children's, MiB."""
-    import json
+def peak_in_process(case: str, tmp: str, batch: int, workers: int) -> dict[str, float]:
+    """Run ``case`` once over ``tmp``/jpg in THIS (fresh) process; its peak RSS and its children's, MiB."""
     import resource
 
     from alexnet.runtime import tune_cpu_allocator
@@ -79,23 +78,13 @@ def _peak(case: str, tmp: str, batch: int, workers: int) -> str:
         tune_cpu_allocator()  # what the alexnet command does at start-up
         model, pre = load_model(str(Path(tmp) / "random.pth"), arch="alexnet_owt")
         run_ours(model, pre, sorted(str(p) for p in folder.rglob("*.jpg")), batch, case)
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return json.dumps({"self": hwm, "child": children})
+    return {"self": peak_rss_mib(), "child": children}
 
 
 def peak_memory(case: str, tmp: str, batch: int, workers: int) -> dict[str, float]:
-    import json
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; sys.path.insert(0, '.'); from benchmarks.predict_speed import _peak; "
-        f"print(_peak({case!r}, {tmp!r}, {batch}, {workers}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    expr = f"peak_in_process({case!r}, {tmp!r}, {batch}, {workers})"
+    return in_subprocess(expr, "benchmarks.predict_speed")
 
 
 def agreement(a: list[int], b: list[int]) -> float:

@@ -282,7 +282,8 @@ def evaluate(
             images, labels, dropped = materialize(images, labels, device)  # a batch still encoded
             if dropped:
                 skipped.extend(dropped)
-                refs = [r for r in refs if r[1] not in set(dropped)] if refs is not None else None
+                gone = set(dropped)
+                refs = [r for r in refs if r[1] not in gone] if refs is not None else None
             if len(labels) == 0:
                 continue
             images = images.to(device, non_blocking=True)

@@ -532,7 +532,9 @@ class _Indexed(Dataset):
 
 
 def _reseed(seed: int) -> None:
-    torch.manual_seed(seed)
+    """The CPU generators a transform may draw from. Not `torch.manual_seed`, which also reseeds every CUDA
+    generator: without workers this runs in the training process, whose CUDA generator draws the dropout masks."""
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
 
