@@ -475,7 +475,10 @@ def evaluate_dataset(
         from .data.datasets import make_loader
 
         sampler = eval_sampler(ds, rank, world) if world > 1 else None
-        loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, sampler=sampler)
+        crop_device = dev if dev.type == "cuda" else None  # a prepared set's crops cut on the GPU (evaluate crops)
+        loader = make_loader(
+            ds, batch_size=batch_size, shuffle=False, workers=workers, sampler=sampler, crop_device=crop_device
+        )
         model.to(dev)
         model = inference_model(model, precision, dev)  # fp32: the model itself
         names = list(getattr(ds, "names", []) or [])

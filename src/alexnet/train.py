@@ -881,10 +881,17 @@ def _check_data(train_ds: Any, classes: Sequence[str], source: str) -> None:
             raise TrainError(f"{source}: label {bad} out of range for {len(classes)} classes (0..{len(classes) - 1})")
 
 
-def _make_loader(ds: Any, *, batch_size: int, sampler: Any, workers: int, seed: int) -> DataLoader:
+def _make_loader(
+    ds: Any, *, batch_size: int, sampler: Any, workers: int, seed: int, device: torch.device | None = None
+) -> DataLoader:
+    """``datasets.make_loader``; on a GPU a prepared set's batches are cropped there (`CropBatch`, made real by
+    `materialize` in the training step), so the loader only reads the stored images into pinned memory."""
     from .data import datasets
 
-    return datasets.make_loader(ds, batch_size=batch_size, sampler=sampler, workers=workers, seed=seed)
+    crop_device = device if device is not None and device.type == "cuda" else None
+    return datasets.make_loader(
+        ds, batch_size=batch_size, sampler=sampler, workers=workers, seed=seed, crop_device=crop_device
+    )
 
 
 def main(
@@ -1108,7 +1115,7 @@ def _run(
         save_model(model, pre, out / "last.safetensors", arch=cfg.arch)
         _torch_save_atomic(state, out / "state.pt")
 
-    loader, val_loader = _run_loaders(cfg, epoch_train_ds, epoch_val_ds, local_batch, sampler, info)
+    loader, val_loader = _run_loaders(cfg, epoch_train_ds, epoch_val_ds, local_batch, sampler, info, device)
     interrupted = False
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -1232,7 +1239,13 @@ def _decode_on_device(ds: Any) -> bool:
 
 
 def _run_loaders(
-    cfg: TrainConfig, train_ds: Any, val_ds: Any | None, batch: int, sampler: EpochSampler, info: DistInfo
+    cfg: TrainConfig,
+    train_ds: Any,
+    val_ds: Any | None,
+    batch: int,
+    sampler: EpochSampler,
+    info: DistInfo,
+    device: torch.device | None = None,
 ) -> tuple[Any, Any | None]:
     """The training and validation loaders of the whole run, made once: their workers live from epoch to epoch
     (no start-up per epoch). Each training batch's random transforms draw from a seed of (seed, rank, epoch,
@@ -1245,11 +1258,13 @@ def _run_loaders(
         val = DataLoader(val_ds, batch_size=batch, shuffle=False, generator=g) if val_ds is not None else None
         return DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=0, generator=g), val
     seed = (cfg.seed * 1_000_003 + info.rank) % 2**63
-    train = _make_loader(train_ds, batch_size=batch, sampler=sampler, workers=cfg.workers, seed=seed)
+    train = _make_loader(train_ds, batch_size=batch, sampler=sampler, workers=cfg.workers, seed=seed, device=device)
     val = None
     if val_ds is not None:
         vsampler = eval_sampler(val_ds, info.rank, info.world_size)
-        val = _make_loader(val_ds, batch_size=batch, sampler=vsampler, workers=cfg.workers, seed=cfg.seed)
+        val = _make_loader(
+            val_ds, batch_size=batch, sampler=vsampler, workers=cfg.workers, seed=cfg.seed, device=device
+        )
     return train, val
 
 

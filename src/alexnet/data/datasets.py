@@ -626,13 +626,20 @@ def make_loader(
     drop_last: bool = False,
     seed: int = 0,
     pin_memory: bool | None = None,
-) -> DataLoader:
+    crop_device: torch.device | str | None = None,
+) -> DataLoader | Any:
     """A DataLoader whose batches are ``(images, labels, bad)``: ``images`` the stacked uint8 (or transformed)
     tensors, ``labels`` int64, ``bad`` the names of the samples dropped from this batch as bad images (a batch may
     hold fewer than ``batch_size`` samples, or none). With ``on_bad_image == "fail"`` the first bad image raises
     `BadImageError` in the calling process. Shuffling and the random transforms follow ``seed`` (batch by batch,
     see `SeededBatchSampler`, whose ``set_epoch`` the loader's ``batch_sampler`` has). The workers are kept from
-    one pass over the loader to the next."""
+    one pass over the loader to the next.
+
+    A prepared set whose transform only crops and mirrors its stored squares (`prepared_loader.crop_plan`) gets
+    a `prepared_loader.PreparedLoader` instead: the same batches, read by ``workers`` threads straight from the
+    shards into the batch's (pinned) buffer, with no worker processes to copy pixels through shared memory; with
+    ``crop_device`` its batches are `prepared_loader.CropBatch` es, cut on that device by
+    `device_decode.materialize`."""
     names = getattr(ds, "names", None) or [str(i) for i in range(len(ds))]
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -640,6 +647,14 @@ def make_loader(
         pin_memory = torch.cuda.is_available()
     if sampler is None:
         sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    from .prepared_loader import PreparedLoader, plan_for
+
+    plan = plan_for(ds)
+    if plan is not None:
+        batches = SeededBatchSampler(sampler, batch_size, drop_last, seed)
+        return PreparedLoader(
+            ds, batches, plan, threads=workers, crop_device=crop_device, pin_memory=pin_memory, generator=generator
+        )
     return _Loader(
         _Indexed(ds),
         batch_sampler=SeededBatchSampler(sampler, batch_size, drop_last, seed),

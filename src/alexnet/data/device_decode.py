@@ -137,7 +137,10 @@ def materialize(
     x: Any, labels: torch.Tensor, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A loader batch's images as a tensor: an `EncodedBatch` is decoded on ``device`` and its labels kept in
-    step (bad samples dropped and named); anything else is returned as it is."""
+    step (bad samples dropped and named); a `prepared_loader.CropBatch` is cropped on ``device``; anything else
+    is returned as it is."""
+    if hasattr(x, "crop") and not isinstance(x, torch.Tensor):  # a CropBatch (prepared_loader imports this module)
+        return x.crop(device), labels, []
     if not isinstance(x, EncodedBatch):
         return x, labels, []
     images, keep, bad = x.decode(device)

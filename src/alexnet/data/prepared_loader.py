@@ -1,0 +1,336 @@
+"""Batches of a prepared set read by threads straight from its shards, with no worker processes.
+
+A prepared set (`alexnet.data.prepare`) stores every image decoded, at the paper's 256x256 (section 2), so an epoch
+has nothing left to compute but the crop and flip of section 4.1. A DataLoader with worker processes then spends
+its time on moving pixels: each worker copies its batch into shared memory, and the training process pays a page
+fault for every 4 KiB of it when it first reads the batch (22-25 ms of the main process's CPU time per batch of 256
+crops on the reference CPU, `docs/BENCHMARKS.md`), which caps the whole loader near 10,000 images/s however many
+workers there are.
+
+`PreparedLoader` instead reads each image's row of its shard with one ``os.preadv`` into the batch's buffer (page
+cache to buffer, one copy; pinned memory when the batch goes to a GPU), from a few threads (the read releases the
+GIL). The crops and flips are the per-sample path's own: each sample's offsets are drawn from its seed
+(`device_decode.sample_seed` of the batch's `SeededBatchSampler` seed) exactly as `RandomPatch` and
+``v2.RandomHorizontalFlip`` draw them, so the batches equal `make_loader`'s DataLoader batches bit for bit. They are
+cut either in the reader thread (a plain uint8 batch), or, with ``crop_device``, on the training device in one
+gather (`CropBatch`, made real by `device_decode.materialize`), which moves the whole 256x256 rows to the GPU.
+
+Used by `datasets.make_loader` for a prepared set whose transform is a crop of the stored square (the training
+geometry, the eval geometry, or none); any other transform (ten-crop, a different size) keeps the DataLoader path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from .device_decode import sample_seed
+
+__all__ = ["CropBatch", "CropPlan", "PreparedLoader", "crop_plan", "plan_for"]
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """What a geometry transform does to a stored ``size`` x ``size`` image: cut an ``out`` x ``out`` patch, at a
+    random offset in ``0..span`` per axis (``span`` 0: the fixed offset ``fixed``), mirrored with probability
+    ``flip``."""
+
+    size: int
+    out: int
+    span: int
+    fixed: int
+    flip: float
+
+    def draw(self, seed: int | None, position: int) -> tuple[int, int, bool]:
+        """(top, left, mirrored) of the sample at ``position`` of a batch with seed ``seed``: the numbers
+        `RandomPatch` then ``v2.RandomHorizontalFlip`` draw from torch's CPU generator seeded with `sample_seed`
+        (the per-sample path, `datasets._Indexed`), from a generator of its own (thread-safe)."""
+        if self.span == 0 and self.flip == 0.0:
+            return self.fixed, self.fixed, False
+        g = torch.Generator()
+        if seed is not None:
+            g.manual_seed(sample_seed(seed, position))
+        else:
+            g.seed()
+        top, left = self.fixed, self.fixed
+        if self.span > 0:
+            top, left = (int(v) for v in torch.randint(0, self.span + 1, (2,), generator=g))
+        flipped = self.flip > 0.0 and bool(torch.rand(1, generator=g) < self.flip)
+        return top, left, flipped
+
+
+def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
+    """The `CropPlan` of ``transform`` on ``size`` x ``size`` images, or None when it does anything else (then the
+    per-sample path runs it). Recognised: None (the whole square), ``Preprocessing.geometry(True)`` (`RandomPatch`
+    of a ``size`` square, optionally a ``v2.RandomHorizontalFlip``), ``Preprocessing.geometry(False)``
+    (``v2.Resize(size)``, which leaves the square as it is, then ``v2.CenterCrop``) and `ResizeCenterCrop(size)`."""
+    from .transforms import RandomPatch, ResizeCenterCrop
+
+    if transform is None:
+        return CropPlan(size, size, 0, 0, 0.0)
+    if isinstance(transform, ResizeCenterCrop):
+        return CropPlan(size, size, 0, 0, 0.0) if transform.size == size else None
+    ops = list(getattr(transform, "transforms", []))
+    if not ops or type(transform).__name__ != "_Geometry":
+        return None
+    first, rest = ops[0], ops[1:]
+    if isinstance(first, RandomPatch):
+        if first.resize_size != size:
+            return None
+        flip = 0.0
+        if rest:
+            if len(rest) != 1 or type(rest[0]) is not v2.RandomHorizontalFlip:
+                return None
+            flip = float(rest[0].p)
+        return CropPlan(size, first.input_size, size - first.input_size, 0, flip)
+    if (
+        type(first) is v2.Resize
+        and list(first.size) == [size]
+        and first.max_size is None
+        and len(rest) == 1
+        and type(rest[0]) is v2.CenterCrop
+        and rest[0].size[0] == rest[0].size[1] <= size
+    ):
+        out = int(rest[0].size[0])
+        return CropPlan(size, out, 0, int(round((size - out) / 2.0)), 0.0)  # torchvision's centre-crop offset
+    return None
+
+
+class CropBatch:
+    """Whole stored images (uint8 (n, 3, S, S), pinned when bound for a GPU) with each one's crop offsets and
+    mirror flag; `crop` cuts the batch on a device in one gather."""
+
+    def __init__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, out: int) -> None:
+        self.images, self.offsets, self.flips, self.out = images, offsets, flips, int(out)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def crop(self, device: torch.device | str) -> torch.Tensor:
+        """uint8 (n, 3, out, out) on ``device``: ``images[k, :, top:top+out, left:left+out]``, mirrored where
+        flagged (the values the reader thread's slices give, tested equal)."""
+        device = torch.device(device)
+        x = self.images.to(device, non_blocking=True)
+        n, p = len(x), self.out
+        if n == 0:
+            return x[:, :, :p, :p]
+        off = self.offsets.to(device, non_blocking=True)
+        flips = self.flips.to(device, non_blocking=True)
+        ar = torch.arange(p, device=device)
+        rows = off[:, 0, None] + ar  # (n, p)
+        cols = torch.where(flips[:, None], off[:, 1, None] + (p - 1) - ar, off[:, 1, None] + ar)
+        nk = torch.arange(n, device=device)[:, None, None, None]
+        ch = torch.arange(x.shape[1], device=device)[None, :, None, None]
+        return x[nk, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _Shards:
+    """The split's shards as open files: (descriptor, data offset, rows) each, and a global-row lookup."""
+
+    def __init__(self, ds: Any) -> None:
+        from .datasets import DataError
+
+        self.size = int(ds.size)
+        self.row_bytes = 3 * self.size * self.size
+        self.fds: list[int] = []
+        self.offsets: list[int] = []
+        self.starts = np.asarray(ds._starts, dtype=np.int64)
+        try:
+            for rel in ds.shards:
+                path = ds.root / rel
+                try:
+                    arr = np.load(path, mmap_mode="r")  # parses the .npy header, checks the file's length
+                    self.offsets.append(int(arr.offset))
+                    shape, dtype = arr.shape, arr.dtype
+                    del arr
+                    self.fds.append(os.open(path, os.O_RDONLY))
+                except (OSError, ValueError) as e:
+                    raise DataError(f"{path}: cannot read prepared shard ({e})") from None
+                if dtype != np.uint8 or shape[1:] != (3, self.size, self.size):
+                    raise DataError(f"{path}: prepared shard holds {dtype} {shape}, not uint8 (n, 3, S, S)")
+        except BaseException:
+            self.close()
+            raise
+
+    def read_into(self, buf: np.ndarray, rows: Sequence[int], names: Sequence[str]) -> None:
+        """``buf[k] = row rows[k]`` for every k (``buf``: uint8 (n, 3, S, S), C-contiguous)."""
+        from .datasets import DataError
+
+        shard = np.searchsorted(self.starts, np.asarray(rows, dtype=np.int64), side="right") - 1
+        for k, (i, s) in enumerate(zip(rows, shard.tolist())):
+            pos = self.offsets[s] + (int(i) - int(self.starts[s])) * self.row_bytes
+            got = os.preadv(self.fds[s], [memoryview(buf[k]).cast("B")], pos)
+            if got != self.row_bytes:
+                raise DataError(f"{names[i] if i < len(names) else i}: prepared shard is truncated")
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+class PreparedLoader:
+    """An iterable of ``(images, labels, bad)`` batches over a `PreparedDataset` (or a `Subset` of one), in the
+    order and with the per-batch seeds of ``batch_sampler`` (a `SeededBatchSampler`), as `make_loader`'s
+    DataLoader yields them: ``images`` uint8 (n, 3, out, out), or a `CropBatch` when ``crop_device`` is set
+    (cut on that device by `device_decode.materialize`); ``bad`` always empty (a prepared set holds only images
+    that decoded). ``threads`` readers work ahead by up to ``2 * threads`` batches; 0 reads in the caller's
+    thread. Iterating again starts a new pass."""
+
+    def __init__(
+        self,
+        ds: Any,
+        batch_sampler: Any,
+        plan: CropPlan,
+        *,
+        threads: int = 0,
+        crop_device: torch.device | str | None = None,
+        pin_memory: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        base, rows = _unwrap(ds)
+        self.dataset = ds
+        self.rows = rows  # None: the loader's indices are the set's rows
+        self.base = base
+        self.targets = torch.as_tensor(list(base.targets), dtype=torch.int64)
+        self.names = list(base.names)
+        self.batch_sampler = batch_sampler
+        self.sampler = getattr(batch_sampler, "sampler", None)
+        self.batch_size = getattr(batch_sampler, "batch_size", None)
+        self.plan = plan
+        self.threads = max(0, int(threads))
+        self.crop_device = torch.device(crop_device) if crop_device is not None else None
+        self.pin_memory = bool(pin_memory)
+        self.generator = generator
+        self._passes = 0
+        self._local = threading.local()
+        self._shards = _Shards(base)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="alexnet-read") if self.threads else None
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor, list[str]]]:
+        if self.generator is not None and (self._passes == 0 or self.threads == 0):
+            # what a DataLoader sharing ``generator`` with its sampler draws first (its workers' base seed: once
+            # with persistent workers, every pass without), so that a shuffled order equals make_loader's
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        self._passes += 1
+        if self._pool is None:
+            for indices in self.batch_sampler:
+                yield self._batch(indices, self._buffer(len(indices)))
+            return
+        pending: deque[Future] = deque()
+        try:
+            for indices in self.batch_sampler:
+                pending.append(self._pool.submit(self._batch, indices, self._buffer(len(indices))))
+                if len(pending) >= 2 * self.threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def _buffer(self, n: int) -> torch.Tensor:
+        """A batch's output buffer, made in the iterating thread: the large blocks of glibc's main heap are reused
+        from batch to batch (`alexnet.runtime.tune_cpu_allocator`), while a reader thread's own heap would hand
+        out fresh, page-faulting memory maps for them. Pinned when bound for a GPU (torch caches those)."""
+        side = self.plan.size if self.crop_device is not None else self.plan.out
+        pin = self.pin_memory and torch.cuda.is_available()
+        return torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """This thread's buffer for whole rows, made once (see `_buffer`)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < n:
+            s = self.plan.size
+            buf = self._local.buf = np.empty((n, 3, s, s), dtype=np.uint8)
+        return buf[:n]
+
+    def _batch(self, indices: Sequence[int], out: torch.Tensor) -> tuple[Any, torch.Tensor, list[str]]:
+        seed = getattr(indices, "seed", None)
+        idx = [int(i) for i in indices]
+        rows = idx if self.rows is None else [self.rows[i] for i in idx]
+        labels = self.targets[torch.as_tensor(rows, dtype=torch.int64)] if rows else self.targets[:0]
+        plan, n, s, p = self.plan, len(rows), self.plan.size, self.plan.out
+        draws = [plan.draw(seed, k) for k in range(n)]
+        if self.crop_device is not None:
+            self._shards.read_into(out.numpy(), rows, self.names)
+            offsets = torch.tensor([(t, l) for t, l, _ in draws], dtype=torch.int64).reshape(n, 2)
+            flips = torch.tensor([f for _, _, f in draws], dtype=torch.bool)
+            return CropBatch(out, offsets, flips, p), labels, []
+        # Cutting and mirroring: torch's flip copies at memcpy speed and numpy's ``[..., ::-1]`` does not, but torch
+        # runs each copy on its intra-op thread pool, and a reader thread calling it starts a pool of its own,
+        # which oversubscribes the cores (3x slower on 2 cores); numpy stays in the thread and releases the GIL.
+        in_reader = threading.current_thread() is not threading.main_thread() and self._pool is not None
+        if p == s:  # the whole square: read in place
+            self._shards.read_into(out.numpy(), rows, self.names)
+            o = out.numpy()
+            for k, (_, _, f) in enumerate(draws):
+                if f:
+                    if in_reader:
+                        o[k] = o[k][..., ::-1].copy()
+                    else:
+                        out[k] = out[k].flip(-1)
+            return out, labels, []
+        full = self._scratch(n)
+        self._shards.read_into(full, rows, self.names)
+        if in_reader:
+            o = out.numpy()
+            for k, (t, l, f) in enumerate(draws):
+                patch = full[k, :, t : t + p, l : l + p]
+                o[k] = patch[..., ::-1] if f else patch
+        else:
+            tf = torch.from_numpy(full)
+            for k, (t, l, f) in enumerate(draws):
+                patch = tf[k, :, t : t + p, l : l + p]
+                out[k] = patch.flip(-1) if f else patch
+        return out, labels, []
+
+    def close(self) -> None:
+        """Stop the reader threads and close the shard files (also done when the loader is collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._shards.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown
+            self.close()
+
+
+def _unwrap(ds: Any) -> tuple[Any, list[int] | None]:
+    """(the `PreparedDataset` under ``ds``, the rows of its samples: None when ``ds`` is the set itself), or
+    (None, None) when ``ds`` is no prepared set or view of one."""
+    from .datasets import PreparedDataset, Subset
+
+    rows: list[int] | None = None
+    while isinstance(ds, Subset):
+        idx = ds.indices
+        rows = list(idx) if rows is None else [idx[r] for r in rows]
+        ds = ds.base
+    if not isinstance(ds, PreparedDataset):
+        return None, None
+    return ds, rows
+
+
+def plan_for(ds: Any) -> CropPlan | None:
+    """The `CropPlan` of a prepared set (or a `Subset` of one) and its transform, or None for any other data set
+    (and for a transform `crop_plan` does not know)."""
+    base, _ = _unwrap(ds)
+    if base is None:
+        return None
+    return crop_plan(getattr(base, "transform", None), int(base.size))
