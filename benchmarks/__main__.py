@@ -5,6 +5,7 @@ import sys
 
 BENCHMARKS = {
     "pipeline": "benchmarks.pipeline",
+    "loader": "benchmarks.loader",
     "model": "benchmarks.model_speed",
     "predict": "benchmarks.predict_speed",
     "finetune": "benchmarks.finetune_cache",
