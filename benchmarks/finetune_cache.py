@@ -13,8 +13,9 @@ different weights).
 Reported: seconds per epoch (the training loop, from metrics.csv), the cache's one-off build time, the whole run's
 wall time, and the ratios. Median of ``--runs`` runs.
 
-    python -m benchmarks finetune [--images 1024] [--classes 10] [--epochs 2] [--runs 3] [--batch 64] [--augment]
+    python -m benchmarks finetune [--images 1024] [--classes 10] [--epochs 2] [--runs 3] [--batch 128] [--augment]
         [--precision fp32|bf16|auto] [--channels-last]
+    python -m benchmarks finetune --step-only [--batch 128] [--precision fp32|bf16]   # the cached step alone
 """
 
 from __future__ import annotations
@@ -67,6 +68,53 @@ def run(data: Path, weights: Path, out: Path, layers: list[str], cache: bool, ar
     return {"epoch": epoch, "wall": wall, "rest": wall - sum(float(r["seconds"]) for r in rows)}
 
 
+def cached_step(batch: int, precision: str, runs: int = 10) -> None:
+    """The cached fc6-fc8 step alone (``alexnet_owt``'s classifier on random 9216-d features, fused SGD as
+    ``alexnet.train`` builds it): median ms per step and per image, and where the time goes (torch.profiler, by
+    operator: the matmuls, autocast's casts, the update, the rest)."""
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from alexnet.runtime import tune_cpu_allocator
+    from alexnet.train import _Classifier
+
+    tune_cpu_allocator()  # as alexnet train does
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_owt", num_classes=10)
+    for name, prm in model.named_parameters():
+        prm.requires_grad = name.startswith("classifier")
+    net = _Classifier(model, 0).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+    x, y = torch.randn(batch, 9216).relu(), torch.randint(0, 10, (batch,))
+    bf16 = precision != "fp32"
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    ms = statistics.median(times) * 1e3
+    with profile() as prof:
+        for _ in range(5):
+            step()
+    groups = {"matmuls": ("aten::mm", "aten::addmm"), "casts": ("aten::copy_",), "SGD update": ("aten::_fused_sgd_",)}
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    shares = {g: sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ops) for g, ops in groups.items()}
+    parts = ", ".join(f"{g} {v / total * ms:.1f} ms" for g, v in shares.items())
+    rest = ms * (1 - sum(shares.values()) / total)
+    print(f"cached fc6-fc8 step, batch {batch}, {precision}: {ms:.1f} ms ({ms / batch:.3f} ms per image): {parts}, "
+          f"other {rest:.1f} ms")  # fmt: skip
+
+
 def max_diff(a: Path, b: Path) -> float:
     wa, wb = load_file(str(a / "last.safetensors")), load_file(str(b / "last.safetensors"))
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
@@ -78,13 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128, help="alexnet train's default (the paper's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader worker processes")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     ap.add_argument("--augment", action="store_true", help="random crops and flips on the plain path")
     ap.add_argument("--channels-last", action="store_true", help="NHWC convolutions (the plain path's)")
+    ap.add_argument("--step-only", action="store_true", help="time the cached fc6-fc8 step alone, with a breakdown")
     args = ap.parse_args(argv)
     print(f"# {machine()}, torchvision {torchvision.__version__}")
+    if args.step_only:
+        cached_step(args.batch, args.precision)
+        return
     print(
         f"# {args.images} JPEGs 500x375 q90 in {args.classes} classes, {args.epochs} epochs, batch {args.batch}, "
         f"{args.workers} workers, precision {args.precision}{', channels_last' if args.channels_last else ''}, "
