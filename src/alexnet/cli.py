@@ -431,7 +431,9 @@ def _data_flags(p: argparse.ArgumentParser, *, split: str | None) -> None:
     p.add_argument("--val-split", type=float, default=0.0, help="share held out as 'val' when DATA has no val/")
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-split draw (use the training run's)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (0: in the main process)")
+    p.add_argument(
+        "--workers", type=_workers, default=0, help="data loader processes, reader threads for a prepared set (0: none)"
+    )
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ...")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
@@ -763,7 +765,9 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         help="random crop + flip + PCA lighting (section 4.1); --no-augment: eval geometry" + d("augment"),
     )
     g.add_argument("--lighting", type=float, default=S, help="PCA lighting sigma (section 4.1)" + d("lighting"))
-    g.add_argument("--workers", type=int, default=S, help="loader processes per rank" + d("workers"))
+    g.add_argument(
+        "--workers", type=int, default=S, help="loader processes per rank (threads for a prepared set)" + d("workers")
+    )
     g.add_argument("--on-bad-image", choices=["skip", "fail"], default=S, help="bad images" + d("on_bad_image"))
     g = p.add_argument_group("model")
     g.add_argument("--arch", default=S, help="architecture (alexnet models)" + d("arch"))
