@@ -186,8 +186,8 @@ class PreparedLoader:
     order and with the per-batch seeds of ``batch_sampler`` (a `SeededBatchSampler`), as `make_loader`'s
     DataLoader yields them: ``images`` uint8 (n, 3, out, out), or a `CropBatch` when ``crop_device`` is set
     (cut on that device by `device_decode.materialize`); ``bad`` always empty (a prepared set holds only images
-    that decoded). ``threads`` readers work ahead by up to ``2 * threads`` batches; 0 reads in the caller's
-    thread. Iterating again starts a new pass."""
+    that decoded). ``threads`` readers work ahead by up to ``threads + 2`` batches (every thread busy, the
+    pinned memory bounded); 0 reads in the caller's thread. Iterating again starts a new pass."""
 
     def __init__(
         self,
@@ -236,7 +236,7 @@ class PreparedLoader:
         try:
             for indices in self.batch_sampler:
                 pending.append(self._pool.submit(self._batch, indices, self._buffer(len(indices))))
-                if len(pending) >= 2 * self.threads:
+                if len(pending) >= self.threads + 2:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
