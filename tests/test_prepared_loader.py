@@ -82,6 +82,18 @@ def test_batches_equal_the_dataloader_path(prepared, monkeypatch, geometry, work
     on_device.close()
 
 
+def test_without_preadv_the_dataloader_path_reads_the_same(prepared, monkeypatch):
+    ds = D.open_dataset(prepared, transform=T.train_geometry(40, 32))
+    fast = D.make_loader(ds, batch_size=8, shuffle=True, seed=1)
+    assert isinstance(fast, PL.PreparedLoader)
+    got = list(fast)
+    monkeypatch.delattr(PL.os, "preadv")
+    slow = D.make_loader(ds, batch_size=8, shuffle=True, seed=1)
+    assert isinstance(slow, torch.utils.data.DataLoader)
+    for (a, ya, _), (b, yb, _) in zip(got, slow, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
 def test_crop_batch_cuts_each_patch_and_mirror():
     imgs = torch.arange(2 * 3 * 6 * 6, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(2, 3, 6, 6)
     b = PL.CropBatch(imgs, torch.tensor([[1, 2], [0, 3]]), torch.tensor([False, True]), 3)

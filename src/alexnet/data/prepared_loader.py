@@ -331,6 +331,6 @@ def plan_for(ds: Any) -> CropPlan | None:
     """The `CropPlan` of a prepared set (or a `Subset` of one) and its transform, or None for any other data set
     (and for a transform `crop_plan` does not know)."""
     base, _ = _unwrap(ds)
-    if base is None:
+    if base is None or not hasattr(os, "preadv"):  # preadv: Linux, BSD, macOS; elsewhere the DataLoader path
         return None
     return crop_plan(getattr(base, "transform", None), int(base.size))
