@@ -215,20 +215,21 @@ def main(argv: list[str] | None = None) -> int:
         fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
 
-        def run_epoch(ds, crop_device: torch.device | None = None) -> tuple[float, float]:
-            """(loader-only img/s, training img/s) over one data set and one loader: pass 1 starts the workers and
-            warms up cuDNN and the page cache (training), pass 2 only loads (decoding on the device and the batch
-            transform included), passes 3-4 train. The workers are kept from pass to pass, as ``alexnet train``
-            keeps them from epoch to epoch."""
+        def run_epoch(ds, crop_device: torch.device | None = None) -> tuple[float, float, float]:
+            """(loader-only img/s, training img/s, training process CPU ms per batch while only loading) over one
+            data set and one loader: pass 1 starts the workers and warms up cuDNN and the page cache (training),
+            pass 2 only loads (decoding on the device and the batch transform included), passes 3-4 train. The
+            workers are kept from pass to pass, as ``alexnet train`` keeps them from epoch to epoch. The CPU time
+            counts the training process's threads (reader threads included), not worker processes."""
             loader = make_loader(
                 ds, batch_size=b, shuffle=True, workers=workers, drop_last=True, crop_device=crop_device
             )
             rates: list[float] = []
-            seen, t0 = 0, time.perf_counter()
+            seen, t0, c0, cpu = 0, time.perf_counter(), time.process_time(), 0.0
             for k in range(4):
                 if k in (1, 2):
                     sync(device)
-                    t0, seen = time.perf_counter(), 0
+                    t0, c0, seen = time.perf_counter(), time.process_time(), 0
                 train = k != 1
                 for x, y, _bad in loader:
                     x, y, _ = materialize(x, y, device)  # encoded (decode_on_device): decoded; CropBatch: cut
@@ -244,12 +245,19 @@ def main(argv: list[str] | None = None) -> int:
                 if k == 1:
                     sync(device)
                     rates.append(seen / (time.perf_counter() - t0))
+                    cpu = (time.process_time() - c0) / max(1, seen // b) * 1e3
             sync(device)
             rates.append(seen / (time.perf_counter() - t0))
-            return rates[0], rates[1]
+            return rates[0], rates[1], cpu
 
-        def report(key: str, what: str, rates: tuple[float, float]) -> None:
-            log(f"loader_{key}_img_s", f"loader    {what}, {workers} workers, b{b}: {rates[0]:10.0f} img/s", rates[0])
+        def report(key: str, what: str, rates: tuple[float, float, float]) -> None:
+            log(
+                f"loader_{key}_img_s",
+                f"loader    {what}, {workers} workers, b{b}: {rates[0]:10.0f} img/s   (training process CPU "
+                f"{rates[2]:.1f} ms/batch)",
+                rates[0],
+            )
+            RESULTS[f"loader_{key}_cpu_ms_per_batch"] = rates[2]
             log(f"e2e_{key}_img_s", f"e2e train {what}, {workers} workers, b{b}: {rates[1]:10.0f} img/s", rates[1])
 
         ds = open_dataset(str(tmp / "jpegs"), transform=pre.geometry(True))

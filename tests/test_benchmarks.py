@@ -20,6 +20,7 @@ def test_gpu_benchmark_script_runs_every_section_on_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu.json").read_text())
     sources = ("jpeg", "jpeg_device_decode", "prepared", "prepared_cpu_crop")
     e2e = tuple(f"{k}_{src}_img_s" for k in ("e2e", "loader") for src in sources)
-    assert set(results) == {"train_img_s", "infer_img_s", "decode_img_s", *e2e}
+    cpu = tuple(f"loader_{src}_cpu_ms_per_batch" for src in sources)
+    assert set(results) == {"train_img_s", "infer_img_s", "decode_img_s", *e2e, *cpu}
     assert all(results[k] > 0 for k in ("decode_img_s", *e2e))
     assert results["train_img_s"]["ours"] > 0 and results["infer_img_s"]["baseline"] > 0
