@@ -53,10 +53,15 @@ def test_crop_plan_recognises_the_crop_transforms():
     assert PL.crop_plan(T._Geometry([T.RandomPatch(40, 32), v2.RandomVerticalFlip()], 40), 40) is None
 
 
-@pytest.mark.parametrize("geometry", ["train", "eval", "none"])
+@pytest.mark.parametrize("geometry", ["train", "whole", "eval", "none"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_equal_the_dataloader_path(prepared, monkeypatch, geometry, workers):
-    tf = {"train": T.train_geometry(40, 27), "eval": T.eval_geometry(40, 32), "none": None}[geometry]
+    tf = {
+        "train": T.train_geometry(40, 27),
+        "whole": T.train_geometry(40, 40),  # the patch is the whole square; RandomPatch still draws its offsets
+        "eval": T.eval_geometry(40, 32),
+        "none": None,
+    }[geometry]
     ds = D.open_dataset(prepared, transform=tf, val_split=0.3, split="train")  # a Subset of the prepared set
     assert isinstance(ds, D.Subset)
     kw = dict(batch_size=4, shuffle=True, workers=workers, seed=7)
@@ -74,9 +79,9 @@ def test_batches_equal_the_dataloader_path(prepared, monkeypatch, geometry, work
             assert bad == badr == dropped == []
             assert x.dtype == torch.uint8 and torch.equal(x, xr) and torch.equal(y, yr)
             assert torch.equal(c, xr) and torch.equal(yc, yr)
-            if geometry == "train":
-                flips += sum(not torch.equal(x[k], xr[k].flip(-1)) for k in range(len(x)))
-    if geometry == "train":
+            if geometry in ("train", "whole"):
+                flips += sum(not torch.equal(x[k], x[k].flip(-1)) for k in range(len(x)))
+    if geometry in ("train", "whole"):
         assert flips > 0  # mirrored and unmirrored patches both occur
     fast.close()
     on_device.close()
@@ -206,3 +211,51 @@ def test_sigint_mid_epoch_with_reader_threads_resumes_exactly(tmp_path):
     train.main(tiny_config(data, tmp_path / "cut", **kw, resume=str(tmp_path / "cut")))
     assert_same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
     assert_same_metrics(tmp_path / "full", tmp_path / "cut")
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_abandoned_loader_closes_its_files_and_threads(prepared):
+    import gc
+    import threading
+
+    ds = D.open_dataset(prepared, transform=T.train_geometry(40, 32))
+    before = _open_fds()
+    for _ in range(3):
+        loader = D.make_loader(ds, batch_size=2, shuffle=True, workers=2)
+        it = iter(loader)
+        next(it)  # readers are working ahead
+        del it, loader
+        gc.collect()
+    for _ in range(50):  # the last reference may go in a reader thread, which finishes on its own
+        if _open_fds() == before and not any(t.name.startswith("alexnet-read") for t in threading.enumerate()):
+            break
+        __import__("time").sleep(0.05)
+    assert _open_fds() == before
+    loader = D.make_loader(ds, batch_size=2, workers=2)
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
+
+
+def test_short_reads_and_too_many_shards_read_the_same(prepared, monkeypatch):
+    """A read may return part of a row (network file systems); shards beyond the open-file limit are opened per
+    read. Both give the same batches."""
+    import os
+
+    ds = D.open_dataset(prepared, transform=T.train_geometry(40, 32))
+    want = list(D.make_loader(ds, batch_size=4, shuffle=True, seed=3, workers=2))
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, pos: real(fd, [bufs[0][:1000]], pos))
+    got = list(D.make_loader(ds, batch_size=4, shuffle=True, seed=3, workers=2))
+    monkeypatch.setattr(PL, "_room_for", lambda n, spare=256: False)
+    per_read = D.make_loader(ds, batch_size=4, shuffle=True, seed=3, workers=2)
+    assert per_read._shards.fds == []
+    for other in (got, list(per_read)):
+        for (a, ya, _), (b, yb, _) in zip(want, other, strict=True):
+            assert torch.equal(a, b) and torch.equal(ya, yb)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,8 @@ from torchvision.transforms import v2
 from .device_decode import sample_seed
 
 __all__ = ["CropBatch", "CropPlan", "PreparedLoader", "crop_plan", "plan_for"]
+
+_THREAD_PREFIX = "alexnet-read"
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,9 @@ class CropPlan:
             g.manual_seed(sample_seed(seed, position))
         else:
             g.seed()
-        top, left = self.fixed, self.fixed
-        if self.span > 0:
-            top, left = (int(v) for v in torch.randint(0, self.span + 1, (2,), generator=g))
+        # Only RandomPatch plans get here (the sole source of a flip): it draws its offsets even when the patch is
+        # the whole square (span 0), and the flip's draw comes after them.
+        top, left = (int(v) for v in torch.randint(0, self.span + 1, (2,), generator=g))
         flipped = self.flip > 0.0 and bool(torch.rand(1, generator=g) < self.flip)
         return top, left, flipped
 
@@ -79,13 +82,13 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
 
     if transform is None:
         return CropPlan(size, size, 0, 0, 0.0)
-    if isinstance(transform, ResizeCenterCrop):
+    if type(transform) is ResizeCenterCrop:  # exact types: a subclass may do anything else
         return CropPlan(size, size, 0, 0, 0.0) if transform.size == size else None
     ops = list(getattr(transform, "transforms", []))
     if not ops or type(transform).__name__ != "_Geometry":
         return None
     first, rest = ops[0], ops[1:]
-    if isinstance(first, RandomPatch):
+    if type(first) is RandomPatch:
         if first.resize_size != size:
             return None
         flip = 0.0
@@ -136,49 +139,95 @@ class CropBatch:
 
 
 class _Shards:
-    """The split's shards as open files: (descriptor, data offset, rows) each, and a global-row lookup."""
+    """The split's shards as files: each one's path and data offset, read with ``os.preadv`` (thread-safe). They
+    stay open while they fit under the process's limit on open files (raised to its hard limit when needed);
+    otherwise each read opens and closes its shard (an ImageNet-sized set has thousands of shards)."""
 
     def __init__(self, ds: Any) -> None:
         from .datasets import DataError
 
         self.size = int(ds.size)
         self.row_bytes = 3 * self.size * self.size
-        self.fds: list[int] = []
+        self.paths = [ds.root / rel for rel in ds.shards]
         self.offsets: list[int] = []
         self.starts = np.asarray(ds._starts, dtype=np.int64)
-        try:
-            for rel in ds.shards:
-                path = ds.root / rel
-                try:
-                    arr = np.load(path, mmap_mode="r")  # parses the .npy header, checks the file's length
-                    self.offsets.append(int(arr.offset))
-                    shape, dtype = arr.shape, arr.dtype
-                    del arr
+        for path in self.paths:
+            try:
+                arr = np.load(path, mmap_mode="r")  # parses the .npy header, checks the file's length
+                self.offsets.append(int(arr.offset))
+                shape, dtype = arr.shape, arr.dtype
+                del arr
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path}: cannot read prepared shard ({e})") from None
+            if dtype != np.uint8 or shape[1:] != (3, self.size, self.size):
+                raise DataError(f"{path}: prepared shard holds {dtype} {shape}, not uint8 (n, 3, S, S)")
+        self.fds: list[int] = []
+        self._close = weakref.finalize(self, _close_fds, self.fds)  # closed however the object goes
+        if _room_for(len(self.paths)):
+            try:
+                for path in self.paths:
                     self.fds.append(os.open(path, os.O_RDONLY))
-                except (OSError, ValueError) as e:
-                    raise DataError(f"{path}: cannot read prepared shard ({e})") from None
-                if dtype != np.uint8 or shape[1:] != (3, self.size, self.size):
-                    raise DataError(f"{path}: prepared shard holds {dtype} {shape}, not uint8 (n, 3, S, S)")
-        except BaseException:
-            self.close()
-            raise
+            except OSError:  # out of descriptors after all: read by opening each time
+                self.close()
 
     def read_into(self, buf: np.ndarray, rows: Sequence[int], names: Sequence[str]) -> None:
         """``buf[k] = row rows[k]`` for every k (``buf``: uint8 (n, 3, S, S), C-contiguous)."""
-        from .datasets import DataError
-
         shard = np.searchsorted(self.starts, np.asarray(rows, dtype=np.int64), side="right") - 1
+        fds = self.fds
         for k, (i, s) in enumerate(zip(rows, shard.tolist())):
             pos = self.offsets[s] + (int(i) - int(self.starts[s])) * self.row_bytes
-            got = os.preadv(self.fds[s], [memoryview(buf[k]).cast("B")], pos)
-            if got != self.row_bytes:
+            view = memoryview(buf[k]).cast("B")
+            if len(fds) == len(self.paths):
+                self._read(fds[s], view, pos, names, i)
+            else:
+                fd = os.open(self.paths[s], os.O_RDONLY)
+                try:
+                    self._read(fd, view, pos, names, i)
+                finally:
+                    os.close(fd)
+
+    @staticmethod
+    def _read(fd: int, view: memoryview, pos: int, names: Sequence[str], i: int) -> None:
+        """All of ``view`` from ``pos``: a read may return less (network file systems), only 0 means the end."""
+        from .datasets import DataError
+
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], pos + done)
+            if got == 0:
                 raise DataError(f"{names[i] if i < len(names) else i}: prepared shard is truncated")
+            done += got
 
     def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds = []
+        self._close()
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def _room_for(n: int, spare: int = 256) -> bool:
+    """Whether ``n`` more files may stay open, raising the soft limit toward the hard one if that is what it takes
+    (as most training tools do; the default soft limit is often 1024)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return n <= 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    need = in_use + n + spare
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return True
+    if hard != resource.RLIM_INFINITY and need > hard:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 class PreparedLoader:
@@ -216,13 +265,16 @@ class PreparedLoader:
         self.generator = generator
         self._passes = 0
         self._local = threading.local()
+        self._closed = False
         self._shards = _Shards(base)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="alexnet-read") if self.threads else None
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=_THREAD_PREFIX) if self.threads else None
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor, list[str]]]:
+        if self._closed:
+            raise RuntimeError("this PreparedLoader is closed")
         if self.generator is not None and (self._passes == 0 or self.threads == 0):
             # what a DataLoader sharing ``generator`` with its sampler draws first (its workers' base seed: once
             # with persistent workers, every pass without), so that a shuffled order equals make_loader's
@@ -301,11 +353,16 @@ class PreparedLoader:
         return out, labels, []
 
     def close(self) -> None:
-        """Stop the reader threads and close the shard files (also done when the loader is collected)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._shards.close()
+        """Stop the reader threads and close the shard files (also done when the loader is collected, which may
+        happen in one of its own reader threads: that one cannot wait for itself)."""
+        pool, self._pool = self._pool, None
+        self._closed = True
+        try:
+            if pool is not None:
+                own = threading.current_thread().name.startswith(_THREAD_PREFIX)
+                pool.shutdown(wait=not own, cancel_futures=True)
+        finally:
+            self._shards.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown
@@ -318,11 +375,11 @@ def _unwrap(ds: Any) -> tuple[Any, list[int] | None]:
     from .datasets import PreparedDataset, Subset
 
     rows: list[int] | None = None
-    while isinstance(ds, Subset):
+    while type(ds) is Subset:
         idx = ds.indices
         rows = list(idx) if rows is None else [idx[r] for r in rows]
         ds = ds.base
-    if not isinstance(ds, PreparedDataset):
+    if type(ds) is not PreparedDataset:  # exact: a subclass may load its samples otherwise
         return None, None
     return ds, rows
 
