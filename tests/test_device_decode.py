@@ -126,3 +126,34 @@ def test_training_with_decode_on_device_equals_the_plain_loader(tmp_path):
     assert_same_weights(tmp_path / "plain" / "last.safetensors", tmp_path / "device" / "last.safetensors")
     assert_same_metrics(tmp_path / "plain", tmp_path / "device")
     assert load_model(tmp_path / "device" / "last.safetensors")[0].fc8.out_features == 3
+
+
+def test_mixed_sizes_are_cropped_in_groups_equal_to_per_image(tmp_path, monkeypatch):
+    """Sizes that resample differently (and one already the resize_size square, a plain slice) in one batch: the
+    grouped crop gives the per-image transform's pixels, and resamples once per source size."""
+    from torchvision.transforms.v2 import functional as F
+
+    from alexnet.data import device_decode
+    from alexnet.weights import Preprocessing
+
+    root = tmp_path / "data"
+    sizes = [(48, 40), (36, 36), (60, 45), (48, 40), (36, 36), (60, 45), (41, 52), (48, 40)]
+    for n, size in enumerate(sizes * 2):
+        d = root / f"class{n % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{n:02d}.jpg").write_bytes(_jpeg("L" if n == 3 else "RGB", size=size, seed=n))
+    pre = Preprocessing(input_size=32, resize_size=36)
+    ds = D.open_dataset(root, transform=pre.geometry(True))
+    monkeypatch.setattr(device_decode, "GROUP_ON_CPU", True)  # as on a GPU
+    calls = []
+    real = F.resize
+    monkeypatch.setattr(F, "resize", lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k))
+    device = _batches(ds, True)
+    grouped = [c for c in calls if len(c) == 4]
+    assert grouped and max(c[0] for c in grouped) >= 3  # several images resampled in one call
+    monkeypatch.setattr(device_decode, "_patch_and_flip", lambda t: None)  # the per-image path
+    per_image = _batches(ds, True)
+    plain = _batches(ds, False)
+    assert len(plain) == len(device) == len(per_image) == 2
+    for (a, ya, _), (b, yb, _), (c, yc, _) in zip(plain, device, per_image):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(ya, yb) and torch.equal(ya, yc)

@@ -81,16 +81,31 @@ class RandomPatch(nn.Module):
         self.resize_size = self.min_size = int(resize_size)
         self.input_size = int(input_size)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def draw(self) -> tuple[int, int]:
+        """The patch's offsets in the resized square, like RandomCrop's: from torch's CPU generator."""
         r, p = self.resize_size, self.input_size
-        i, j = (int(v) for v in torch.randint(0, r - p + 1, (2,)))  # offsets in the resized square, like RandomCrop
-        h, w = img.shape[-2:]
+        i, j = (int(v) for v in torch.randint(0, r - p + 1, (2,)))
+        return i, j
+
+    def box(self, h: int, w: int, i: int, j: int) -> tuple[int, int, int] | None:
+        """The source square ``(top, left, side)`` that becomes the patch at offsets ``(i, j)`` of an ``h`` x ``w``
+        image once resampled to ``input_size``; None when the image already is the ``resize_size`` square (the
+        patch is then a plain slice)."""
+        r, p = self.resize_size, self.input_size
         if h == r and w == r:
-            return img[..., i : i + p, j : j + p]
+            return None
         side = min(h, w)
         scale = side / r  # source pixels per resized pixel
         top0, left0 = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
-        top, left, size = top0 + round(i * scale), left0 + round(j * scale), max(1, round(p * scale))
+        return top0 + round(i * scale), left0 + round(j * scale), max(1, round(p * scale))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        p = self.input_size
+        i, j = self.draw()
+        box = self.box(*img.shape[-2:], i, j)
+        if box is None:
+            return img[..., i : i + p, j : j + p]
+        top, left, size = box
         return F.resized_crop(img, top, left, size, size, [p, p], antialias=True)
 
 
