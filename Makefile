@@ -42,6 +42,7 @@ fashion-mnist:
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks pipeline
+	$(BIN)/python -m benchmarks loader
 	$(BIN)/python -m benchmarks model
 
 lint: $(STAMP)
