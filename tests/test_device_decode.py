@@ -151,7 +151,7 @@ def test_mixed_sizes_are_cropped_in_groups_equal_to_per_image(tmp_path, monkeypa
     device = _batches(ds, True)
     grouped = [c for c in calls if len(c) == 4]
     assert grouped and max(c[0] for c in grouped) >= 3  # several images resampled in one call
-    monkeypatch.setattr(device_decode, "_patch_and_flip", lambda t: None)  # the per-image path
+    monkeypatch.setattr(device_decode, "GROUP_ON_CPU", False)  # the per-image path
     per_image = _batches(ds, True)
     plain = _batches(ds, False)
     assert len(plain) == len(device) == len(per_image) == 2

@@ -187,30 +187,11 @@ def test_evaluate_crops_on_the_device_the_same(tmp_path, monkeypatch):
 def test_sigint_mid_epoch_with_reader_threads_resumes_exactly(tmp_path):
     """Ctrl-C while reader threads work ahead: the step finishes, the state is saved, the process exits, and the
     resumed run equals an uninterrupted one."""
-    import signal
-    import subprocess
-
-    from tests.test_train import _cli, _tiny_flags
+    from tests.test_train import check_sigint_resume
 
     make_folder(tmp_path / "src", classes=3, per_class=8, size=80)
     prepare(tmp_path / "src", tmp_path / "prep", size=73, progress=False)
-    data = tmp_path / "prep"
-    kw = dict(epochs=2, batch_size=2, lr=0.02, workers=2)
-    train.main(tiny_config(data, tmp_path / "full", **kw))
-    p = _cli([*_tiny_flags(data, tmp_path / "cut"), "--epochs", "2", "--batch-size", "2", "--lr", "0.02",
-              "--progress", "log", "--log-every", "1", "--workers", "2"],
-             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    for line in p.stdout:
-        if line.startswith("epoch 1 step 4/"):
-            p.send_signal(signal.SIGINT)
-            break
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert "interrupted at epoch 1" in out and "Traceback" not in err
-    assert train.load_state(tmp_path / "cut")["step"] >= 4
-    train.main(tiny_config(data, tmp_path / "cut", **kw, resume=str(tmp_path / "cut")))
-    assert_same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
-    assert_same_metrics(tmp_path / "full", tmp_path / "cut")
+    check_sigint_resume(tmp_path / "prep", tmp_path, workers=2)
 
 
 def _open_fds() -> int:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import AlexnetError
+from . import prepared_loader
 from .decode import BadImageError, decode_image, read_bytes
 from .device_decode import EncodedBatch, EncodedJpeg, plain_jpeg, sample_seed
 
@@ -647,12 +648,10 @@ def make_loader(
         pin_memory = torch.cuda.is_available()
     if sampler is None:
         sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
-    from .prepared_loader import PreparedLoader, plan_for
-
-    plan = plan_for(ds)
+    plan = prepared_loader.plan_for(ds)
     if plan is not None:
         batches = SeededBatchSampler(sampler, batch_size, drop_last, seed)
-        return PreparedLoader(
+        return prepared_loader.PreparedLoader(
             ds, batches, plan, threads=workers, crop_device=crop_device, pin_memory=pin_memory, generator=generator
         )
     return _Loader(

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .decode import BadImageError, decode_image, jpeg_header
+from .transforms import mirror_draw, patch_and_mirror
 
 __all__ = ["EncodedBatch", "EncodedJpeg", "materialize", "plain_jpeg", "sample_seed"]
 
@@ -98,7 +99,7 @@ class EncodedBatch:
         done: dict[int, torch.Tensor] = {}
         with torch.random.fork_rng(devices=[]):  # the crops and flips draw from the CPU generator
             todo = [k for k in keep if isinstance(self.items[k], EncodedJpeg)]
-            patch = _patch_and_flip(self.transform)
+            patch = patch_and_mirror(self.transform)
             if patch is not None and todo and (device.type != "cpu" or GROUP_ON_CPU):
                 done = self._patches(images, todo, *patch)
             else:
@@ -125,7 +126,7 @@ class EncodedBatch:
                 torch.default_generator.manual_seed(sample_seed(self.seed, self.positions[k]))
             img = images[k]
             i, j = patch.draw()
-            mirrored = flip > 0.0 and bool(torch.rand(1) < flip)  # v2.RandomHorizontalFlip's draw
+            mirrored = mirror_draw(flip)
             box = patch.box(*img.shape[-2:], i, j)
             if box is None:  # already the resize_size square: a plain slice
                 groups.setdefault(None, []).append((k, img[..., i : i + p, j : j + p], mirrored))
@@ -144,27 +145,10 @@ class EncodedBatch:
         return done
 
 
-# On a CPU the per-image transform is faster (95 vs 53 ms for 256 decoded 500x375 images on the reference CPU:
-# PyTorch's fast uint8 resampling path is per image, and the batch adds a copy); the grouped path is for devices
-# whose per-call cost is a kernel launch. Tests switch it on to check that both give the same pixels.
+# On a CPU the per-image transform is faster (in a trial while building this, for 256 decoded 500x375 images: not
+# a benchmark kept here): PyTorch's fast uint8 resampling path is per image, and the batch adds a copy. The grouped
+# path is for devices whose per-call cost is a kernel launch. Tests switch it on to check both give the same pixels.
 GROUP_ON_CPU = False
-
-
-def _patch_and_flip(transform: Any) -> tuple[Any, float] | None:
-    """(the `RandomPatch`, the mirror probability) when ``transform`` is exactly the training geometry
-    (`transforms.train_geometry`), else None (then each image runs ``transform`` itself)."""
-    from torchvision.transforms import v2
-
-    from .transforms import RandomPatch
-
-    ops = list(getattr(transform, "transforms", []))
-    if type(transform).__name__ != "_Geometry" or not ops or type(ops[0]) is not RandomPatch:
-        return None
-    if len(ops) == 1:
-        return ops[0], 0.0
-    if len(ops) == 2 and type(ops[1]) is v2.RandomHorizontalFlip:
-        return ops[0], float(ops[1].p)
-    return None
 
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -37,6 +37,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .device_decode import sample_seed
+from .transforms import ResizeCenterCrop, _Geometry, mirror_draw, patch_and_mirror, patch_offsets
 
 __all__ = ["CropBatch", "CropPlan", "PreparedLoader", "crop_plan", "plan_for"]
 
@@ -68,9 +69,8 @@ class CropPlan:
             g.seed()
         # Only RandomPatch plans get here (the sole source of a flip): it draws its offsets even when the patch is
         # the whole square (span 0), and the flip's draw comes after them.
-        top, left = (int(v) for v in torch.randint(0, self.span + 1, (2,), generator=g))
-        flipped = self.flip > 0.0 and bool(torch.rand(1, generator=g) < self.flip)
-        return top, left, flipped
+        top, left = patch_offsets(self.span, g)
+        return top, left, mirror_draw(self.flip, g)
 
 
 def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
@@ -78,25 +78,18 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
     per-sample path runs it). Recognised: None (the whole square), ``Preprocessing.geometry(True)`` (`RandomPatch`
     of a ``size`` square, optionally a ``v2.RandomHorizontalFlip``), ``Preprocessing.geometry(False)``
     (``v2.Resize(size)``, which leaves the square as it is, then ``v2.CenterCrop``) and `ResizeCenterCrop(size)`."""
-    from .transforms import RandomPatch, ResizeCenterCrop
-
     if transform is None:
         return CropPlan(size, size, 0, 0, 0.0)
     if type(transform) is ResizeCenterCrop:  # exact types: a subclass may do anything else
         return CropPlan(size, size, 0, 0, 0.0) if transform.size == size else None
+    train = patch_and_mirror(transform)
+    if train is not None:
+        patch, flip = train
+        return CropPlan(size, patch.input_size, size - patch.input_size, 0, flip) if patch.resize_size == size else None
     ops = list(getattr(transform, "transforms", []))
-    if not ops or type(transform).__name__ != "_Geometry":
+    if type(transform) is not _Geometry or not ops:
         return None
     first, rest = ops[0], ops[1:]
-    if type(first) is RandomPatch:
-        if first.resize_size != size:
-            return None
-        flip = 0.0
-        if rest:
-            if len(rest) != 1 or type(rest[0]) is not v2.RandomHorizontalFlip:
-                return None
-            flip = float(rest[0].p)
-        return CropPlan(size, first.input_size, size - first.input_size, 0, flip)
     if (
         type(first) is v2.Resize
         and list(first.size) == [size]
@@ -252,12 +245,9 @@ class PreparedLoader:
         base, rows = _unwrap(ds)
         self.dataset = ds
         self.rows = rows  # None: the loader's indices are the set's rows
-        self.base = base
         self.targets = torch.as_tensor(list(base.targets), dtype=torch.int64)
         self.names = list(base.names)
         self.batch_sampler = batch_sampler
-        self.sampler = getattr(batch_sampler, "sampler", None)
-        self.batch_size = getattr(batch_sampler, "batch_size", None)
         self.plan = plan
         self.threads = max(0, int(threads))
         self.crop_device = torch.device(crop_device) if crop_device is not None else None
@@ -326,8 +316,9 @@ class PreparedLoader:
             return CropBatch(out, offsets, flips, p), labels, []
         # Cutting and mirroring: torch's flip copies at memcpy speed and numpy's ``[..., ::-1]`` does not, but torch
         # runs each copy on its intra-op thread pool, and a reader thread calling it starts a pool of its own,
-        # which oversubscribes the cores (3x slower on 2 cores); numpy stays in the thread and releases the GIL.
-        in_reader = threading.current_thread() is not threading.main_thread() and self._pool is not None
+        # which oversubscribes the cores (several times slower on 2 cores, in a trial); numpy stays in the thread
+        # and releases the GIL.
+        in_reader = threading.current_thread().name.startswith(_THREAD_PREFIX)
         if p == s:  # the whole square: read in place
             self._shards.read_into(out.numpy(), rows, self.names)
             o = out.numpy()

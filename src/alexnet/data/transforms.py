@@ -20,10 +20,14 @@ __all__ = [
     "BatchTransform",
     "Normalizer",
     "PCALighting",
+    "RandomPatch",
     "ResizeCenterCrop",
     "TenCrop",
     "eval_geometry",
     "eval_transform",
+    "mirror_draw",
+    "patch_and_mirror",
+    "patch_offsets",
     "resize_center_crop",
     "ten_crop",
     "train_geometry",
@@ -82,10 +86,8 @@ class RandomPatch(nn.Module):
         self.input_size = int(input_size)
 
     def draw(self) -> tuple[int, int]:
-        """The patch's offsets in the resized square, like RandomCrop's: from torch's CPU generator."""
-        r, p = self.resize_size, self.input_size
-        i, j = (int(v) for v in torch.randint(0, r - p + 1, (2,)))
-        return i, j
+        """The patch's offsets in the resized square (`patch_offsets`), from torch's CPU generator."""
+        return patch_offsets(self.resize_size - self.input_size)
 
     def box(self, h: int, w: int, i: int, j: int) -> tuple[int, int, int] | None:
         """The source square ``(top, left, side)`` that becomes the patch at offsets ``(i, j)`` of an ``h`` x ``w``
@@ -107,6 +109,32 @@ class RandomPatch(nn.Module):
             return img[..., i : i + p, j : j + p]
         top, left, size = box
         return F.resized_crop(img, top, left, size, size, [p, p], antialias=True)
+
+
+def patch_offsets(span: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """`RandomPatch`'s offsets, each in 0..``span``, drawn as RandomCrop draws them (one ``torch.randint``), even
+    when ``span`` is 0."""
+    i, j = (int(v) for v in torch.randint(0, span + 1, (2,), generator=generator))
+    return i, j
+
+
+def mirror_draw(p: float, generator: torch.Generator | None = None) -> bool:
+    """Whether ``v2.RandomHorizontalFlip(p)`` mirrors, drawn as it draws (one ``torch.rand(1)``; none when p is 0)."""
+    return p > 0.0 and bool(torch.rand(1, generator=generator) < p)
+
+
+def patch_and_mirror(transform: nn.Module | None) -> tuple[RandomPatch, float] | None:
+    """(its `RandomPatch`, its mirror probability) when ``transform`` is exactly `train_geometry`'s, else None:
+    the loaders that run the training geometry batch-wise (`device_decode`, `prepared_loader`) recognise it here
+    and draw with `patch_offsets` and `mirror_draw`, as the per-image transform does."""
+    ops = list(getattr(transform, "transforms", []))
+    if type(transform) is not _Geometry or not ops or type(ops[0]) is not RandomPatch:
+        return None
+    if len(ops) == 1:
+        return ops[0], 0.0
+    if len(ops) == 2 and type(ops[1]) is v2.RandomHorizontalFlip:
+        return ops[0], float(ops[1].p)
+    return None
 
 
 class TenCrop(nn.Module):
