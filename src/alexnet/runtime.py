@@ -1,5 +1,7 @@
-"""Process-wide settings: the device a command runs on, and a CPU allocator setting that makes PyTorch faster
-without changing any result.
+"""Where and how a model runs, decided once for every command: the device (`resolve_device`), the precision
+(`resolve_precision` -> `Precision`: autocast for training, a cast weight copy for inference), unwrapping a
+DDP / torch.compile wrapper (`unwrap_model`), and a CPU allocator setting that makes PyTorch faster without
+changing any result (`tune_cpu_allocator`).
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and gives
 it back with munmap on free. AlexNet's large tensors (fc6's 151 MB weight and its gradient, bf16 weight copies,
@@ -11,16 +13,30 @@ Measured in benchmarks/model_speed.py.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import ctypes
 import ctypes.util
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .errors import AlexnetError
+from .options import PRECISIONS, check_precision
 
-__all__ = ["tune_cpu_allocator", "resolve_device"]
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "bf16_native",
+    "env_local_rank",
+    "resolve_device",
+    "resolve_precision",
+    "tune_cpu_allocator",
+    "unwrap_model",
+]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -49,10 +65,22 @@ def tune_cpu_allocator() -> bool:
     return _done
 
 
-def resolve_device(spec: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+def env_local_rank() -> int:
+    """This process's GPU index under torchrun (``LOCAL_RANK``), 0 otherwise."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def resolve_device(spec: str | torch.device | None = None, local_rank: int | None = None) -> torch.device:
     """The device a command runs on. ``None``/``"auto"``: this process's GPU (``cuda:LOCAL_RANK`` under torchrun)
     when CUDA is available, else the CPU; a bare ``"cuda"`` also means this process's GPU. Raises `AlexnetError`
     for a name that is no device, or for CUDA where there is none."""
+    if local_rank is None:
+        local_rank = env_local_rank()
+    if isinstance(spec, torch.device):
+        spec = str(spec)
     if spec is None or str(spec) == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
@@ -65,3 +93,73 @@ def resolve_device(spec: str | torch.device | None = None, local_rank: int = 0) 
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX):
+    only there is bf16 faster than fp32; elsewhere it is emulated and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision (never ``auto``) and the two ways a model runs in it.
+
+    Training keeps fp32 master weights and runs the forward pass under `autocast` (fp16 adds a GradScaler, as
+    PyTorch's AMP recipe does). Inference needs no master weights: `inference_model` casts a copy of the weights
+    once (channels_last, the fast layout of bf16/fp16 convolutions in oneDNN and cuDNN), so no per-op cast is paid
+    and the caller's fp32 model is left as it was."""
+
+    name: str  # fp32 | bf16 | fp16
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The reduced dtype, None for fp32."""
+        return _DTYPES[self.name]
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Training's forward pass: mixed precision under torch.autocast, or nothing for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
+        """fp16 training's loss scaler (bf16 has fp32's range and needs none)."""
+        return torch.amp.GradScaler(device.type) if self.name == "fp16" else None
+
+    def inference_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The network an inference pass runs: ``model`` itself (eval mode, on ``device``) for fp32; otherwise a
+        copy with its weights cast once to the reduced dtype, channels_last."""
+        model.eval().to(device)
+        if self.dtype is None:
+            return model
+        return copy.deepcopy(model).to(device, self.dtype, memory_format=torch.channels_last).eval()
+
+
+def resolve_precision(spec: str | Precision, device: torch.device) -> Precision:
+    """``auto`` -> bf16 where ``device`` computes it natively, else fp32; fp32/bf16/fp16 as given. The one place a
+    precision word becomes a `Precision` (`AlexnetError` for an unknown word)."""
+    if isinstance(spec, Precision):
+        return spec
+    name = check_precision(str(spec))
+    if name == "auto":
+        name = "bf16" if bf16_native(device) else "fp32"
+    return Precision(name)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel and/or torch.compile wrapper (the module itself otherwise)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
