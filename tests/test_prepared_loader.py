@@ -50,7 +50,7 @@ def test_crop_plan_recognises_the_crop_transforms():
     assert PL.crop_plan(T.ResizeCenterCrop(32), 40) is None
     assert PL.crop_plan(T.TenCrop(40, 32), 40) is None
     assert PL.crop_plan(v2.Compose([v2.RandomCrop(32)]), 40) is None
-    assert PL.crop_plan(T._Geometry([T.RandomPatch(40, 32), v2.RandomVerticalFlip()], 40), 40) is None
+    assert PL.crop_plan(T.Geometry([T.RandomPatch(40, 32), v2.RandomVerticalFlip()], 40), 40) is None
 
 
 @pytest.mark.parametrize("geometry", ["train", "whole", "eval", "none"])

@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import AlexnetError
+from .options import cpu_count
+from .runtime import resolve_device
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "locate_data", "pretrained_available"]
 
@@ -55,7 +57,9 @@ class DemoConfig:
     lr: float | None = None
     init: str = "kaiming"  # initialisation for from-scratch training (paper | caffe | torchvision | kaiming)
     device: str = "auto"
-    workers: int | None = None  # loader processes; default 0 on a CPU (the cores are busy computing), 8 on a GPU
+    precision: str = "auto"  # training's autocast (alexnet.options.PRECISIONS); the test figures are fp32
+    progress: str = "auto"  # alexnet.options.PROGRESS_MODES
+    workers: int | None = None  # loader processes; default 0 on a CPU (the cores compute), <= 8 on a GPU
     seed: int = 0
     download: bool = True  # may fetch the data and the pretrained weights where the network allows
     show: int = 5  # test images to classify at the end
@@ -135,7 +139,7 @@ def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig
     else:
         defaults = {"train_samples": 24000 if not gpu else 0, "val_samples": 1000, "test_samples": 2000}
         defaults.update(epochs=2 if not gpu else 3, input_size=67 if not gpu else 227, batch_size=64, lr=0.01)
-    defaults["workers"] = 8 if gpu else 0
+    defaults["workers"] = min(8, cpu_count()) if gpu else 0
     for k, v in defaults.items():
         if getattr(c, k) is None:
             setattr(c, k, v)
@@ -156,41 +160,27 @@ def _take(targets: list[int], n: int, seed: int) -> tuple[list[int], list[int]]:
     return datasets.stratified_split(targets, n / len(targets), seed)
 
 
-def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
-    """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
-    from . import plots, train
-    from .data import datasets
-    from .evaluate import evaluate_dataset, write_json
-    from .predict import classify
-    from .weights import load_model
-
-    t0 = time.perf_counter()
-    notes: list[str] = []
-    device = train.resolve_device(cfg.device, 0)
-    folder = locate_data(cfg.data_dir, cfg.download)
-    log(f"data: Fashion-MNIST from {folder}")
-
+def _choose_mode(cfg: DemoConfig, log: Any, notes: list[str]) -> bool:
+    """Whether the demo fine-tunes pretrained weights (True) or trains from scratch."""
     if cfg.weights not in ("auto", "torchvision", "none"):
         raise DemoError(f"--weights must be auto, torchvision or none, got {cfg.weights!r}")
-    finetune = False
     if cfg.weights == "torchvision":
-        finetune = True
-    elif cfg.weights == "auto" and not cfg.full:
+        return True
+    if cfg.weights == "auto" and not cfg.full:
         finetune, why = pretrained_available(cfg.download)
         log(f"pretrained ImageNet weights: {'yes' if finetune else 'no'} ({why})")
         if not finetune:
             notes.append(f"trained from scratch: pretrained weights {why}")
-    c = resolve(cfg, finetune, device)
-    mode = "finetune" if finetune else "scratch"
+        return finetune
+    return False
 
-    # data: a stratified training subset, a held-out validation share of the training set, the first N test images
-    base = datasets.FashionMNISTDataset(folder, "train")
-    rest, val_idx = _take(base.targets, c.val_samples, c.seed + 1)
-    train_idx = [rest[i] for i in _take([base.targets[i] for i in rest], c.train_samples, c.seed)[1]]
-    test_base = datasets.FashionMNISTDataset(folder, "test")
-    test_idx = list(range(min(c.test_samples, len(test_base))))
 
-    tc = train.TrainConfig(
+def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int) -> Any:
+    """The `TrainConfig` of this mode: fine-tuning fc6-fc8 over cached conv5 features, or the paper's network
+    from scratch at the scaled-down size with Caffe's step schedule."""
+    from .train import TrainConfig
+
+    tc = TrainConfig(
         data=str(folder),
         out=c.out,
         arch="alexnet_owt" if finetune else "alexnet2012",
@@ -200,27 +190,75 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         lr=c.lr,
         init=c.init,
         device=c.device,
-        precision="auto",
+        precision=c.precision,
         channels_last=True,
         workers=c.workers,
         seed=c.seed,
-        progress="auto",
+        progress=c.progress,
         log_every=100,
         tensorboard=False,
     )
     if finetune:
         # conv1-conv5 keep their ImageNet filters; their conv5 features are computed once (section 6.1's
         # "feature activations induced at the last, 4096-dimensional hidden layer" come from these layers)
-        tc = dataclasses.replace(
-            tc, weights="torchvision", train_layers=["fc6", "fc7", "fc8"], reinit=["fc8"], cache_features=True
-        )
-        tc = dataclasses.replace(tc, augment=False, new_layer_lr_mult=10.0)
-    else:
-        steps = c.epochs * -(-len(train_idx) // c.batch_size)
-        # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
-        tc = dataclasses.replace(tc, schedule="step", step_size=max(1, (2 * steps) // 3))
-        if c.input_size < 224:
-            tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
+        return dataclasses.replace(
+            tc, weights="torchvision", train_layers=["fc6", "fc7", "fc8"], reinit=["fc8"], cache_features=True,
+            augment=False, new_layer_lr_mult=10.0,
+        )  # fmt: skip
+    steps = c.epochs * -(-train_images // c.batch_size)
+    # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
+    tc = dataclasses.replace(tc, schedule="step", step_size=max(1, (2 * steps) // 3))
+    if c.input_size < 224:
+        tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
+    return tc
+
+
+def _test_figures(
+    out: Path, test_ds: Any, c: DemoConfig, device: torch.device, folder: Path
+) -> tuple[Any, Any, Any, Path]:
+    """Evaluate the best checkpoint on the held-out test images; write test_eval.json (and eval.json, which the
+    report shows). Returns (evaluation, model, preprocessing, weights path)."""
+    from .evaluate import evaluate_dataset, write_json
+    from .weights import load_model
+
+    best = out / "best.safetensors" if (out / "best.safetensors").is_file() else out / "last.safetensors"
+    model, pre = load_model(best)
+    test_ds.transform = pre.geometry(False)
+    ev = evaluate_dataset(
+        model, test_ds, preprocessing=pre, batch_size=128, workers=c.workers, device=device, channels_last=True,
+        collect=True,
+    )  # fmt: skip
+    ev.data = {"source": str(folder), "split": "test"}  # test_idx are the first N: indices match the full set
+    d = ev.to_dict(top_misclassified=24)
+    d["weights"] = best.name
+    write_json(d, out / "test_eval.json")
+    write_json(d, out / "eval.json")  # the report shows the held-out test evaluation
+    return ev, model, pre, best
+
+
+def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
+    """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
+    from . import train
+    from .data import datasets
+    from .predict import classify
+    from .report import report
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    device = resolve_device(cfg.device)
+    folder = locate_data(cfg.data_dir, cfg.download)
+    log(f"data: Fashion-MNIST from {folder}")
+    finetune = _choose_mode(cfg, log, notes)
+    c = resolve(cfg, finetune, device)
+    mode = "finetune" if finetune else "scratch"
+
+    # data: a stratified training subset, a held-out validation share of the training set, the first N test images
+    base = datasets.FashionMNISTDataset(folder, "train")
+    rest, val_idx = _take(base.targets, c.val_samples, c.seed + 1)
+    train_idx = [rest[i] for i in _take([base.targets[i] for i in rest], c.train_samples, c.seed)[1]]
+    test_base = datasets.FashionMNISTDataset(folder, "test")
+    test_idx = list(range(min(c.test_samples, len(test_base))))
+    tc = _train_config(c, folder, finetune, len(train_idx))
 
     # two views of one data set (train.main gives each its geometry)
     train_ds = datasets.Subset(base, train_idx)
@@ -234,34 +272,15 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         raise DemoError(f"interrupted; the run so far is in {result.out}")
 
     out = Path(result.out)
-    best = out / "best.safetensors" if (out / "best.safetensors").is_file() else out / "last.safetensors"
-    model, pre = load_model(best)
-    test_ds = datasets.Subset(test_base, test_idx)
-    test_ds.transform = pre.geometry(False)
-    ev = evaluate_dataset(
-        model,
-        test_ds,
-        preprocessing=pre,
-        batch_size=128,
-        workers=c.workers,
-        device=device,
-        channels_last=True,
-        collect=True,
-    )
-    ev.data = {"source": str(folder), "split": "test"}  # test_idx are the first N: indices match the full set
-    d = ev.to_dict(top_misclassified=24)
-    d["weights"] = best.name
-    write_json(d, out / "test_eval.json")
-    write_json(d, out / "eval.json")  # the report shows the held-out test evaluation
+    ev, model, pre, best = _test_figures(out, datasets.Subset(test_base, test_idx), c, device, folder)
     log(
         f"test: top-1 error {ev.top1_error:.2%} (accuracy {1 - ev.top1_error:.2%}), top-5 error "
         f"{ev.top5_error:.2%} on {ev.num_samples:,} held-out test images"
     )
-    report = plots.report(out, evaluate=False)
+    report_path = report(out, evaluate=False)
 
     picks = list(range(min(c.show, len(test_base))))
-    images = [test_base.load(i) for i in picks]
-    top = classify(model, pre, images, topk=3, device=device)
+    top = classify(model, pre, [test_base.load(i) for i in picks], topk=3, device=device)
     examples = [
         {"index": i, "true": test_base.classes[test_base.targets[i]], "top3": [(s.name, s.prob) for s in t]}
         for i, t in zip(picks, top)
@@ -270,7 +289,7 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         "run": out,
         "best": best,
         "metrics": out / "metrics.csv",
-        "report": report,
+        "report": report_path,
         "test_eval": out / "test_eval.json",
         "config": out / "config.json",
     }

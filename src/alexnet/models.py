@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .names import CONV_LAYERS, FC_LAYERS, INIT_SCHEMES, LAYER_NAMES
+
 __all__ = [
     "LAYER_NAMES",
     "CONV_LAYERS",
@@ -38,11 +40,6 @@ __all__ = [
     "count_macs",
 ]
 
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-FC_LAYERS = ("fc6", "fc7", "fc8")
-LAYER_NAMES = CONV_LAYERS + FC_LAYERS
-
-INIT_SCHEMES = ("paper", "caffe", "torchvision", "kaiming")
 
 # Layers that the paper gives a bias of 1 ("accelerates the early stages of learning by providing the ReLUs
 # with positive inputs", section 5); Caffe's bvlc recipe uses 0.1 for the same layers.

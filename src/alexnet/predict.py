@@ -5,15 +5,15 @@ command line needs: expanding files, folders and globs, decoding in parallel thr
 reporting bad files by name while the others are still classified. ``ten_crop`` averages the softmax over the
 paper's 10 patches (4 corners + centre and their mirrors, Krizhevsky et al. 2012, section 4.1).
 
-``precision``: "fp32" (the default of the functions: results as the weights compute them), "bf16" (a copy of the
-model with its weights cast to bfloat16 once, channels_last; inputs cast per batch) or "auto" (bf16 where the
-device computes it natively: CUDA with bf16, a CPU with AVX512-BF16 / AMX; fp32 elsewhere, where bf16 would be
-emulated and slower). ``alexnet predict`` defaults to "auto". The caller's model is never modified.
+``precision``: one of `alexnet.options.PRECISIONS`, resolved by `alexnet.runtime.resolve_precision`: "fp32" (the
+default of the functions: results as the weights compute them), "bf16"/"fp16" (a copy of the model with its
+weights cast once, channels_last; inputs cast per batch) or "auto" (bf16 where the device computes it natively,
+fp32 elsewhere, where bf16 would be emulated and slower). ``alexnet predict`` defaults to "auto". The caller's
+model is never modified.
 """
 
 from __future__ import annotations
 
-import copy
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -25,31 +25,23 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .data.base import IMAGE_EXTENSIONS
 from .data.decode import BadImageError, decode_image
-from .errors import AlexnetError
-from .runtime import resolve_device as _resolve_device
+from .options import cpu_count
+from .runtime import resolve_precision
 from .weights import Preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "PRECISIONS",
     "ClassScore",
     "FileResult",
     "classify",
     "classify_batch",
     "prepare_image",
     "expand_inputs",
-    "inference_model",
     "predict_files",
-    "resolve_device",
-    "resolve_precision",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
 _GLOB_CHARS = set("*?[")
 
 
@@ -79,32 +71,6 @@ class FileResult:
         return {"file": self.file, "predictions": [s._asdict() for s in self.scores or []]}
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when available, else the CPU (see `alexnet.runtime.resolve_device`)."""
-    return _resolve_device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``; checks the value."""
-    if precision not in PRECISIONS:
-        raise AlexnetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    from .train import bf16_native
-
-    return "bf16" if bf16_native(device) else "fp32"
-
-
-def inference_model(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
-    """The network a forward pass runs: ``model`` itself (eval mode, on ``device``) for fp32; for bf16 a copy with
-    its weights cast once and laid out channels_last (oneDNN's / cuDNN's fast layout for bf16 convolutions), so
-    that no per-op autocast is paid and the caller's fp32 weights stay as they were."""
-    model.eval().to(device)
-    if resolve_precision(precision, device) == "fp32":
-        return model
-    return copy.deepcopy(model).to(device, torch.bfloat16, memory_format=torch.channels_last).eval()
-
-
 def prepare_image(image: torch.Tensor, preprocessing: Preprocessing, *, ten_crop: bool = False) -> torch.Tensor:
     """uint8 (3, H, W) RGB -> float (3, S, S), or (10, 3, S, S) with ``ten_crop``, as ``preprocessing`` says."""
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
@@ -130,7 +96,7 @@ def classify_batch(
         crops = x.shape[1]
         x = x.flatten(0, 1)
     dtype = _model_dtype(model)
-    if dtype != x.dtype:  # a bf16 model (`inference_model`): cast the input and keep its layout
+    if dtype != x.dtype:  # a bf16/fp16 copy (`Precision.inference_model`): cast the input, keep its layout
         x = x.to(dtype, memory_format=torch.channels_last)
     probs = torch.softmax(model(x).float(), dim=1)  # (N * crops, C)
     probs = probs.view(-1, crops, probs.shape[1]).mean(dim=1)  # (N, C)
@@ -159,12 +125,12 @@ def classify(
     Returns, per image and in order, the ``topk`` classes as ``(index, name, prob)`` tuples, best first. Class
     names come from ``preprocessing.class_names``. ``device`` defaults to the model's; the model is put in eval
     mode and moved there. ``batch_size`` bounds the images per forward pass (times 10 with ``ten_crop``).
-    ``precision``: "fp32", "bf16" or "auto" (see the module's docstring); bf16 casts a copy of the model per call.
+    ``precision``: see the module's docstring; bf16/fp16 cast a copy of the model per call.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = inference_model(model, precision, dev)
+    model = resolve_precision(precision, dev).inference_model(model, dev)
     results: list[list[ClassScore]] = []
     for start in range(0, len(images), batch_size):
         chunk = [prepare_image(im, preprocessing, ten_crop=ten_crop) for im in images[start : start + batch_size]]
@@ -210,17 +176,17 @@ def predict_files(
     Threads decode, resize and crop a batch (PIL and torch release the GIL). On a GPU they prepare the next batch
     while the model runs on the current one; on a CPU they take turns with the model, whose own threads already
     use every core: decoding alongside them oversubscribes the cores and stalls the model's threads at their
-    barriers (2 cores, bf16, batch 32: 377 img/s taking turns against 309 overlapped). A file that cannot be
+    barriers (docs/BENCHMARKS.md measures both). A file that cannot be
     decoded yields a result with ``error`` and never stops the others. ``expand=False`` takes ``inputs`` as the
-    final list of files (from `expand_inputs`). ``precision``: "fp32", "bf16" or "auto" (see the module's
-    docstring; the weights are cast once per call).
+    final list of files (from `expand_inputs`). ``precision``: see the module's docstring (the weights are cast
+    once per call).
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     files = expand_inputs(inputs) if expand else [str(f) for f in inputs]
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = inference_model(model, precision, dev)
-    workers = workers or min(8, os.cpu_count() or 1)
+    model = resolve_precision(precision, dev).inference_model(model, dev)
+    workers = workers or min(8, cpu_count())  # threads: decoding releases the GIL
 
     # Threads do the uint8 work (decode, resize, crop); the float normalisation runs batched on the device, so
     # a GPU receives 1 byte per pixel instead of 4.

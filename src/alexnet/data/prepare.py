@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..options import check_workers
+from ..progress import Progress
 from .datasets import PREPARED_MANIFEST, DataError, Subset, make_loader, open_dataset
 from .fileio import atomic_write, atomic_write_text
 from .transforms import ResizeCenterCrop
@@ -46,15 +48,16 @@ def prepare(
     *,
     size: int = 256,
     shard_size: int = 500,
-    workers: int = 0,
+    workers: int | None = 0,
     batch_size: int = 64,
     on_bad_image: str = "skip",
     data_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: str | bool = "auto",
 ) -> dict[str, Any]:
     """Write the prepared form of ``source`` into ``out`` and return its manifest. Re-running after an
     interruption resumes; re-running on a complete set returns at once. Bad images are left out and listed."""
     out = Path(out)
+    workers = check_workers(workers)
     if (out / PREPARED_MANIFEST).is_file():
         manifest = json.loads((out / PREPARED_MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("source") == str(source) and manifest.get("size") == size:
@@ -78,7 +81,7 @@ def prepare(
     for split, ds in datasets.items():
         shards = []
         n_shards = math.ceil(len(ds) / shard_size)
-        bar = _progress(n_shards, f"prepare {split}", progress)
+        bar = Progress(n_shards, f"prepare {split}", progress, unit="shard")
         for k in range(n_shards):
             images, meta = f"{split}/{k:05d}.npy", f"{split}/{k:05d}.json"
             if not (out / meta).is_file():
@@ -133,19 +136,3 @@ def _write_shard(
     atomic_write(images_path, save)
     meta = {"targets": [targets_in[j] for j in keep], "names": [names_in[j] for j in keep], "skipped": skipped}
     atomic_write_text(meta_path, json.dumps(meta) + "\n")
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="shard", leave=False)

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from .base import DataError, PreparedDataset, Subset
 from .device_decode import sample_seed
-from .transforms import ResizeCenterCrop, _Geometry, mirror_draw, patch_and_mirror, patch_offsets
+from .transforms import Geometry, ResizeCenterCrop, mirror_draw, patch_and_mirror, patch_offsets
 
 __all__ = ["CropBatch", "CropPlan", "PreparedLoader", "crop_plan", "plan_for"]
 
@@ -87,7 +88,7 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
         patch, flip = train
         return CropPlan(size, patch.input_size, size - patch.input_size, 0, flip) if patch.resize_size == size else None
     ops = list(getattr(transform, "transforms", []))
-    if type(transform) is not _Geometry or not ops:
+    if type(transform) is not Geometry or not ops:
         return None
     first, rest = ops[0], ops[1:]
     if (
@@ -137,8 +138,6 @@ class _Shards:
     otherwise each read opens and closes its shard (an ImageNet-sized set has thousands of shards)."""
 
     def __init__(self, ds: Any) -> None:
-        from .datasets import DataError
-
         self.size = int(ds.size)
         self.row_bytes = 3 * self.size * self.size
         self.paths = [ds.root / rel for rel in ds.shards]
@@ -182,8 +181,6 @@ class _Shards:
     @staticmethod
     def _read(fd: int, view: memoryview, pos: int, names: Sequence[str], i: int) -> None:
         """All of ``view`` from ``pos``: a read may return less (network file systems), only 0 means the end."""
-        from .datasets import DataError
-
         done = 0
         while done < len(view):
             got = os.preadv(fd, [view[done:]], pos + done)
@@ -363,8 +360,6 @@ class PreparedLoader:
 def _unwrap(ds: Any) -> tuple[Any, list[int] | None]:
     """(the `PreparedDataset` under ``ds``, the rows of its samples: None when ``ds`` is the set itself), or
     (None, None) when ``ds`` is no prepared set or view of one."""
-    from .datasets import PreparedDataset, Subset
-
     rows: list[int] | None = None
     while type(ds) is Subset:
         idx = ds.indices

@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import AlexnetError
+from ..options import check_workers
+from ..progress import track
 from .datasets import make_loader, open_dataset
 from .fileio import atomic_write, atomic_write_text
 from .transforms import ResizeCenterCrop
@@ -64,9 +66,9 @@ def compute_stats(
     split: str = "train",
     val_split: float = 0.0,
     seed: int = 0,
-    workers: int = 0,
+    workers: int | None = 0,
     batch_size: int = 32,
-    progress: bool = True,
+    progress: str | bool = "auto",
     on_bad_image: str = "skip",
     data_dir: str | Path | None = None,
 ) -> Stats:
@@ -84,17 +86,12 @@ def compute_stats(
             on_bad_image=on_bad_image,
             data_dir=data_dir,
         )
-    loader = make_loader(ds, batch_size=batch_size, workers=workers, pin_memory=False)
+    loader = make_loader(ds, batch_size=batch_size, workers=check_workers(workers), pin_memory=False)
     sum_image = torch.zeros(3, size, size, dtype=torch.float64)
     sum_outer = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
     skipped: list[str] = []
-    batches: Any = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="stats", unit="batch", leave=False)
-    for images, _, bad in batches:
+    for images, _, bad in track(loader, "stats", progress):
         skipped += bad
         if images.numel() == 0:
             continue

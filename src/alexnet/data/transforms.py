@@ -18,6 +18,7 @@ __all__ = [
     "IMAGENET_EIGVALS",
     "IMAGENET_EIGVECS",
     "BatchTransform",
+    "Geometry",
     "Normalizer",
     "PCALighting",
     "RandomPatch",
@@ -29,7 +30,6 @@ __all__ = [
     "patch_and_mirror",
     "patch_offsets",
     "resize_center_crop",
-    "ten_crop",
     "train_geometry",
     "train_transform",
 ]
@@ -128,7 +128,7 @@ def patch_and_mirror(transform: nn.Module | None) -> tuple[RandomPatch, float] |
     the loaders that run the training geometry batch-wise (`device_decode`, `prepared_loader`) recognise it here
     and draw with `patch_offsets` and `mirror_draw`, as the per-image transform does."""
     ops = list(getattr(transform, "transforms", []))
-    if type(transform) is not _Geometry or not ops or type(ops[0]) is not RandomPatch:
+    if type(transform) is not Geometry or not ops or type(ops[0]) is not RandomPatch:
         return None
     if len(ops) == 1:
         return ops[0], 0.0
@@ -153,7 +153,7 @@ class TenCrop(nn.Module):
         return torch.stack(list(F.ten_crop(img, [self.input_size, self.input_size])))
 
 
-class _Geometry(v2.Compose):
+class Geometry(v2.Compose):
     """A v2.Compose that tells the dataset the smallest short side it needs (for DCT-domain JPEG decoding)."""
 
     def __init__(self, transforms: Sequence[nn.Module], min_size: int) -> None:
@@ -164,7 +164,7 @@ class _Geometry(v2.Compose):
 def eval_geometry(resize_size: int, input_size: int) -> v2.Compose:
     """Short side to ``resize_size``, centre crop ``input_size`` (uint8 in, uint8 out): torchvision's eval
     preset, so pretrained weights see what they were measured with."""
-    return _Geometry([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)], resize_size)
+    return Geometry([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)], resize_size)
 
 
 def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.Compose:
@@ -173,12 +173,7 @@ def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.C
     ops: list[nn.Module] = [RandomPatch(resize_size, input_size)]
     if flip:
         ops.append(v2.RandomHorizontalFlip())
-    return _Geometry(ops, resize_size)
-
-
-def ten_crop(img: torch.Tensor, resize_size: int, input_size: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (10, 3, input_size, input_size); see `TenCrop`."""
-    return TenCrop(resize_size, input_size)(img)
+    return Geometry(ops, resize_size)
 
 
 # --- float work (any device, one image or a batch) ---------------------------------------------------------------
@@ -301,7 +296,7 @@ def eval_transform(
     resize_size: int, input_size: int, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0
 ) -> v2.Compose:
     """uint8 (3, H, W) -> float (3, S, S): `eval_geometry` then `Normalizer`."""
-    return _Geometry([eval_geometry(resize_size, input_size), Normalizer(mean, std, value_scale)], resize_size)
+    return Geometry([eval_geometry(resize_size, input_size), Normalizer(mean, std, value_scale)], resize_size)
 
 
 def train_transform(
@@ -314,4 +309,4 @@ def train_transform(
 ) -> v2.Compose:
     """uint8 (3, H, W) -> float (3, S, S): `train_geometry` then `Normalizer` (per image; no lighting)."""
     geometry = train_geometry(resize_size, input_size, flip)
-    return _Geometry([geometry, Normalizer(mean, std, value_scale)], resize_size)
+    return Geometry([geometry, Normalizer(mean, std, value_scale)], resize_size)

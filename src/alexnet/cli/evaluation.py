@@ -1,0 +1,318 @@
+"""Commands that measure and picture weights: evaluate, features, neighbors, plot, report. Wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..names import LAYER_NAMES
+from .flags import (
+    EXIT_OK,
+    Formatter,
+    add_data_source_flags,
+    add_progress_flag,
+    add_runtime_flags,
+    add_weights_flags,
+    positive_int,
+    print_json,
+    weights_spec,
+)
+
+__all__ = ["add_commands"]
+
+EXACT = "fp32: the exact figures; bf16/fp16 (auto: bf16 where the device computes it natively): weights cast once"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_evaluate(sub)
+    _add_features(sub)
+    _add_neighbors(sub)
+    _add_plot(sub)
+    _add_report(sub)
+
+
+# --- evaluate ---------------------------------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="top-1/top-5 error, loss, per-class accuracy and confusion matrix of weights on a data set",
+        description="The paper's measures (section 6): top-1 and top-5 error, with the centre crop or the softmax "
+        "averaged over 10 patches (--ten-crop). Under torchrun every process evaluates a disjoint share and every "
+        "sample is counted once: torchrun --nproc_per_node 4 -m alexnet evaluate DATA --weights W",
+        formatter_class=Formatter,
+    )
+    add_data_source_flags(p, split=None)
+    add_weights_flags(p, default=None, required=True)
+    add_runtime_flags(p, precision="fp32", precision_help=EXACT)
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
+    p.add_argument("--out", default=None, help="write the result as JSON to this file (e.g. eval.json)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--top-misclassified", type=int, default=32, help="most confident errors listed in the JSON")
+    p.add_argument(
+        "--ignore-class-names",
+        action="store_true",
+        help="only check the number of classes, not their names (e.g. ImageNet weights on wnid folders)",
+    )
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_dataset, format_table, write_json
+
+    spec = weights_spec(args)
+    result = evaluate_dataset(
+        spec.source,
+        args.data,
+        ten_crop=args.ten_crop,
+        split=args.split,
+        val_split=args.val_split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        check_class_names=not args.ignore_class_names,
+        progress=args.progress,
+        precision=args.precision,
+        **spec.kwargs(),
+    )
+    if result.rank != 0:  # under torchrun only the first process writes and prints
+        return EXIT_OK
+    d = result.to_dict(top_misclassified=args.top_misclassified)
+    if args.out:
+        write_json(d, args.out)
+    if args.json:
+        print_json(d)
+    else:
+        print(format_table(d))
+        if args.out:
+            print(f"\nwrote {args.out}")
+    return EXIT_OK
+
+
+# --- features / neighbors ---------------------------------------------------------------------------------------------
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features",
+        help="save a layer's activations (e.g. fc7's 4096-d embeddings) for every image of a data set",
+        description="Extract one layer's output for every image (centre crop) into a .safetensors index with the "
+        "image names and labels. conv1..conv4: after ReLU; conv5: after ReLU and pooling (the 9216-d input of "
+        "fc6); fc6, fc7: after ReLU (fc7 is what the paper's Figure 4 compares); fc8: the logits.",
+        formatter_class=Formatter,
+    )
+    add_data_source_flags(p, split="train")
+    add_weights_flags(p, default=None, required=True)
+    add_runtime_flags(p, precision="fp32", precision_help=EXACT)
+    p.add_argument("--layer", default="fc7", choices=list(LAYER_NAMES), help="which layer's output")
+    p.add_argument("--out", required=True, help="the index to write (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from ..features import build_index, save_features
+
+    spec = weights_spec(args)
+    index = build_index(
+        spec.source,
+        args.data,
+        args.layer,
+        split=args.split,
+        val_split=args.val_split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=args.progress,
+        precision=args.precision,
+        **spec.kwargs(),
+    )
+    save_features(index, args.out)
+    summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"wrote {args.out}: {len(index)} images x {index.dim} ({index.layer})")
+    return EXIT_OK
+
+
+def _add_neighbors(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neighbors",
+        help="the index images nearest to query images in a layer's feature space (the paper's Figure 4)",
+        description="Rank the entries of a feature index (alexnet features) by their distance to each query "
+        "image's features: Euclidean, as the paper (section 6.1), or cosine. The weights default to the ones the "
+        "index was made with.",
+        formatter_class=Formatter,
+    )
+    p.add_argument("queries", nargs="+", metavar="IMAGE", help="query image files")
+    p.add_argument("--index", required=True, help="a feature index written by alexnet features")
+    p.add_argument("-k", type=positive_int, default=6, help="neighbours per query")
+    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="distance")
+    p.add_argument("--layer", default=None, help="refuse an index of another layer (default: the index's)")
+    add_weights_flags(p, default=None)
+    add_runtime_flags(p, precision="fp32", precision_help=EXACT)
+    p.add_argument("--out", default=None, help="draw the queries and their neighbours into this PNG")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_neighbors)
+
+
+def _cmd_neighbors(args: argparse.Namespace) -> int:
+    from ..features import neighbors_for_images
+
+    spec = weights_spec(args)
+    queries, index, ranked = neighbors_for_images(
+        args.queries,
+        args.index,
+        k=args.k,
+        metric=args.metric,
+        layer=args.layer,
+        weights=spec.source,
+        device=args.device,
+        precision=args.precision,
+        **spec.kwargs(),
+    )
+    if args.out:
+        from ..plots import plot_neighbors
+
+        plot_neighbors(queries, ranked, args.out, data=index.data, query_names=args.queries)
+    if args.json:
+        print_json(
+            [
+                {"query": q, "layer": index.layer, "metric": args.metric, "neighbors": [vars(n) for n in nbrs]}
+                for q, nbrs in zip(args.queries, ranked)
+            ]
+        )
+        return EXIT_OK
+    for q, nbrs in zip(args.queries, ranked):
+        print(f"{q}  ({index.layer}, {args.metric})")
+        for n in nbrs:
+            print(f"  {n.rank:3d}  {n.distance:12.6g}  {n.class_name:<20} {n.name}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+# --- plot / report ----------------------------------------------------------------------------------------------------
+def _png_size(s: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 1200x900, got {s!r}") from None
+    if w < 50 or h < 50:
+        raise argparse.ArgumentTypeError(f"picture size must be at least 50x50, got {s!r}")
+    if w > 20000 or h > 20000:
+        raise argparse.ArgumentTypeError(f"picture size must be at most 20000x20000, got {s!r}")
+    return w, h
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot", help="pictures: conv1 filters, training curves, confusion matrix", formatter_class=Formatter
+    )
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    what.required = True
+    f = what.add_parser(
+        "filters",
+        help="conv1's kernels as a grid (the paper's Figure 3)",
+        description="conv1's kernels, each scaled to its own range; with the paper's two groups the first half "
+        "(GPU 1) is drawn above the second (GPU 2). 96 kernels make an 8x12 grid.",
+        formatter_class=Formatter,
+    )
+    add_weights_flags(f, default=None, required=True)
+    f.add_argument("--out", default="conv1.png", help="PNG to write")
+    f.add_argument("--size", type=_png_size, default=(1200, 900), help="WIDTHxHEIGHT in pixels")
+    f.set_defaults(func=_cmd_plot_filters)
+    c = what.add_parser(
+        "curves",
+        help="loss, top-1/top-5 error and learning rate per epoch, from metrics.csv",
+        formatter_class=Formatter,
+    )
+    c.add_argument("run", metavar="RUN", help="a run folder or its metrics.csv")
+    c.add_argument("--out", default="curves.png", help="PNG to write")
+    c.add_argument("--size", type=_png_size, default=(1500, 450), help="WIDTHxHEIGHT in pixels")
+    c.set_defaults(func=_cmd_plot_curves)
+    m = what.add_parser("confusion", help="the confusion matrix of an evaluation JSON", formatter_class=Formatter)
+    m.add_argument("evaluation", metavar="EVAL_JSON", help="written by alexnet evaluate --out (or a run's eval.json)")
+    m.add_argument("--out", default="confusion.png", help="PNG to write")
+    m.add_argument("--size", type=_png_size, default=(900, 800), help="WIDTHxHEIGHT in pixels")
+    m.add_argument("--counts", action="store_true", help="colour by counts instead of per-class fractions")
+    m.set_defaults(func=_cmd_plot_confusion)
+
+
+def _cmd_plot_filters(args: argparse.Namespace) -> int:
+    from ..plots import plot_filters
+
+    spec = weights_spec(args)
+    plot_filters(spec.source, args.out, size=args.size, **spec.kwargs())
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_plot_curves(args: argparse.Namespace) -> int:
+    import warnings
+
+    from ..plots import plot_curves
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_curves(args.run, args.out, size=args.size)
+    for w in caught:  # e.g. the partial last line of an interrupted run
+        print(f"alexnet plot curves: warning: {w.message}", file=sys.stderr)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_plot_confusion(args: argparse.Namespace) -> int:
+    from ..plots import plot_confusion
+
+    plot_confusion(args.evaluation, args.out, size=args.size, normalize=not args.counts)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a training run",
+        description="Config, curves, final metrics, confusion matrix, conv1 kernels and the most confidently "
+        "misclassified validation images, all embedded in one HTML file that can be sent alone. The metrics come "
+        "from the run's eval.json; to find the misclassified images the weights are evaluated again on the run's "
+        "validation data (config.json's data and val_split), or on --data.",
+        formatter_class=Formatter,
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by alexnet train / finetune")
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--data", default=None, help="validation data to evaluate the run's weights on")
+    p.add_argument(
+        "--no-evaluate",
+        action="store_true",
+        help="use eval.json only; do not evaluate the weights on the run's validation data to find the "
+        "misclassified images",
+    )
+    p.add_argument("--ten-crop", action="store_true", help="average over the paper's 10 patches when evaluating")
+    p.add_argument("--top", type=positive_int, default=24, help="misclassified images to show")
+    add_runtime_flags(p, precision="fp32", precision_help=EXACT)
+    add_progress_flag(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..report import report
+
+    path = report(
+        args.run,
+        args.out,
+        data=args.data,
+        top=args.top,
+        ten_crop=args.ten_crop,
+        device=args.device,
+        precision=args.precision,
+        progress=args.progress,
+        evaluate=not args.no_evaluate,
+    )
+    if args.json:
+        print_json({"report": str(path)})
+    else:
+        print(f"wrote {path}")
+    return EXIT_OK

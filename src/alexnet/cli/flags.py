@@ -1,0 +1,211 @@
+"""The flags several commands share, each defined once, and the one function that interprets each value:
+weights (`weights_spec`), device and precision (`add_runtime_flags`; `alexnet.runtime` resolves them), workers
+(`alexnet.options.check_workers`) and progress (`alexnet.options.resolve_progress`).
+
+Nothing here imports torch: building the parser, ``--help`` and an argument error stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AlexnetError
+from ..options import PRECISIONS, PROGRESS_MODES, check_workers, default_workers, max_workers
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Formatter",
+    "WeightsSpec",
+    "add_data_source_flags",
+    "add_progress_flag",
+    "add_runtime_flags",
+    "add_weights_flags",
+    "add_workers_flag",
+    "nonneg_int",
+    "positive_int",
+    "print_json",
+    "seed_int",
+    "workers_int",
+    "weights_spec",
+]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+WEIGHTS_HELP = (
+    "'torchvision', a recorded name (alexnet models --weights) or a .safetensors / .pth / .pt / bvlc .npy file"
+)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def seed_int(s: str) -> int:
+    """A random seed: an integer in [0, 2**63) (torch's and numpy's generators take no more)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..2**63-1, got {s}")
+    return v
+
+
+def workers_int(s: str) -> int:
+    try:
+        return check_workers(s)
+    except AlexnetError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("workers: ")) from None
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+# --- weights --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a command's weights come from, as the flags said: passed whole to `alexnet.weights.load_model`."""
+
+    source: str | None
+    arch: str | None = None
+    allow_pickle: bool = False
+
+    def load(self) -> tuple[Any, Any]:
+        """(model, Preprocessing) through `alexnet.weights.load_model`."""
+        from ..weights import load_model
+
+        if self.source is None:
+            raise AlexnetError("no weights given: pass --weights")
+        return load_model(self.source, arch=self.arch, allow_pickle=self.allow_pickle)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the library functions that load weights themselves."""
+        return {"arch": self.arch, "allow_pickle": self.allow_pickle}
+
+
+def add_weights_flags(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    default: str | None = "torchvision",
+    required: bool = False,
+    positional: bool = False,
+    arch: bool = True,
+    config_keys: bool = False,
+) -> None:
+    """``--weights``, ``--arch``, ``--trust-pickle`` (``--allow-pickle`` is an alias). ``positional``: the weights
+    may also be given as the first positional argument (convert, export), read by `weights_spec`. ``config_keys``:
+    the flags are config-file keys (train/finetune): absent unless given, so a config file's value stands."""
+    if positional:
+        p.add_argument("weights_pos", nargs="?", default=None, metavar="WEIGHTS", help=f"{WEIGHTS_HELP} (or --weights)")
+    unset = {"default": argparse.SUPPRESS} if config_keys else {}
+    p.add_argument("--weights", default=default, required=required and not positional, help=WEIGHTS_HELP, **unset)
+    if arch:
+        p.add_argument(
+            "--arch",
+            default=None,
+            help="architecture of the weights (alexnet2012, caffenet, alexnet_owt; default: from the file). "
+            "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
+            **unset,
+        )
+    p.add_argument(
+        "--trust-pickle",
+        "--allow-pickle",
+        dest="trust_pickle",
+        action="store_true",
+        help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust); "
+        "only on the command line, never from a config file",
+        **unset,
+    )
+
+
+def weights_spec(args: argparse.Namespace) -> WeightsSpec:
+    """The one reading of the weights flags: ``--weights`` or the positional form (not both), ``--arch``,
+    ``--trust-pickle``."""
+    pos = getattr(args, "weights_pos", None)
+    flag = getattr(args, "weights", None)
+    if pos is not None and flag is not None and pos != flag:
+        raise AlexnetError(f"weights given twice ({pos!r} and --weights {flag!r}): give one")
+    return WeightsSpec(source=pos or flag, arch=getattr(args, "arch", None), allow_pickle=bool(args.trust_pickle))
+
+
+# --- where and how a model runs ---------------------------------------------------------------------------------------
+def add_runtime_flags(p: argparse.ArgumentParser, *, precision: str = "auto", precision_help: str = "") -> None:
+    """``--device`` and ``--precision`` (one vocabulary everywhere; `alexnet.runtime` resolves both)."""
+    p.add_argument(
+        "--device", default="auto", help="'auto' (this process's GPU if any, else cpu), 'cpu', 'cuda:0', ..."
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=precision,
+        help=precision_help
+        or "auto: bf16 where the device computes it natively (CUDA, AVX512-BF16 / AMX CPUs), else fp32",
+    )
+
+
+def add_workers_flag(p: argparse.ArgumentParser, *, what: str = "data loader processes (threads for a prepared set)"):
+    """``--workers``: default one per CPU, at most 4 (`alexnet.options.default_workers`); more than 4 per CPU is
+    refused."""
+    p.add_argument(
+        "--workers",
+        type=workers_int,
+        default=None,
+        help=f"{what}; default: one per CPU, at most 4 (here {default_workers()}); at most {max_workers()}",
+    )
+
+
+def add_progress_flag(p: argparse.ArgumentParser, *, default: str = "auto") -> None:
+    """``--progress {auto,bar,log,none}``; a bare ``--progress`` means auto, ``--no-progress`` none."""
+    p.add_argument(
+        "--progress",
+        nargs="?",
+        const="auto",
+        default=default,
+        choices=PROGRESS_MODES,
+        help="auto: a bar on a terminal, a line every 10%% otherwise; none: quiet",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_const", const="none", help=argparse.SUPPRESS)
+
+
+def add_data_source_flags(p: argparse.ArgumentParser, *, split: str | None) -> None:
+    """DATA and the flags that choose its samples (evaluate, features)."""
+    p.add_argument("data", metavar="DATA", help="class folders, a train/+val/ folder, a list file, a prepared set "
+                   "or 'fashion-mnist'")  # fmt: skip
+    p.add_argument(
+        "--split",
+        default=split,
+        choices=["train", "val", "test", "all"],
+        help="which samples" + (" (default: val where DATA has one, else all)" if split is None else ""),
+    )
+    p.add_argument("--val-split", type=float, default=0.0, help="share held out as 'val' when DATA has no val/")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the --val-split draw (use the training run's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    add_workers_flag(p)
+    add_progress_flag(p)

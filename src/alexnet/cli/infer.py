@@ -1,0 +1,235 @@
+"""Commands that run or move weights: models, predict, convert, export, serve. Parsing and wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AlexnetError
+from .flags import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Formatter,
+    add_runtime_flags,
+    add_weights_flags,
+    positive_int,
+    print_json,
+    weights_spec,
+)
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_models(sub)
+    _add_predict(sub)
+    _add_convert(sub)
+    _add_export(sub)
+    _add_serve(sub)
+
+
+# --- models -----------------------------------------------------------------------------------------------------------
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models", help="list the registered architectures and pretrained weights", formatter_class=Formatter
+    )
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of fc8")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ..models import count_macs, count_parameters, create_model, list_models
+    from ..weights import PRETRAINED
+
+    rows = []
+    for name in list_models():
+        m = create_model(name, num_classes=args.num_classes)
+        macs = count_macs(m)
+        rows.append(
+            {
+                "name": name,
+                "parameters": count_parameters(m),
+                "gflops": round(2 * macs / 1e9, 3),
+                "gmacs": round(macs / 1e9, 3),
+                "input_size": m.config.input_size,
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    print(f"{'name':<14}{'parameters':>14}{'GFLOPs':>9}{'input':>9}")
+    for r in rows:
+        print(f"{r['name']:<14}{r['parameters']:>14,}{r['gflops']:>9.2f}{r['input_size']:>6}x{r['input_size']}")
+    print("\npretrained weights (--weights NAME):")
+    for name, rec in PRETRAINED.items():
+        print(f"  {name:<24}{rec.arch:<14}{rec.num_classes:>6} classes")
+    return EXIT_OK
+
+
+# --- predict ----------------------------------------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images: top-k classes with probabilities",
+        description="Classify image files, folders (searched recursively) and globs. Bad files are reported by "
+        "name and the others still classified; the exit code is 1 if any file failed.",
+        formatter_class=Formatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    add_weights_flags(p)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: the CPUs, at most 8)")
+    add_runtime_flags(
+        p,
+        precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
+        "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..predict import expand_inputs, predict_files
+    from ..runtime import resolve_device
+
+    device = resolve_device(args.device)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
+    model, pre = weights_spec(args).load()
+    results = []
+    for r in predict_files(
+        model,
+        pre,
+        files,
+        topk=args.topk,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        expand=False,
+        precision=args.precision,
+    ):
+        if r.error is not None:
+            print(f"alexnet predict: error: {r.error}", file=sys.stderr)
+        elif not args.json:
+            print(r.file)
+            for s in r.scores or []:
+                print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
+        results.append(r)
+    if args.json:
+        print_json([r.to_dict() for r in results])
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+# --- convert / export -------------------------------------------------------------------------------------------------
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert weights between formats",
+        description="Read weights in any supported format and write them in the format of DST's suffix: "
+        ".safetensors (ours: weights + arch, config, preprocessing, class names), .npy (the bvlc_alexnet layout "
+        "the tutorial's TensorFlow code loads), .pth/.pt (a plain torch state dict). "
+        "Usage: alexnet convert SRC DST, or alexnet convert --weights SRC DST.",
+        formatter_class=Formatter,
+    )
+    add_weights_flags(p, default=None, positional=True)
+    p.add_argument("dst", metavar="DST", help="output file: .safetensors, .npy, .pth or .pt")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ..weights import save_weights
+
+    spec = weights_spec(args)
+    if spec.source is None:
+        raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
+    model, pre = spec.load()
+    dst = save_weights(model, pre, args.dst, arch=spec.arch)
+    if args.json:
+        print_json({"src": str(spec.source), "dst": str(dst), "format": dst.suffix[1:].lower()})
+    else:
+        print(f"wrote {dst}")
+    return EXIT_OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export weights for other runtimes (ONNX)",
+        description="Export to ONNX with a dynamic batch axis, verified against onnxruntime. The input is the "
+        "normalised (N, 3, S, S) float tensor; the preprocessing and class names are in the model's metadata.",
+        formatter_class=Formatter,
+    )
+    add_weights_flags(p, default=None, positional=True)
+    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..weights import export_onnx
+
+    spec = weights_spec(args)
+    if spec.source is None:
+        raise AlexnetError("export needs weights: alexnet export WEIGHTS --onnx OUT (or --weights WEIGHTS)")
+    model, pre = spec.load()
+    diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
+    if args.json:
+        print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
+    else:
+        check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
+        print(f"wrote {args.onnx}{check}")
+    return EXIT_OK
+
+
+# --- serve ------------------------------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: a JSON API and a web page",
+        formatter_class=Formatter,
+        description="Serve a model: the page at http://HOST:PORT/, POST /v1/predict (multipart field 'image'), "
+        "GET /v1/model, /healthz, /openapi.json. Needs the [serve] extra: pip install 'alexnet[serve]'.",
+    )
+    add_weights_flags(p, default=None, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; another than loopback only when asked")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    add_runtime_flags(p)
+    p.add_argument("--max-bytes", type=positive_int, default=20_000_000, help="largest request body in bytes")
+    p.add_argument("--max-images", type=positive_int, default=16, help="most images in one request")
+    p.add_argument("--max-pixels", type=positive_int, default=50_000_000, help="most decoded pixels per image")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="most rows in one forward pass")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
+
+    if not 0 <= args.port <= 65535:
+        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
+    if args.batch_window_ms < 0:
+        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    options = ServeOptions(
+        max_bytes=args.max_bytes,
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        device=args.device,
+        precision=args.precision,
+    )
+    spec = weights_spec(args)
+    serve(spec.source, host=args.host, port=args.port, options=options, log_level=args.log_level, **spec.kwargs())
+    return EXIT_OK
