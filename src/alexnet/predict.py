@@ -195,7 +195,10 @@ def predict_files(
 
     def load(name: str) -> torch.Tensor:
         img = decode_image(name, min_size=preprocessing.resize_size)  # (3, H, W) uint8
-        return geometry(img)  # uint8 (3, S, S), or (10, 3, S, S) with ten_crop
+        try:
+            return geometry(img)  # uint8 (3, S, S), or (10, 3, S, S) with ten_crop
+        except BadImageError as e:  # the geometry refused it (e.g. a 5000x1 strip)
+            raise BadImageError(f"{name}: {e}") from None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]

@@ -7,9 +7,9 @@ Every data set yields ``(transform(uint8 (3, H, W) RGB image), int label)``, or 
 
 from __future__ import annotations
 
-import gzip
 import os
 import random
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,17 @@ from . import prepared_loader
 from .base import IMAGE_EXTENSIONS, PREPARED_MANIFEST, DataError, PreparedDataset, Subset, Transform, read_manifest
 from .decode import BadImageError, decode_image, read_bytes
 from .device_decode import EncodedBatch, EncodedJpeg, plain_jpeg, sample_seed
+from .fashion_mnist import (
+    FASHION_FILES,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_INSTALL,
+    FashionMNISTDataset,
+    download_fashion_mnist,
+    fashion_file,
+    fashion_mnist_missing,
+    find_fashion_mnist,
+    read_idx,
+)
 
 __all__ = [
     "DataError",
@@ -42,16 +53,6 @@ __all__ = [
     "scan_image_folder",
     "stratified_split",
 ]
-
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
-FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 
 
 def _check_policy(on_bad_image: str) -> None:
@@ -103,16 +104,25 @@ class ImageListDataset(Dataset):
                 img = decode_image(data, min_size=self.min_size, name=self.names[i])
             else:
                 img = self.load(i)
+            try:
+                return (self.transform(img) if self.transform is not None else img), self.targets[i]
+            except BadImageError as e:  # the geometry refused it (e.g. a 5000x1 strip): name the file
+                raise BadImageError(f"{self.names[i]}: {e}") from None
         except BadImageError:
             if self.on_bad_image == "fail":
                 raise
             return None
-        return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+def scan_image_folder(root: str | Path, *, empty_ok: bool = False) -> tuple[list[Path], list[int], list[str]]:
     """torchvision's ImageFolder convention: one sub-folder per class (sorted names), image files under it,
-    found recursively, in sorted order so that a seed means the same split on every machine."""
+    found recursively, in sorted order so that a seed means the same split on every machine.
+
+    Links are followed, also out of ``root`` (a class folder may link to images kept elsewhere), but every
+    folder is walked once and every file is taken once, by its real path: a link loop (``ln -s .. cls/loop``)
+    or a second link to the same image adds nothing, so no image is counted twice or under two labels. Only
+    regular files are taken (a FIFO or device named ``x.jpg`` is left out). A class folder without images is an
+    error naming it (it would become a class no image has), unless ``empty_ok`` (a validation folder)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -121,16 +131,53 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
     paths: list[Path] = []
     targets: list[int] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    empty = []
     for k, c in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True):
-            dirnames.sort()
-            for f in sorted(filenames):
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith("."):
-                    paths.append(Path(dirpath) / f)
-                    targets.append(k)
+        found = _scan_class(root / c, seen_dirs, seen_files)
+        paths += found
+        targets += [k] * len(found)
+        if not found:
+            empty.append(c)
     if not paths:
         raise DataError(f"{root}: no images found in {len(classes)} class folders")
+    if empty and not empty_ok:
+        raise DataError(
+            f"{root}: class folder(s) {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''} hold no images "
+            "(an empty class would be a class no image has): remove them or add images"
+        )
     return paths, targets, classes
+
+
+def _scan_class(folder: Path, seen_dirs: set[tuple[int, int]], seen_files: set[tuple[int, int]]) -> list[Path]:
+    """The image files under ``folder`` (sorted), each real folder walked once and each real file taken once."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:  # a loop, or a folder reached twice through links
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for f in sorted(filenames):
+            if os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS or f.startswith("."):
+                continue
+            p = Path(dirpath) / f
+            try:
+                st = os.stat(p)
+            except OSError:  # a broken link
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen_files or not stat.S_ISREG(st.st_mode):  # taken already, or a FIFO / device
+                continue
+            seen_files.add(key)
+            out.append(p)
+    return out
 
 
 def read_list_file(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
@@ -189,118 +236,6 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int = 0) ->
     return sorted(train), sorted(val)
 
 
-# --- Fashion-MNIST ------------------------------------------------------------------------------------------------
-def read_idx(path: str | Path) -> np.ndarray:
-    """An idx file (LeCun's MNIST format, raw or .gz) as a uint8 array: (N,) labels or (N, H, W) images."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read idx file ({e})") from None
-    if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path}: not an idx file of unsigned bytes")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim < 1 or len(data) < header:
-        raise DataError(f"{path}: truncated idx header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape))
-    if len(data) - header != count:
-        raise DataError(f"{path}: holds {len(data) - header} bytes of data, its header says {count}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _fashion_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _fashion_candidates(data_dir: str | Path | None) -> list[Path]:
-    dirs: list[Path] = []
-    if data_dir is not None:
-        d = Path(data_dir)
-        dirs += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist"]
-    else:
-        env = os.environ.get("ALEXNET_FASHION_MNIST")
-        if env:
-            dirs.append(Path(env))
-        dirs.append(FASHION_MNIST_SYSTEM_DIR)
-        # torchvision.datasets.FashionMNIST(root) keeps its files in root/FashionMNIST/raw.
-        for root in (Path("data"), Path.home() / ".cache" / "torchvision", Path.home() / ".cache" / "alexnet"):
-            dirs.append(root / "FashionMNIST" / "raw")
-    return dirs
-
-
-def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
-    """The folder holding Fashion-MNIST's four idx files (raw or .gz), or None. Looks in ``data_dir`` (and its
-    ``FashionMNIST/raw``) when given, else in $ALEXNET_FASHION_MNIST, /usr/share/datasets/fashion-mnist (Debian's
-    ``dataset-fashion-mnist``), and torchvision's usual roots (./data, ~/.cache/torchvision, ~/.cache/alexnet)."""
-    for d in _fashion_candidates(data_dir):
-        if all(_fashion_file(d, stem) for pair in _FASHION_FILES.values() for stem in pair):
-            return d
-    return None
-
-
-def fashion_mnist_missing(data_dir: str | Path | None) -> DataError:
-    where = ", ".join(str(d) for d in _fashion_candidates(data_dir)[:3])
-    return DataError(f"Fashion-MNIST not found (looked in {where}, ...); install it with: {FASHION_MNIST_INSTALL}")
-
-
-class FashionMNISTDataset(Dataset):
-    """Fashion-MNIST (Xiao et al., 2017) from its idx files: 28x28 grayscale repeated to 3 channels, so that the
-    same RGB pipeline and models apply. ``split``: "train" (60,000) or "test"/"val" (10,000)."""
-
-    def __init__(self, folder: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
-        folder = Path(folder)
-        key = "test" if split in ("test", "val") else split
-        if key not in _FASHION_FILES:
-            raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
-        files = [_fashion_file(folder, stem) for stem in _FASHION_FILES[key]]
-        if any(f is None for f in files):
-            raise DataError(f"{folder}: no Fashion-MNIST {key} files; install them with: {FASHION_MNIST_INSTALL}")
-        images, labels = read_idx(files[0]), read_idx(files[1])
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{files[0]}: {images.shape} images do not match {labels.shape} labels in {files[1]}")
-        if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
-            raise DataError(f"{files[1]}: label {int(labels.max())} out of range")
-        self.images = images
-        self.targets = labels.astype(np.int64).tolist()
-        self.classes = list(FASHION_MNIST_CLASSES)
-        self.names = [f"fashion-mnist/{key}/{i}" for i in range(len(labels))]
-        self.transform = transform
-        self.on_bad_image = "skip"
-        self.min_size = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def load(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.images[i])).unsqueeze(0).expand(3, -1, -1).contiguous()
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = self.load(i)
-        return (self.transform(img) if self.transform is not None else img), self.targets[i]
-
-
-def download_fashion_mnist(data_dir: str | Path | None) -> Path:
-    from torchvision.datasets import FashionMNIST
-
-    root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "alexnet"
-    try:
-        for train in (True, False):
-            FashionMNIST(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types
-        msg = f"Fashion-MNIST download into {root} failed ({e}); or install it with: {FASHION_MNIST_INSTALL}"
-        raise DataError(msg) from None
-    return root / "FashionMNIST" / "raw"
-
-
-# --- prepared sets ------------------------------------------------------------------------------------------------
 # --- dispatch -----------------------------------------------------------------------------------------------------
 def open_dataset(
     source: str | Path,
@@ -346,14 +281,14 @@ def open_dataset(
         if split in ("val", "test") and "val" in splits:
             return PreparedDataset(path, "val", transform=transform)
         return _split(PreparedDataset(path, "train", transform=transform), split, val_split, seed, path)
-    if _fashion_file(path, _FASHION_FILES["train"][0]) or _fashion_file(path, _FASHION_FILES["test"][0]):
+    if fashion_file(path, FASHION_FILES["train"][0]) or fashion_file(path, FASHION_FILES["test"][0]):
         return _fashion_split(path, split, val_split, seed, transform)
     val_dir = next((path / d for d in ("val", "validation") if (path / d).is_dir()), None)
     if (path / "train").is_dir() and val_dir is not None:
         if split == "all":
             raise DataError(f"{path}: has train/ and val/ folders; pick split 'train' or 'val'")
         folder = path / "train" if split == "train" else val_dir
-        paths, targets, classes = scan_image_folder(folder)
+        paths, targets, classes = scan_image_folder(folder, empty_ok=split != "train")
         if split != "train":
             train_classes = scan_image_folder(path / "train")[2]
             if classes != train_classes:

@@ -10,6 +10,8 @@ the file, so that datasets can skip and count it.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -19,8 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import AlexnetError
 
-__all__ = ["BadImageError", "decode_image", "jpeg_header", "read_bytes"]
+__all__ = ["MAX_FILE_BYTES", "BadImageError", "decode_image", "jpeg_header", "read_bytes"]
 
+# The largest image file read: a bound on what one file may cost (a link to /dev/zero or a huge file named .jpg
+# must not fill the memory). Far above any photo; a 16-bit 64-megapixel TIFF is 384 MB, so this may be raised.
+MAX_FILE_BYTES = 512 * 1024 * 1024
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION = 0x0112
 
@@ -29,17 +34,37 @@ class BadImageError(AlexnetError, ValueError):
     """A file that is missing, unreadable, corrupt, truncated or not an image. The message names the file."""
 
 
-def read_bytes(source: str | Path, label: str | None = None) -> bytes:
-    """The file's bytes, or `BadImageError` naming it (missing, a directory, unreadable, empty)."""
+def read_bytes(source: str | Path, label: str | None = None, *, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, or `BadImageError` naming it: missing, a directory, not a regular file (a FIFO, a
+    device such as /dev/zero: never read, so nothing hangs or fills the memory), larger than ``max_bytes``
+    (default `MAX_FILE_BYTES`), unreadable or empty."""
     label = label or str(source)
+    limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
     try:
-        data = Path(source).read_bytes()
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise BadImageError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise BadImageError(f"{label}: is a directory, not an image") from None
     except OSError as e:
         raise BadImageError(f"{label}: cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BadImageError(f"{label}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImageError(f"{label}: not a regular file (a FIFO, socket or device)")
+        if st.st_size > limit:
+            raise BadImageError(f"{label}: {st.st_size:,} bytes, more than the {limit:,} an image file may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise BadImageError(f"{label}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while read
+        raise BadImageError(f"{label}: more than the {limit:,} bytes an image file may have")
     if not data:
         raise BadImageError(f"{label}: empty file")
     return data
@@ -60,6 +85,7 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
         head = jpeg_header(data)
         if head is not None:
             w, h, components, orientation = head
+            _check_jpeg_length(data, w, h, label)
             limit = Image.MAX_IMAGE_PIXELS
             if components in (1, 3) and (limit is None or w * h <= limit):
                 fast = _decode_jpeg_fast(data, (w, h), orientation, min_size)
@@ -124,6 +150,19 @@ def jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
             orientation = found
         pos += 2 + length
     return None
+
+
+def _check_jpeg_length(data: bytes, w: int, h: int, label: str) -> None:
+    """Refuse a JPEG too short for the size its header claims. Every 8x8 luma block costs at least one bit of
+    entropy-coded data (a baseline block codes its DC difference and an end-of-block; a progressive set codes
+    every block's DC in its first scan), so fewer bits than blocks means data is missing: libjpeg would fill the
+    rest with grey and only warn on stderr ("premature end of data segment"), and a model would learn from it."""
+    blocks = -(-w // 8) * -(-h // 8)
+    if len(data) * 8 < blocks:
+        raise BadImageError(
+            f"{label}: corrupt JPEG (its header says {w}x{h}, which needs more than the {len(data):,} bytes the "
+            "file holds: premature end of data)"
+        )
 
 
 def _exif_orientation(tiff: bytes) -> int | None:

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from .base import DataError, PreparedDataset, Subset
 from .device_decode import sample_seed
-from .transforms import Geometry, ResizeCenterCrop, mirror_draw, patch_and_mirror, patch_offsets
+from .geometry import CenterPatch, ResizeCenterCrop
+from .transforms import mirror_draw, patch_and_mirror, patch_offsets
 
 __all__ = ["CropBatch", "CropPlan", "PreparedLoader", "crop_plan", "plan_for"]
 
@@ -78,7 +78,7 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
     """The `CropPlan` of ``transform`` on ``size`` x ``size`` images, or None when it does anything else (then the
     per-sample path runs it). Recognised: None (the whole square), ``Preprocessing.geometry(True)`` (`RandomPatch`
     of a ``size`` square, optionally a ``v2.RandomHorizontalFlip``), ``Preprocessing.geometry(False)``
-    (``v2.Resize(size)``, which leaves the square as it is, then ``v2.CenterCrop``) and `ResizeCenterCrop(size)`."""
+    (`CenterPatch` of a ``size`` square: no resampling, a centre crop) and `ResizeCenterCrop(size)`."""
     if transform is None:
         return CropPlan(size, size, 0, 0, 0.0)
     if type(transform) is ResizeCenterCrop:  # exact types: a subclass may do anything else
@@ -87,19 +87,8 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
     if train is not None:
         patch, flip = train
         return CropPlan(size, patch.input_size, size - patch.input_size, 0, flip) if patch.resize_size == size else None
-    ops = list(getattr(transform, "transforms", []))
-    if type(transform) is not Geometry or not ops:
-        return None
-    first, rest = ops[0], ops[1:]
-    if (
-        type(first) is v2.Resize
-        and list(first.size) == [size]
-        and first.max_size is None
-        and len(rest) == 1
-        and type(rest[0]) is v2.CenterCrop
-        and rest[0].size[0] == rest[0].size[1] <= size
-    ):
-        out = int(rest[0].size[0])
+    if type(transform) is CenterPatch and transform.resize_size == size:
+        out = transform.input_size
         return CropPlan(size, out, 0, int(round((size - out) / 2.0)), 0.0)  # torchvision's centre-crop offset
     return None
 

@@ -14,6 +14,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .geometry import CenterPatch, ResizeCenterCrop, resize_center_crop
+
 __all__ = [
     "IMAGENET_EIGVALS",
     "IMAGENET_EIGVECS",
@@ -30,6 +32,7 @@ __all__ = [
     "patch_and_mirror",
     "patch_offsets",
     "resize_center_crop",
+    "CenterPatch",
     "train_geometry",
     "train_transform",
 ]
@@ -45,32 +48,6 @@ IMAGENET_EIGVECS = (
 
 
 # --- geometry (uint8 in, uint8 out) ------------------------------------------------------------------------------
-def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The paper's fixed-size image (section 2): short side to ``size``, then the central ``size`` x ``size``
-    square. The square is cut from the source before resampling (same pixels, less work); an image that is
-    already ``size`` x ``size`` (a prepared set) comes back untouched. uint8 (3, H, W) -> uint8 (3, size, size)."""
-    h, w = img.shape[-2:]
-    if h == size and w == size:
-        return img
-    s = min(h, w)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    square = img[..., top : top + s, left : left + s]
-    if s == size:
-        return square.contiguous()
-    return F.resize(square, [size, size], antialias=True)
-
-
-class ResizeCenterCrop(nn.Module):
-    """`resize_center_crop` as a module. ``min_size`` tells the decoder how small a JPEG may be decoded."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = self.min_size = int(size)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return resize_center_crop(img, self.size)
-
-
 class RandomPatch(nn.Module):
     """A random ``input_size`` patch of the `resize_center_crop` ``resize_size`` image (section 4.1), cut from the
     source first and resampled once: the same patch (up to where resampling puts its pixel centres, under a
@@ -161,10 +138,10 @@ class Geometry(v2.Compose):
         self.min_size = int(min_size)
 
 
-def eval_geometry(resize_size: int, input_size: int) -> v2.Compose:
+def eval_geometry(resize_size: int, input_size: int) -> CenterPatch:
     """Short side to ``resize_size``, centre crop ``input_size`` (uint8 in, uint8 out): torchvision's eval
-    preset, so pretrained weights see what they were measured with."""
-    return Geometry([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)], resize_size)
+    preset, so pretrained weights see what they were measured with (`alexnet.data.geometry`, torch alone)."""
+    return CenterPatch(resize_size, input_size)
 
 
 def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.Compose:

@@ -1,0 +1,117 @@
+"""The deterministic geometry of inference, in torch alone (no torchvision import, so a command that only
+classifies starts faster): the short side resized with antialiasing, then a centre crop (torchvision's eval
+preset, pixel for pixel), and the paper's fixed-size square (section 2). uint8 (3, H, W) in, uint8 out.
+
+The arithmetic is torchvision's `v2.Resize(size)` + `v2.CenterCrop` exactly: the long side becomes
+``int(size * long / short)``, bilinear resampling with ``antialias=True`` and ``align_corners=False`` (native uint8
+on the CPU; elsewhere in float32, rounded), and the crop's offset is ``int(round((H - S) / 2))``. tests compare
+them bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .decode import BadImageError
+
+__all__ = [
+    "MAX_RESIZED_PIXELS",
+    "CenterPatch",
+    "ResizeCenterCrop",
+    "center_crop",
+    "resize",
+    "resize_center_crop",
+    "resized_size",
+]
+
+# The most pixels an image may have once its short side is resized: a 4:3 photo at 256 has 87,000, a 100:1
+# panorama 6.5 million. A strip of 5000x1 pixels (an 85-byte PNG) would otherwise become 1,280,000x256 before
+# the crop, gigabytes for one image.
+MAX_RESIZED_PIXELS = 16 * 2**20
+
+
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) with the short side ``size`` and the aspect kept, as torchvision computes it."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def resize(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resampling of uint8 (..., 3, H, W) to ``hw``, as torchvision's ``resize`` does it."""
+    if tuple(img.shape[-2:]) == tuple(hw):
+        return img
+    shape = img.shape
+    x = img.reshape(-1, *shape[-3:])
+    if img.device.type == "cpu" and img.dtype == torch.uint8:  # PyTorch's native uint8 kernel, as torchvision uses
+        out = F.interpolate(x, size=list(hw), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(x.float(), size=list(hw), mode="bilinear", align_corners=False, antialias=True)
+        if img.dtype == torch.uint8:
+            out = out.round_().to(torch.uint8)
+    return out.reshape(*shape[:-2], *hw)
+
+
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` region (torchvision's offsets); the image must be at least that large."""
+    h, w = img.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img[..., top : top + size, left : left + size]
+
+
+def _check_resized(h: int, w: int, size: int) -> tuple[int, int]:
+    nh, nw = resized_size(h, w, size)
+    if nh * nw > MAX_RESIZED_PIXELS:
+        raise BadImageError(
+            f"a {w}x{h} image would become {nw}x{nh} pixels with its short side at {size}; at most "
+            f"{MAX_RESIZED_PIXELS:,} pixels (an aspect ratio this extreme is no photo)"
+        )
+    return nh, nw
+
+
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's fixed-size image (section 2): short side to ``size``, then the central ``size`` x ``size``
+    square. The square is cut from the source before resampling (same pixels, less work); an image that is
+    already ``size`` x ``size`` (a prepared set) comes back untouched. uint8 (3, H, W) -> uint8 (3, size, size)."""
+    h, w = img.shape[-2:]
+    if h == size and w == size:
+        return img
+    s = min(h, w)
+    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    square = img[..., top : top + s, left : left + s]
+    if s == size:
+        return square.contiguous()
+    return resize(square, (size, size))
+
+
+class ResizeCenterCrop(nn.Module):
+    """`resize_center_crop` as a module. ``min_size`` tells the decoder how small a JPEG may be decoded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = self.min_size = int(size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return resize_center_crop(img, self.size)
+
+
+class CenterPatch(nn.Module):
+    """Inference geometry (torchvision's eval preset): short side to ``resize_size``, then the central
+    ``input_size`` patch. Refuses (`BadImageError`) an image whose resized form would pass `MAX_RESIZED_PIXELS`.
+    ``min_size`` tells the decoder how small a JPEG may be decoded. uint8 (3, H, W) -> uint8 (3, S, S)."""
+
+    def __init__(self, resize_size: int, input_size: int) -> None:
+        super().__init__()
+        if input_size > resize_size:
+            raise ValueError(f"input_size {input_size} > resize_size {resize_size}")
+        self.resize_size = self.min_size = int(resize_size)
+        self.input_size = int(input_size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        return center_crop(resize(img, _check_resized(h, w, self.resize_size)), self.input_size).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"resize_size={self.resize_size}, input_size={self.input_size}"
