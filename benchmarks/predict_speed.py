@@ -17,6 +17,7 @@ its peak resident set (VmHWM) and, for the baseline's DataLoader, the largest wo
 threads of the one process).
 
     python -m benchmarks predict [--images 256] [--runs 3] [--batch 32] [--agree-images 512]
+    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve]   (whole processes)
 """
 
 from __future__ import annotations
@@ -110,7 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32, help="images per forward pass (alexnet predict's default)")
     ap.add_argument("--agree-images", type=int, default=512, help="images for the agreement check")
+    ap.add_argument(
+        "--process",
+        action="store_true",
+        help="whole processes as a user times them (start-up and model load included; benchmarks/predict_process.py)",
+    )
+    ap.add_argument("--serve", action="store_true", help="with --process: alexnet serve's start to first answer")
     args = ap.parse_args(argv)
+    if args.process:
+        from .predict_process import main as process_main
+
+        process_main(images=args.images if args.images != 256 else 240, runs=args.runs, serve=args.serve)
+        return
     cores = os.cpu_count() or 1
     auto = resolve_precision("auto", torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
