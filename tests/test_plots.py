@@ -13,7 +13,8 @@ from _evalkit import METRICS_HEADER, image_folder, png_size, run_folder
 import alexnet
 from alexnet.cli import main
 from alexnet.evaluate import EvaluationError
-from alexnet.plots import PlotError, filter_grids, plot_confusion, plot_curves, plot_filters, read_metrics, report
+from alexnet.plots import PlotError, filter_grids, plot_confusion, plot_curves, plot_filters, read_metrics
+from alexnet.report import report
 
 
 @pytest.fixture(scope="module")

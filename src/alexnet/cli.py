@@ -706,7 +706,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .plots import report
+    from .report import report
 
     path = report(
         args.run,

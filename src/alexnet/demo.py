@@ -158,15 +158,16 @@ def _take(targets: list[int], n: int, seed: int) -> tuple[list[int], list[int]]:
 
 def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
     """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
-    from . import plots, train
+    from . import runtime, train
     from .data import datasets
     from .evaluate import evaluate_dataset, write_json
     from .predict import classify
+    from .report import report as write_report
     from .weights import load_model
 
     t0 = time.perf_counter()
     notes: list[str] = []
-    device = train.resolve_device(cfg.device, 0)
+    device = runtime.resolve_device(cfg.device, 0)
     folder = locate_data(cfg.data_dir, cfg.download)
     log(f"data: Fashion-MNIST from {folder}")
 
@@ -257,7 +258,7 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         f"test: top-1 error {ev.top1_error:.2%} (accuracy {1 - ev.top1_error:.2%}), top-5 error "
         f"{ev.top5_error:.2%} on {ev.num_samples:,} held-out test images"
     )
-    report = plots.report(out, evaluate=False)
+    report = write_report(out, evaluate=False)
 
     picks = list(range(min(c.show, len(test_base))))
     images = [test_base.load(i) for i in picks]

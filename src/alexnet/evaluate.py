@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Sampler
 
 from .data.device_decode import materialize
+from .distributed import eval_sampler, setup_distributed, shutdown_distributed
 from .errors import AlexnetError
+from .runtime import resolve_device, unwrap_model
 
 if TYPE_CHECKING:
     from .weights import Preprocessing
@@ -37,8 +37,6 @@ __all__ = [
     "evaluate_dataset",
     "open_eval_dataset",
     "read_eval_json",
-    "eval_sampler",
-    "ShardSampler",
     "batches_with_refs",
     "check_classes",
     "format_table",
@@ -183,32 +181,6 @@ class EvalResult:
         return d
 
 
-class ShardSampler(Sampler[int]):
-    """Rank ``rank`` of ``world_size`` gets indices ``rank, rank + world_size, ...``: disjoint shares that cover
-    every index exactly once (unlike DistributedSampler, which pads the last share with repeats)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
-
-
-def eval_sampler(dataset: Any, rank: int, world_size: int) -> ShardSampler:
-    """A sampler that counts every sample exactly once across ``world_size`` ranks."""
-    return ShardSampler(len(dataset), rank, world_size)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
     """Yield ``(images, labels, bad, refs)``: the loader's batches plus ``refs``, one ``(index, name)`` per kept
     sample.
@@ -257,7 +229,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     if num_classes is None:
-        num_classes = int(_unwrap(model).config.num_classes)
+        num_classes = int(unwrap_model(model).config.num_classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     # totals: [samples, top1, top5, loss sum] in float64 so that large sums stay exact
     totals = torch.zeros(4, dtype=torch.float64, device=device)
@@ -271,7 +243,7 @@ def evaluate(
         from tqdm.auto import tqdm
 
         it = tqdm(loader, desc="evaluate", unit="batch", leave=False)
-    param = next(_unwrap(model).parameters(), None)
+    param = next(unwrap_model(model).parameters(), None)
     model_dtype = param.dtype if param is not None else torch.float32
     try:
         for batch in it:
@@ -386,28 +358,6 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
-def _resolve_device(device: torch.device | str | None, local_rank: int = 0) -> torch.device:
-    from .runtime import resolve_device
-
-    return resolve_device(device, local_rank)
-
-
-def _init_distributed(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether this call created the process group). Under torchrun (WORLD_SIZE > 1)
-    the group is started from the environment: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local_rank)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dev, False
-    if world <= 1:
-        return 0, 1, dev, False
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dev, True
-
-
 def evaluate_dataset(
     weights: str | Path | nn.Module,
     data: str | Path | Any,
@@ -446,7 +396,9 @@ def evaluate_dataset(
     from .predict import inference_model
     from .weights import load_model
 
-    rank, world, dev, created = _init_distributed(device)
+    dev = resolve_device(device)
+    info = setup_distributed(dev)
+    rank, world = info.rank, info.world_size
     try:
         if isinstance(weights, nn.Module):
             if preprocessing is None:
@@ -456,7 +408,7 @@ def evaluate_dataset(
             model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
             preprocessing = preprocessing or pre
             pre = preprocessing
-        net = _unwrap(model)
+        net = unwrap_model(model)
         num_classes = int(net.config.num_classes)
         data_info: dict[str, Any] | None = None
         if isinstance(data, (str, Path)):
@@ -496,8 +448,7 @@ def evaluate_dataset(
             collect=collect,
         )
     finally:
-        if created:
-            dist.destroy_process_group()
+        shutdown_distributed(info)
     result.class_names = classes
     result.ten_crop = ten_crop
     result.data = data_info

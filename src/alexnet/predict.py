@@ -90,7 +90,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise AlexnetError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    from .train import bf16_native
+    from .runtime import bf16_native
 
     return "bf16" if bf16_native(device) else "fp32"
 
