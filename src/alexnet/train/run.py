@@ -7,6 +7,7 @@ stop the run at the next step with everything saved, so ``--resume`` continues i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -207,7 +208,8 @@ class _Env:
     progress: str
     precision: runtime.Precision
 
-    def autocast(self) -> Any:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Training's forward pass in the run's precision (a fresh context each step)."""
         return self.precision.autocast(self.device)
 
 
@@ -328,17 +330,17 @@ class _Run:
         self.tb: rundir.TensorBoardLog | None = None
 
     def open(self) -> None:
-        """The run folder with this run's config.json, TensorBoard, signal handlers, and the loaders."""
+        """The run folder with this run's config.json, the loaders, TensorBoard and the signal handlers."""
         cfg, info = self.cfg, self.env.info
         if info.is_main:
             rundir.prepare_run_dir(self.out)
             rundir.write_config(self.out, cfg.to_dict())
-        self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
-        self.restore_signals = install_signal_handlers(self.stop)
         self.loader, self.val_loader = inputs.run_loaders(
             cfg, self.data.train_ds, self.data.val_ds, self.env.local_batch, self.sampler, info, self.env.workers,
             self.env.device,
         )  # fmt: skip
+        self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
+        self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
 
     def train(self) -> TrainResult:
         interrupted = False
