@@ -76,14 +76,14 @@ def cached_step(batch: int, precision: str, runs: int = 10) -> None:
     from torch.profiler import profile
 
     from alexnet.runtime import tune_cpu_allocator
-    from alexnet.train import _Classifier
+    from alexnet.train.setup import CachedClassifier
 
     tune_cpu_allocator()  # as alexnet train does
     torch.manual_seed(0)
     model = alexnet.create_model("alexnet_owt", num_classes=10)
     for name, prm in model.named_parameters():
         prm.requires_grad = name.startswith("classifier")
-    net = _Classifier(model, 0).train()
+    net = CachedClassifier(model, 0).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     x, y = torch.randn(batch, 9216).relu(), torch.randint(0, 10, (batch,))
     bf16 = precision != "fp32"

@@ -148,9 +148,10 @@ def test_private_names_stay_home():
 @pytest.mark.parametrize("argv", [["--help"], ["predict", "--topk", "0", "x.jpg"], ["train", "--help"]])
 def test_the_parser_imports_no_torch(argv):
     code = (
-        "import sys\n"
+        "import contextlib, io, sys\n"
         "from alexnet.cli import build_parser\n"
-        f"try:\n    build_parser().parse_args({argv!r})\nexcept SystemExit:\n    pass\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    try:\n        build_parser().parse_args({argv!r})\n    except SystemExit:\n        pass\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'numpy', 'alexnet.train.run') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

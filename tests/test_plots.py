@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html.parser
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from _evalkit import METRICS_HEADER, image_folder, png_size, run_folder
 import alexnet
 from alexnet.cli import main
 from alexnet.evaluate import EvaluationError
-from alexnet.plots import PlotError, filter_grids, plot_confusion, plot_curves, plot_filters, read_metrics, report
+from alexnet.plots import PlotError, filter_grids, plot_confusion, plot_curves, plot_filters, read_metrics
+from alexnet.report import report
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +191,9 @@ def test_report_finds_misclassified_images_of_a_train_eval_json(run: Path, tmp_p
     assert main(["report", str(copy), "--no-evaluate", "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "data:image/jpeg" not in page and "holds no per-image predictions" in page
+
+
+def test_plots_and_report_do_not_import_training():
+    code = "import sys, alexnet.plots, alexnet.report; print('alexnet.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -124,7 +124,7 @@ def test_plateau_drops_at_most_three_times():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.01)
     cfg = train.TrainConfig(plateau_patience=0)
-    sched, per_iter = train._make_scheduler(cfg, opt)
+    sched, per_iter = train.make_scheduler(cfg, opt)
     assert per_iter is None
     lrs = []
     for _ in range(12):
@@ -325,8 +325,8 @@ def test_dropout_follows_train_and_eval_mode(data):
     loader = make_loader(ds, batch_size=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     model.eval()
-    train.train_one_epoch(model, loader, opt, device=torch.device("cpu"), epoch=1, num_classes=3,
-                          batch_transform=pre.batch_transform(True))  # fmt: skip
+    options = train.EpochOptions(device=torch.device("cpu"), num_classes=3, batch_transform=pre.batch_transform(True))
+    train.train_one_epoch(model, loader, opt, options, epoch=1)
     assert seen and all(seen)
     seen.clear()
     evaluate(model, make_loader(open_dataset(data, transform=pre.geometry(False)), batch_size=8),
@@ -371,7 +371,7 @@ def test_feature_cache_through_frozen_fc6_equals_plain_path(data, tmp_path):
     path = save_model(model, pre, tmp_path / "paper.safetensors")
     kw = dict(weights=str(path), train_layers=["fc7", "fc8"], augment=False, epochs=3, lr=0.05, arch="alexnet2012")
     calls = []
-    original = train.compute_features
+    original = train.setup.compute_features  # where the run calls it from
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -379,11 +379,11 @@ def test_feature_cache_through_frozen_fc6_equals_plain_path(data, tmp_path):
         return result
 
     train.main(tiny_config(data, tmp_path / "plain", **kw))
-    train.compute_features = spy
+    train.setup.compute_features = spy
     try:
         train.main(tiny_config(data, tmp_path / "cache", **kw, cache_features=True))
     finally:
-        train.compute_features = original
+        train.setup.compute_features = original
     assert calls == [(2, 64), (2, 64)]  # train and val caches hold fc6's 64 outputs, not conv5's 32*6*6
     a, b = weights(tmp_path / "plain" / "last.safetensors"), weights(tmp_path / "cache" / "last.safetensors")
     for k in a:
@@ -488,7 +488,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
                 return real(logits, target, *a, **k) * float("nan")
         return real(logits, target, *a, **k)
 
-    monkeypatch.setattr(train.F, "cross_entropy", exploding)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", exploding)
     with pytest.raises(train.NonFiniteLoss, match="not finite.*epoch 3, step 2.*last good checkpoint") as e:
         train.main(tiny_config(data, run, epochs=4, resume=str(run)))
     assert "\n" not in str(e.value)
@@ -497,8 +497,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
 
 
 def test_auto_precision_resolves_per_device():
-    from alexnet.train import bf16_native, resolve_precision
+    from alexnet.runtime import bf16_native, resolve_precision
 
     cpu = torch.device("cpu")
-    assert resolve_precision("fp16", cpu) == "fp16"
-    assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
+    assert resolve_precision("fp16", cpu).name == "fp16"
+    assert resolve_precision("auto", cpu).name == ("bf16" if bf16_native(cpu) else "fp32")

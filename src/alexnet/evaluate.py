@@ -8,9 +8,9 @@ samples (`eval_sampler`, no padding, nothing dropped) and the counts are all-red
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Sampler
 
 from .data.device_decode import materialize
+from .distributed import eval_sampler, setup_distributed, shutdown_distributed
 from .errors import AlexnetError
+from .options import check_workers, resolve_progress
+from .progress import track
+from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
 
 if TYPE_CHECKING:
     from .weights import Preprocessing
@@ -34,11 +37,10 @@ __all__ = [
     "SamplePredictions",
     "topk_correct",
     "evaluate",
+    "EvalOptions",
     "evaluate_dataset",
     "open_eval_dataset",
     "read_eval_json",
-    "eval_sampler",
-    "ShardSampler",
     "batches_with_refs",
     "check_classes",
     "format_table",
@@ -183,32 +185,6 @@ class EvalResult:
         return d
 
 
-class ShardSampler(Sampler[int]):
-    """Rank ``rank`` of ``world_size`` gets indices ``rank, rank + world_size, ...``: disjoint shares that cover
-    every index exactly once (unlike DistributedSampler, which pads the last share with repeats)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
-
-
-def eval_sampler(dataset: Any, rank: int, world_size: int) -> ShardSampler:
-    """A sampler that counts every sample exactly once across ``world_size`` ranks."""
-    return ShardSampler(len(dataset), rank, world_size)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
     """Yield ``(images, labels, bad, refs)``: the loader's batches plus ``refs``, one ``(index, name)`` per kept
     sample.
@@ -230,6 +206,83 @@ def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[tuple[Any, 
         yield images, labels, bad, refs
 
 
+class _Tally:
+    """Running totals of an evaluation: [samples, top-1 hits, top-5 hits, loss sum] in float64 (large sums stay
+    exact), the confusion matrix, the skipped names, and (``collect``) every sample's prediction."""
+
+    def __init__(self, num_classes: int, device: torch.device, collect: bool) -> None:
+        self.num_classes, self.collect = num_classes, collect
+        self.totals = torch.zeros(4, dtype=torch.float64, device=device)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.skipped: list[str] = []
+        self.kept: dict[str, list[Any]] = {k: [] for k in ("labels", "predicted", "confidence", "true_prob", "refs")}
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, crops: int, refs: list[Any] | None) -> None:
+        """Score one batch: ``logits`` (N * crops, C); with 10 crops the softmax is averaged over them (section
+        4.1) and the loss is the NLL of that average."""
+        c = self.num_classes
+        if logits.shape[-1] != c:
+            raise EvaluationError(f"the model gives {logits.shape[-1]} scores, expected {c} classes")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
+            raise EvaluationError(f"labels out of range [0, {c}): {int(labels.max())}")
+        if crops > 1:
+            scores = F.softmax(logits, dim=-1).view(len(labels), crops, -1).mean(dim=1)  # (N, C)
+            loss_sum = F.nll_loss(scores.clamp_min(1e-12).log(), labels, reduction="sum")
+        else:
+            scores = logits
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        c1, c5 = topk_correct(scores, labels, (1, 5))
+        self.totals += torch.tensor([len(labels), c1, c5, float(loss_sum)], dtype=torch.float64, device=logits.device)
+        pred = scores.argmax(dim=-1)
+        self.confusion += torch.bincount(labels * c + pred, minlength=c * c).view(c, c)
+        if self.collect:
+            probs = scores if crops > 1 else F.softmax(logits, dim=-1)
+            self.kept["labels"].append(labels.cpu())
+            self.kept["predicted"].append(pred.cpu())
+            self.kept["confidence"].append(probs.gather(1, pred.view(-1, 1)).flatten().cpu())
+            self.kept["true_prob"].append(probs.gather(1, labels.view(-1, 1)).flatten().cpu())
+            self.kept["refs"].extend(
+                refs if refs is not None and len(refs) == len(labels) else [(-1, "")] * len(labels)
+            )
+
+    def predictions(self) -> SamplePredictions | None:
+        if not self.collect:
+            return None
+        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        k = self.kept
+        return SamplePredictions(
+            labels=cat(k["labels"], torch.int64),
+            predicted=cat(k["predicted"], torch.int64),
+            confidence=cat(k["confidence"], torch.float32),
+            true_prob=cat(k["true_prob"], torch.float32),
+            indices=[int(r[0]) for r in k["refs"]],
+            names=[str(r[1]) for r in k["refs"]],
+        )
+
+    def result(self, distributed: bool) -> EvalResult:
+        """The totals of every rank (all-reduced and gathered under torch.distributed)."""
+        skipped, predictions = self.skipped, self.predictions()
+        if distributed and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.totals)
+            dist.all_reduce(self.confusion)
+            shares: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, (skipped, predictions))
+            skipped = [b for s in shares for b in s[0]]
+            if self.collect:
+                predictions = SamplePredictions.concat([s[1] for s in shares])
+        t = self.totals
+        n = int(t[0].item())
+        return EvalResult(
+            num_samples=n,
+            loss=float(t[3] / n) if n else math.nan,
+            acc1=float(t[1] / n) if n else math.nan,
+            acc5=float(t[2] / n) if n else math.nan,
+            confusion=self.confusion.cpu(),
+            predictions=predictions,
+            skipped=skipped,
+        )
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -239,9 +292,9 @@ def evaluate(
     batch_transform: nn.Module | None = None,
     num_classes: int | None = None,
     distributed: bool = False,
-    amp_dtype: torch.dtype | None = None,
+    autocast: Precision | None = None,
     channels_last: bool = False,
-    progress: bool = False,
+    progress: str | bool = "none",
     collect: bool = False,
 ) -> EvalResult:
     """Top-1/top-5 accuracy, mean cross-entropy and the confusion matrix of ``model`` over ``loader``.
@@ -249,113 +302,57 @@ def evaluate(
     ``loader`` yields ``(images, labels)``, ``(images, labels, bad_names)`` or, from `batches_with_refs`,
     ``(images, labels, bad_names, refs)``. A 5-D batch (N, 10, 3, S, S) is 10-crop testing: the softmax is
     averaged over the crops, as the paper does (section 4.1), and the loss is the NLL of that average.
-    ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``collect`` keeps every sample's
+    ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``autocast``: a training run's precision,
+    whose autocast the forward runs under (fp32 master weights); a model already cast by
+    `Precision.inference_model` needs none (its inputs are cast to its dtype). ``collect`` keeps every sample's
     prediction and confidence (`SamplePredictions`). Under torch.distributed (``distributed=True``) the counts,
     the skipped names and the predictions are gathered from every rank.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    if num_classes is None:
-        num_classes = int(_unwrap(model).config.num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    # totals: [samples, top1, top5, loss sum] in float64 so that large sums stay exact
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
-    skipped: list[str] = []
-    kept: dict[str, list[Any]] = {k: [] for k in ("labels", "predicted", "confidence", "true_prob", "refs")}
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
-    it: Iterable = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc="evaluate", unit="batch", leave=False)
-    param = next(_unwrap(model).parameters(), None)
+    net = unwrap_model(model)
+    tally = _Tally(int(num_classes or net.config.num_classes), device, collect)
+    param = next(net.parameters(), None)
     model_dtype = param.dtype if param is not None else torch.float32
+    total = len(loader) if hasattr(loader, "__len__") else None
     try:
-        for batch in it:
-            images, labels = batch[0], batch[1]
-            refs = batch[3] if len(batch) > 3 and batch[3] is not None else None
-            if len(batch) > 2 and batch[2]:
-                skipped.extend(str(b) for b in batch[2])
-            images, labels, dropped = materialize(images, labels, device)  # a batch still encoded
-            if dropped:
-                skipped.extend(dropped)
-                gone = set(dropped)
-                refs = [r for r in refs if r[1] not in gone] if refs is not None else None
+        for batch in track(loader, "evaluate", progress, total=total):
+            images, labels, refs = _unpack(batch, device, tally.skipped)
             if len(labels) == 0:
                 continue
-            images = images.to(device, non_blocking=True)
-            labels = torch.as_tensor(labels).to(device, non_blocking=True)
-            crops = images.ndim == 5
-            if crops:
-                n, k = images.shape[:2]
-                images = images.flatten(0, 1)  # (N*10, 3, S, S)
+            crops = images.shape[1] if images.ndim == 5 else 1
+            images = images.flatten(0, 1) if crops > 1 else images  # (N*10, 3, S, S)
             if batch_transform is not None:
                 images = batch_transform(images)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            if images.dtype != model_dtype and amp_dtype is None:  # a bf16 model (`inference_model`)
+            if images.dtype != model_dtype and autocast is None:  # a cast copy (`Precision.inference_model`)
                 images = images.to(model_dtype, memory_format=torch.channels_last)
-            with autocast:
+            with autocast.autocast(device) if autocast is not None else contextlib.nullcontext():
                 logits = model(images)
-            logits = logits.float()
-            if logits.shape[-1] != num_classes:
-                raise EvaluationError(f"the model gives {logits.shape[-1]} scores, expected {num_classes} classes")
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-                raise EvaluationError(f"labels out of range [0, {num_classes}): {int(labels.max())}")
-            if crops:
-                probs = F.softmax(logits, dim=-1).view(n, k, -1).mean(dim=1)  # (N, C)
-                scores = probs
-                loss_sum = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
-            else:
-                scores = logits
-                loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-            c1, c5 = topk_correct(scores, labels, (1, 5))
-            totals += torch.tensor([len(labels), c1, c5, float(loss_sum)], dtype=torch.float64, device=device)
-            pred = scores.argmax(dim=-1)
-            confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).view(
-                num_classes, num_classes
-            )
-            if collect:
-                probs = scores if crops else F.softmax(logits, dim=-1)
-                kept["labels"].append(labels.cpu())
-                kept["predicted"].append(pred.cpu())
-                kept["confidence"].append(probs.gather(1, pred.view(-1, 1)).flatten().cpu())
-                kept["true_prob"].append(probs.gather(1, labels.view(-1, 1)).flatten().cpu())
-                kept["refs"].extend(refs if refs is not None and len(refs) == len(labels) else [(-1, "")] * len(labels))
+            tally.add(logits.float(), labels, crops, refs)
     finally:
         model.train(was_training)
-    predictions = None
-    if collect:
-        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
-        predictions = SamplePredictions(
-            labels=cat(kept["labels"], torch.int64),
-            predicted=cat(kept["predicted"], torch.int64),
-            confidence=cat(kept["confidence"], torch.float32),
-            true_prob=cat(kept["true_prob"], torch.float32),
-            indices=[int(r[0]) for r in kept["refs"]],
-            names=[str(r[1]) for r in kept["refs"]],
-        )
-    if distributed and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)
-        dist.all_reduce(confusion)
-        shares: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(shares, (skipped, predictions))
-        skipped = [b for s in shares for b in s[0]]
-        if collect:
-            predictions = SamplePredictions.concat([s[1] for s in shares])
-    n = int(totals[0].item())
-    return EvalResult(
-        num_samples=n,
-        loss=float(totals[3] / n) if n else math.nan,
-        acc1=float(totals[1] / n) if n else math.nan,
-        acc5=float(totals[2] / n) if n else math.nan,
-        confusion=confusion.cpu(),
-        predictions=predictions,
-        skipped=skipped,
-    )
+    return tally.result(distributed)
+
+
+def _unpack(batch: Any, device: torch.device, skipped: list[str]) -> tuple[torch.Tensor, torch.Tensor, list | None]:
+    """(images on ``device``, labels on ``device``, refs) of a loader batch; encoded or prepared batches are made
+    real first (`materialize`), and the names of the images dropped on the way added to ``skipped``."""
+    images, labels = batch[0], batch[1]
+    refs = batch[3] if len(batch) > 3 and batch[3] is not None else None
+    if len(batch) > 2 and batch[2]:
+        skipped.extend(str(b) for b in batch[2])
+    images, labels, dropped = materialize(images, labels, device)  # a batch still encoded
+    if dropped:
+        skipped.extend(dropped)
+        gone = set(dropped)
+        refs = [r for r in refs if r[1] not in gone] if refs is not None else None
+    labels = torch.as_tensor(labels)
+    if len(labels) == 0:
+        return images, labels, refs
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), refs
 
 
 # --- a whole data set, from the command line or torchrun --------------------------------------------------------------
@@ -386,67 +383,51 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
-def _resolve_device(device: torch.device | str | None, local_rank: int = 0) -> torch.device:
-    from .runtime import resolve_device
+@dataclass
+class EvalOptions:
+    """How `evaluate_dataset` reads and runs: everything but the weights and the data's identity."""
 
-    return resolve_device(device, local_rank)
-
-
-def _init_distributed(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether this call created the process group). Under torchrun (WORLD_SIZE > 1)
-    the group is started from the environment: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local_rank)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dev, False
-    if world <= 1:
-        return 0, 1, dev, False
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dev, True
+    ten_crop: bool = False  # average the softmax over the paper's 10 patches (section 4.1)
+    batch_size: int = 64
+    workers: int | None = 0  # loader processes (None: `alexnet.options.default_workers`)
+    device: torch.device | str | None = None  # `alexnet.runtime.resolve_device`
+    precision: str = "fp32"  # `alexnet.runtime.resolve_precision`: fp32 gives the exact figures
+    channels_last: bool = False
+    collect: bool = True  # keep every sample's prediction (the report's misclassified images)
+    progress: str | bool = "none"  # `alexnet.options.PROGRESS_MODES`
+    check_class_names: bool = True  # refuse weights whose class names differ from the data's
+    on_bad_image: str = "skip"
 
 
 def evaluate_dataset(
     weights: str | Path | nn.Module,
     data: str | Path | Any,
+    options: EvalOptions | None = None,
     *,
     preprocessing: Preprocessing | None = None,
-    ten_crop: bool = False,
     split: str | None = None,
     val_split: float = 0.0,
     seed: int = 0,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: torch.device | str | None = None,
     arch: str | None = None,
     allow_pickle: bool = False,
-    check_class_names: bool = True,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    collect: bool = True,
-    progress: bool = False,
-    on_bad_image: str = "skip",
-    precision: str = "fp32",
+    **option_values: Any,
 ) -> EvalResult:
     """Evaluate weights on a data set the way the paper reports it (section 6): top-1 and top-5 error of the
     centre crop, or of the softmax averaged over the 10 patches (``ten_crop``, section 4.1).
 
-    ``weights``: a source for `alexnet.load_model` or a model (then ``preprocessing`` is required). ``data``: a
-    source for `alexnet.data.datasets.open_dataset`, or a dataset already built (``classes``, ``names``, and a
-    transform giving the geometry's uint8 output). The data set is read with the weights' own preprocessing
-    (`Preprocessing.geometry` on the loader, `Preprocessing.batch_transform` on ``device``). Under torchrun the
-    process group is started from the environment and every rank evaluates a disjoint share (`eval_sampler`);
-    every rank gets the same, complete result. ``precision``: "fp32" (the default: the figures as the paper's
-    arithmetic gives them), "bf16" or "auto" (bf16 where the device computes it natively): the model's weights
-    cast once to bfloat16 on a copy, channels_last, as `alexnet.predict` runs it; top-1 agreed with fp32 on 99.8%
-    of the Fashion-MNIST test images for a trained model (docs/BENCHMARKS.md).
+    ``weights``: a source for `alexnet.load_model` (with ``arch``, ``allow_pickle``) or a model (then
+    ``preprocessing`` is required). ``data``: a source for `alexnet.data.datasets.open_dataset` (``split``,
+    ``val_split``, ``seed`` choose its samples: `open_eval_dataset`), or a dataset already built (``classes``,
+    ``names``, and a transform giving the geometry's uint8 output). The data set is read with the weights' own
+    preprocessing. ``options`` (`EvalOptions`), or its fields as keywords. Under torchrun every rank evaluates a
+    disjoint share (`eval_sampler`) and gets the same, complete result. ``precision`` other than fp32 runs a copy
+    of the weights cast once (`Precision.inference_model`), as `alexnet.predict` does.
     """
-    from .predict import inference_model
     from .weights import load_model
 
-    rank, world, dev, created = _init_distributed(device)
+    opts = dataclasses.replace(options or EvalOptions(), **option_values)
+    dev = resolve_device(opts.device)
+    info = setup_distributed(dev)
     try:
         if isinstance(weights, nn.Module):
             if preprocessing is None:
@@ -454,54 +435,51 @@ def evaluate_dataset(
             model, pre = weights, preprocessing
         else:
             model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-            preprocessing = preprocessing or pre
-            pre = preprocessing
-        net = _unwrap(model)
-        num_classes = int(net.config.num_classes)
+            pre = preprocessing or pre
         data_info: dict[str, Any] | None = None
         if isinstance(data, (str, Path)):
-            ds, data_info = open_eval_dataset(
-                data, pre.geometry(False, ten_crop=ten_crop), split, val_split, seed, on_bad_image
-            )
+            geometry = pre.geometry(False, ten_crop=opts.ten_crop)
+            ds, data_info = open_eval_dataset(data, geometry, split, val_split, seed, opts.on_bad_image)
             label = str(data)
         else:
             ds, label = data, "the data set"
-        classes = list(getattr(ds, "classes", []) or [])
-        if not classes:
-            raise EvaluationError(f"{label}: the data set names no classes")
-        check_classes(num_classes, pre.class_names if check_class_names else None, classes, label)
-        if len(ds) == 0:
-            raise EvaluationError(f"{label}: no images to evaluate")
-        from .data.datasets import make_loader
-
-        sampler = eval_sampler(ds, rank, world) if world > 1 else None
-        crop_device = dev if dev.type == "cuda" else None  # a prepared set's crops cut on the GPU (evaluate crops)
-        loader = make_loader(
-            ds, batch_size=batch_size, shuffle=False, workers=workers, sampler=sampler, crop_device=crop_device
-        )
-        model.to(dev)
-        model = inference_model(model, precision, dev)  # fp32: the model itself
-        names = list(getattr(ds, "names", []) or [])
-        batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
-        result = evaluate(
-            model,
-            batches,
-            device=dev,
-            batch_transform=pre.batch_transform(False).to(dev),
-            num_classes=num_classes,
-            distributed=world > 1,
-            amp_dtype=amp_dtype,
-            channels_last=channels_last,
-            progress=progress and rank == 0,
-            collect=collect,
-        )
+        result = _evaluate_on(model, pre, ds, label, opts, dev, info)
     finally:
-        if created:
-            dist.destroy_process_group()
-    result.class_names = classes
-    result.ten_crop = ten_crop
+        shutdown_distributed(info)
+    result.ten_crop = opts.ten_crop
     result.data = data_info
-    result.rank = rank
+    result.rank = info.rank
+    return result
+
+
+def _evaluate_on(
+    model: nn.Module, pre: Preprocessing, ds: Any, label: str, opts: EvalOptions, dev: torch.device, info: Any
+) -> EvalResult:
+    """Check the classes, build the loader and the inference model, evaluate."""
+    from .data.datasets import make_loader
+
+    num_classes = int(unwrap_model(model).config.num_classes)
+    classes = list(getattr(ds, "classes", []) or [])
+    if not classes:
+        raise EvaluationError(f"{label}: the data set names no classes")
+    check_classes(num_classes, pre.class_names if opts.check_class_names else None, classes, label)
+    if len(ds) == 0:
+        raise EvaluationError(f"{label}: no images to evaluate")
+    sampler = eval_sampler(ds, info.rank, info.world_size) if info.world_size > 1 else None
+    crop_device = dev if dev.type == "cuda" else None  # a prepared set's crops cut on the GPU (evaluate crops)
+    loader = make_loader(
+        ds, batch_size=opts.batch_size, shuffle=False, workers=check_workers(opts.workers), sampler=sampler,
+        crop_device=crop_device,
+    )  # fmt: skip
+    net = resolve_precision(opts.precision, dev).inference_model(model, dev)  # fp32: the model itself
+    names = list(getattr(ds, "names", []) or [])
+    batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
+    result = evaluate(
+        net, batches, device=dev, batch_transform=pre.batch_transform(False).to(dev), num_classes=num_classes,
+        distributed=info.world_size > 1, channels_last=opts.channels_last,
+        progress=resolve_progress(opts.progress, is_main=info.rank == 0), collect=opts.collect,
+    )  # fmt: skip
+    result.class_names = classes
     return result
 
 

@@ -192,7 +192,8 @@ def build_index(
     The paper compares a test image with the *training* images (Figure 4), hence the ``train`` split by default.
     """
     from .data.datasets import make_loader, open_dataset
-    from .evaluate import _resolve_device, batches_with_refs
+    from .evaluate import batches_with_refs
+    from .runtime import resolve_device as _resolve_device
     from .weights import load_model
 
     _check_layer(layer)
@@ -340,7 +341,7 @@ def neighbors_for_images(
     decoded query images (for drawing), the index and the ranked neighbours.
     """
     from .data.decode import decode_image
-    from .evaluate import _resolve_device
+    from .runtime import resolve_device as _resolve_device
     from .weights import load_model
 
     if not isinstance(index, FeatureIndex):

@@ -124,24 +124,23 @@ def add_weights_flags(
     the flags are config-file keys (train/finetune): absent unless given, so a config file's value stands."""
     if positional:
         p.add_argument("weights_pos", nargs="?", default=None, metavar="WEIGHTS", help=f"{WEIGHTS_HELP} (or --weights)")
-    unset = {"default": argparse.SUPPRESS} if config_keys else {}
-    p.add_argument("--weights", default=default, required=required and not positional, help=WEIGHTS_HELP, **unset)
+    unset = argparse.SUPPRESS if config_keys else None  # absent unless given: a config file's value stands
+    p.add_argument("--weights", default=unset or default, required=required and not positional, help=WEIGHTS_HELP)
     if arch:
         p.add_argument(
             "--arch",
-            default=None,
+            default=unset,
             help="architecture of the weights (alexnet2012, caffenet, alexnet_owt; default: from the file). "
             "A bvlc .npy does not say whether LRN comes before pooling (alexnet2012) or after (caffenet)",
-            **unset,
         )
     p.add_argument(
         "--trust-pickle",
         "--allow-pickle",
         dest="trust_pickle",
         action="store_true",
+        default=unset or False,
         help="allow loading a pickled .npy (pickle can run arbitrary code: only for files you trust); "
         "only on the command line, never from a config file",
-        **unset,
     )
 
 

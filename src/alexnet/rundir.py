@@ -1,0 +1,210 @@
+"""The run folder's files, each with one writer and one reader (the contract is docs/CONTRACTS.md, "Run folder").
+
+``config.json`` (the resolved configuration), ``metrics.csv`` (one row per epoch, `METRICS_COLUMNS`: the single
+source of every curve, as timm's ``summary.csv``), ``skipped.txt`` (the bad images a run skipped, one per line),
+``eval.json`` (the last validation, `EvalResult.to_dict`), and ``tensorboard/`` (optional scalars, timm's
+``update_summary`` habit). Every file is replaced atomically, so a killed run never leaves a half-written one.
+The checkpoints (``state.pt``, ``last``/``best.safetensors``) are `alexnet.train.checkpoint`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .data.fileio import atomic_write_text
+from .errors import AlexnetError
+
+__all__ = [
+    "CONFIG",
+    "EVAL",
+    "METRICS",
+    "METRICS_COLUMNS",
+    "SKIPPED",
+    "RunDirError",
+    "TensorBoardLog",
+    "format_metrics",
+    "prepare_run_dir",
+    "read_metrics",
+    "read_skipped",
+    "write_config",
+    "write_eval",
+    "write_metrics",
+    "write_skipped",
+]
+
+CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
+METRICS_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc1",
+    "val_loss",
+    "val_acc1",
+    "val_acc5",
+    "images_per_s",
+    "seconds",
+)
+
+
+class RunDirError(AlexnetError, ValueError):
+    """A run folder's file that cannot be read; one-line message."""
+
+
+def prepare_run_dir(out: str | Path) -> Path:
+    """Make the run folder and remove the half-written temporary files of a process killed while saving."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # `atomic_write`'s temporaries
+        stale.unlink(missing_ok=True)
+    return out
+
+
+def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
+    """config.json: the resolved configuration (what ``--resume`` reads back)."""
+    return atomic_write_text(Path(out) / CONFIG, json.dumps(dict(config), indent=2) + "\n")
+
+
+def write_eval(out: str | Path, epoch: int, evaluation: Mapping[str, Any], weights: str = "last.safetensors") -> Path:
+    """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch``."""
+    doc = {"epoch": epoch, "weights": weights, **evaluation}
+    return atomic_write_text(Path(out) / EVAL, json.dumps(doc, indent=2) + "\n")
+
+
+# --- metrics.csv --------------------------------------------------------------------------------------------------
+def _fmt(v: float) -> str:
+    return "" if isinstance(v, float) and math.isnan(v) else repr(float(v))
+
+
+def format_metrics(rows: Sequence[Mapping[str, Any]]) -> str:
+    """metrics.csv's text: the header, then one row per epoch (``epoch`` an integer, NaN as an empty field,
+    every other value as ``repr(float)`` so it reads back bit for bit)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (str(int(r[k])) if k == "epoch" else _fmt(r[k])) for k in METRICS_COLUMNS})
+    return buf.getvalue()
+
+
+def write_metrics(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Replace metrics.csv with ``rows`` (`METRICS_COLUMNS` each)."""
+    return atomic_write_text(Path(out) / METRICS, format_metrics(rows))
+
+
+def _parse_row(header: list[str], values: list[str]) -> dict[str, Any]:
+    if len(values) != len(header):
+        raise ValueError("wrong number of fields")
+    row: dict[str, Any] = {h: float(v) if v.strip() else math.nan for h, v in zip(header, values)}
+    if not math.isfinite(row["epoch"]):
+        raise ValueError("no epoch")
+    row["epoch"] = int(row["epoch"]) if row["epoch"].is_integer() else row["epoch"]
+    for k in METRICS_COLUMNS[1:]:
+        row.setdefault(k, math.nan)
+    return row
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a run's metrics.csv (``path`` or the folder holding it), one per epoch in epoch order: ``epoch``
+    an int, the other `METRICS_COLUMNS` floats (NaN where empty or absent).
+
+    A run killed while writing leaves a partial last line: it is dropped with a warning, as is any other line
+    that does not parse. When a resumed run repeated an epoch, its last row wins. `RunDirError` for a missing,
+    unreadable or empty file, or one without an ``epoch`` column; an empty list when no epoch is complete.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such file (a run folder has metrics.csv once an epoch has finished)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: cannot read ({e})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise RunDirError(f"{path}: empty metrics file")
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
+    if "epoch" not in header:
+        raise RunDirError(f"{path}: no 'epoch' column; expected {','.join(METRICS_COLUMNS)}")
+    complete = text.endswith("\n")
+    by_epoch: dict[float, dict[str, Any]] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        last = lineno == len(lines)
+        try:
+            if last and not complete:
+                raise ValueError("no line end")
+            row = _parse_row(header, next(csv.reader([line])))
+        except ValueError:
+            what = "partial last line (an interrupted run?)" if last else "malformed line"
+            warnings.warn(f"{path}:{lineno}: {what}, ignored", stacklevel=3)
+            continue
+        by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+# --- skipped.txt --------------------------------------------------------------------------------------------------
+def _needs_quotes(name: str) -> bool:
+    # a line break of any kind str.splitlines knows, a leading quote, or edge blanks would not read back as itself
+    return not name or name[0] == '"' or name != name.strip() or len((name + "x").splitlines()) > 1
+
+
+def write_skipped(out: str | Path, names: Sequence[str]) -> Path:
+    """skipped.txt: one skipped image per line. A name that would not read back as one plain line (it holds a
+    line break, starts with ``"`` or has blanks at either end) is written JSON-quoted, so each entry stays one
+    line; `read_skipped` undoes the quoting."""
+    text = "".join(f"{json.dumps(s) if _needs_quotes(s) else s}\n" for s in map(str, names))
+    return atomic_write_text(Path(out) / SKIPPED, text)
+
+
+def read_skipped(out: str | Path) -> list[str]:
+    """The names `write_skipped` wrote (an empty list when the run skipped nothing or has no skipped.txt)."""
+    path = Path(out) / SKIPPED
+    if not path.exists():
+        return []
+    names = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
+        if line.startswith('"'):
+            with contextlib.suppress(json.JSONDecodeError):  # else: an older version's name starting with '"'
+                line = json.loads(line)
+        names.append(str(line))
+    return names
+
+
+# --- TensorBoard --------------------------------------------------------------------------------------------------
+class TensorBoardLog:
+    """TensorBoard scalars of each metrics.csv row in ``log_dir`` when the optional extra is installed and
+    ``enabled``; else nothing (metrics.csv stays the one source of the curves)."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra
+                return
+            self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for k in METRICS_COLUMNS[1:]:
+            v = row[k]
+            if isinstance(v, float) and not math.isnan(v):
+                self.writer.add_scalar(k, v, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

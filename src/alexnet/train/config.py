@@ -1,0 +1,255 @@
+"""A training run's configuration: `TrainConfig` (the paper's recipe as defaults), where its values come from
+(defaults < the resumed run's config.json < ``--config`` file < flags: timm's precedence) and the checks that
+refuse a value no run can use, each with a one-line `TrainError` naming the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import options
+from ..errors import AlexnetError
+from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
+
+__all__ = [
+    "TrainConfig",
+    "TrainError",
+    "check_config",
+    "config_from_sources",
+    "load_config_file",
+    "normalize_config",
+    "resolve_config",
+]
+
+
+class TrainError(AlexnetError, ValueError):
+    """A training run that cannot start or continue as asked; the message is one line for the user."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. Defaults are the paper's recipe (section 5); precedence when resolved:
+    these defaults < ``--config file.json`` < command-line flags. The resolved config is the run's config.json."""
+
+    # data
+    data: str = ""  # anything `alexnet.data.datasets.open_dataset` reads (image folder, list file, prepared set)
+    val_split: float = 0.0  # fraction held out for validation when the data has no validation split of its own
+    out: str = "runs/train"  # the run folder (config.json, metrics.csv, checkpoints)
+    stats: str | None = None  # stats.json from `alexnet stats`: mean/std and PCA eigen-pairs of the training set
+    # model (from scratch)
+    arch: str = "alexnet2012"  # registered architecture (`alexnet models`)
+    input_size: int | None = None  # crop side; None = the architecture's (227 for alexnet2012, 224 for alexnet_owt)
+    resize_size: int | None = None  # short side before cropping; None = 256 (scaled by input_size/224 below 224)
+    model_options: dict[str, Any] = field(default_factory=dict)  # further AlexNetConfig overrides (study switches)
+    dropout: float = 0.5  # p of both dropout layers (section 4.2)
+    init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
+    # fine-tuning
+    weights: str | None = None  # start from these weights (any `load_model` source); required by finetune
+    trust_pickle: bool = False  # allow a pickled .npy (bvlc_alexnet.npy) to be loaded
+    train_layers: list[str] | None = None  # layers that learn (paper names); None = all; the rest are frozen
+    reinit: list[str] = field(default_factory=list)  # layers re-initialised before training (fc8 always, if resized)
+    new_layer_lr_mult: float = 1.0  # learning-rate multiplier of re-initialised layers
+    cache_features: bool = False  # all conv layers frozen: compute the frozen front once, train the rest from it
+    # recipe (section 5)
+    epochs: int = 90  # "roughly 90 cycles through the training set"
+    batch_size: int = 128  # global batch (split evenly over DDP ranks)
+    lr: float = 0.01  # initial learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "plateau"  # plateau: /10 when val error stops improving; step: Caffe's x0.1 every step_size iters
+    lr_factor: float = 0.1  # the "divide by 10"
+    plateau_patience: int = 5  # epochs without improvement before the learning rate drops
+    max_lr_drops: int = 3  # the paper reduced the learning rate three times
+    step_size: int = 100_000  # iterations between drops with schedule=step (bvlc_alexnet solver: 100000)
+    augment: bool = True  # random crop + horizontal flip + PCA lighting (section 4.1); False: eval geometry
+    lighting: float = 0.1  # sigma of the PCA lighting coefficients alpha_i (section 4.1); 0 disables
+    # engineering
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 where native)
+    channels_last: bool = False  # NHWC memory format for the convolutions
+    compile: bool = False  # torch.compile the model
+    decode_on_device: bool = False  # JPEGs decoded in batches on the device (nvJPEG on a GPU); not with the cache
+    workers: int | None = None  # DataLoader worker processes per rank; None = options.default_workers()
+    seed: int = 0  # seeds model init, data order, augmentation and dropout
+    on_bad_image: str = "skip"  # skip (count and list in skipped.txt) | fail
+    resume: str | None = None  # a run folder to continue exactly where it stopped
+    progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log | none
+    log_every: int = 50  # steps between plain log lines
+    tensorboard: bool = True  # write TensorBoard events when torch.utils.tensorboard imports
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "schedule": ("plateau", "step"),
+    "precision": options.PRECISIONS,
+    "on_bad_image": ("skip", "fail"),
+    "progress": options.PROGRESS_MODES,
+    "init": INIT_SCHEMES,
+}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (YAML too when PyYAML is installed) into a dict of `TrainConfig` keys."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrainError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise TrainError(f"{path}: cannot read ({e.strerror or e})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise TrainError(f"{path}: YAML config files need PyYAML; use JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise TrainError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TrainError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise TrainError(f"{path}: a config file must hold an object of settings")
+    return data
+
+
+def resolve_config(*layers: Mapping[str, Any] | None, source_names: Sequence[str] = ()) -> TrainConfig:
+    """Merge setting layers, later ones winning, over the dataclass defaults; normalise, then check every value."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged: dict[str, Any] = {}
+    for i, layer in enumerate(layers):
+        if not layer:
+            continue
+        unknown = sorted(set(layer) - known)
+        if unknown:
+            where = source_names[i] if i < len(source_names) else "config"
+            raise TrainError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        merged.update(layer)
+    cfg = normalize_config(TrainConfig(**merged))
+    check_config(cfg)
+    return cfg
+
+
+def _layer_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    if not isinstance(value, list | tuple):
+        raise TrainError(f"{what}: expected a list of layer names, got {value!r}")
+    names = [str(v) for v in value]
+    bad = [n for n in names if n not in LAYER_NAMES]
+    if bad:
+        raise TrainError(f"{what}: unknown layer {bad[0]!r}; layers are {', '.join(LAYER_NAMES)}")
+    return names
+
+
+def normalize_config(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with its layer lists in one spelling (``"fc7,fc8"`` -> ``["fc7", "fc8"]``), checked
+    against the paper's layer names. The one place a config is rewritten; `check_config` only looks."""
+    train_layers = None if cfg.train_layers is None else _layer_list(cfg.train_layers, "train_layers")
+    return dataclasses.replace(cfg, train_layers=train_layers, reinit=_layer_list(cfg.reinit, "reinit"))
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    positive = ("epochs", "batch_size", "plateau_patience", "step_size", "log_every")
+    for name in positive:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "plateau_patience" else 1):
+            raise TrainError(f"{name}: expected a positive integer, got {v!r}")
+    for name in ("lr", "new_layer_lr_mult"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise TrainError(f"{name}: expected a positive number, got {v!r}")
+    for name in ("momentum", "weight_decay", "lighting"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise TrainError(f"{name}: expected a number >= 0, got {v!r}")
+    if not 0.0 < cfg.lr_factor < 1.0:
+        raise TrainError(f"lr_factor: expected a number in (0, 1), got {cfg.lr_factor!r}")
+    if not 0.0 <= cfg.val_split < 1.0:
+        raise TrainError(f"val_split: expected a fraction in [0, 1), got {cfg.val_split!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise TrainError(f"dropout: expected a probability in [0, 1), got {cfg.dropout!r}")
+    if cfg.max_lr_drops < 0:
+        raise TrainError("max_lr_drops must be >= 0")
+    for name in ("input_size", "resize_size"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise TrainError(f"{name}: expected a positive integer, got {v!r}")
+    if cfg.input_size and cfg.resize_size and cfg.resize_size < cfg.input_size:
+        raise TrainError(f"resize_size {cfg.resize_size} is smaller than input_size {cfg.input_size}")
+
+
+def _check_layers(cfg: TrainConfig) -> None:
+    for what, names in (("train_layers", cfg.train_layers), ("reinit", cfg.reinit)):
+        if names is None:
+            continue
+        if not isinstance(names, list) or any(n not in LAYER_NAMES for n in names):
+            raise TrainError(f"{what}: expected a list of layer names ({', '.join(LAYER_NAMES)}), got {names!r}")
+    if cfg.train_layers is not None and not cfg.train_layers:
+        raise TrainError("train_layers: at least one layer must learn")
+    if cfg.cache_features:
+        frozen_convs = cfg.train_layers is not None and not set(cfg.train_layers) & set(CONV_LAYERS)
+        if not frozen_convs:
+            raise TrainError(
+                "cache_features needs every conv layer frozen: add --train-layers with fc layers only, e.g. fc6,fc7,fc8"
+            )
+        if set(cfg.reinit) & set(CONV_LAYERS):
+            raise TrainError(
+                "cache_features: a re-initialised conv layer would be cached untrained; drop it from reinit"
+            )
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise `TrainError` for a value no run can use (one line naming the setting); ``cfg`` is left as it is
+    (layer lists are normalised by `normalize_config` first)."""
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise TrainError(f"{name}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    _check_numbers(cfg)
+    if cfg.workers is not None:
+        try:
+            options.check_workers(cfg.workers)
+        except AlexnetError as e:
+            raise TrainError(str(e)) from None
+    if not isinstance(cfg.model_options, dict):
+        raise TrainError("model_options: expected an object of AlexNetConfig fields")
+    _check_layers(cfg)
+
+
+def config_from_sources(
+    flags: Mapping[str, Any], *, config_file: str | Path | None = None, command: str = "train"
+) -> TrainConfig:
+    """The resolved config of a command: defaults < the resumed run's config.json < ``config_file`` < ``flags``
+    (only the flags the user gave). ``finetune`` needs weights, unless it resumes a run that had them."""
+    layers: list[Mapping[str, Any]] = []
+    names: list[str] = []
+    resume = flags.get("resume")
+    if resume:
+        saved_path = Path(resume) / "config.json"
+        if not Path(resume).is_dir():
+            raise TrainError(f"{resume}: no such run folder to resume")
+        if not saved_path.exists():
+            raise TrainError(f"{resume}: not a run folder (no config.json)")
+        layers.append(load_config_file(saved_path))
+        names.append(str(saved_path))
+    if config_file is not None:
+        layers.append(load_config_file(config_file))
+        names.append(str(config_file))
+    layers.append(dict(flags))
+    names.append("flags")
+    cfg = resolve_config(*layers, source_names=names)
+    if command == "finetune" and cfg.weights is None:
+        raise TrainError("finetune needs --weights (torchvision, a .safetensors, .pth or .npy file)")
+    if not cfg.data:
+        raise TrainError("no data: give a data folder, list file or prepared set")
+    return cfg

@@ -1,0 +1,444 @@
+"""A training run as a short sequence of named steps (torchvision's ``references/classification/train.py``
+``main``): resolve the device and join the process group; build the model and open the data; place the model and
+choose its precision; compute the feature cache when asked; build the optimizer and schedule; restore a resumed
+run; then per epoch train, validate, record (metrics.csv, eval.json, TensorBoard) and checkpoint. SIGINT/SIGTERM
+stop the run at the next step with everything saved, so ``--resume`` continues it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import options, rundir, runtime
+from ..distributed import (
+    DistInfo,
+    EpochSampler,
+    eval_sampler,
+    gather_lists,
+    reduce_max,
+    reduce_sums,
+    setup_distributed,
+    shutdown_distributed,
+)
+from ..errors import AlexnetError
+from ..evaluate import EvalResult, evaluate
+from ..models import AlexNet
+from ..weights import Preprocessing, save_model
+from . import inputs, setup
+from .checkpoint import (
+    RunProgress,
+    Trainables,
+    load_state,
+    model_from_state,
+    restore_progress,
+    save_checkpoint,
+    seed_everything,
+)
+from .config import TrainConfig, TrainError, check_config, normalize_config
+from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
+
+__all__ = ["TrainResult", "main"]
+
+
+@dataclass
+class TrainResult:
+    """What a run ends with: the folder, the epochs done, the best validation top-1 error, why it stopped."""
+
+    out: Path
+    epochs_done: int
+    best_val_top1_error: float | None
+    metrics: list[dict[str, Any]]
+    interrupted: bool = False
+    skipped: int = 0
+
+
+def main(
+    config: TrainConfig,
+    *,
+    train_dataset: Any | None = None,
+    val_dataset: Any | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) as ``config`` says and write the run folder; returns a `TrainResult`.
+
+    ``train_dataset`` / ``val_dataset``: data sets that follow the `alexnet.data` contract (``ds[i]`` is
+    ``(uint8 (3, S, S) image, label)`` already cropped to the input size, attributes ``classes``/``targets``),
+    used instead of opening ``config.data``. One whose ``transform`` attribute is None gets the run's
+    `Preprocessing.geometry` (training or evaluation).
+    """
+    cfg = normalize_config(config)
+    check_config(cfg)
+    runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
+    resume_state = load_state(cfg.resume) if cfg.resume else None
+    if resume_state is not None and Path(cfg.resume).resolve() != Path(cfg.out).resolve():
+        cfg.out = str(cfg.resume)  # a resumed run continues in its own folder
+    try:
+        device = runtime.resolve_device(cfg.device)
+    except AlexnetError as e:
+        raise TrainError(str(e)) from None
+    info = setup_distributed(device)
+    try:
+        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset)
+        return run.train()
+    finally:
+        shutdown_distributed(info)
+
+
+# --- the steps before the first epoch ------------------------------------------------------------------------------
+def _model(
+    cfg: TrainConfig, resume_state: Mapping[str, Any] | None, train_dataset: Any | None
+) -> tuple[AlexNet, Preprocessing, set[str]]:
+    """The model and its preprocessing: from the resumed state, the weights (fine-tuning), or fresh."""
+    if resume_state is not None:
+        return model_from_state(resume_state, cfg)
+    classes = inputs.class_names(train_dataset) if train_dataset is not None else inputs.peek_classes(cfg)
+    inputs.check_classes(classes, cfg.data)
+    model, pre, new_layers = setup.build_model(cfg, classes)
+    if cfg.weights is not None:
+        cfg.arch = setup.guess_arch_name(model)  # fine-tuning: the architecture is the weights' own
+    return model, pre, new_layers
+
+
+def _switch_decode_on_device(cfg: TrainConfig, train_ds: Any, info: DistInfo, device: torch.device) -> None:
+    if not cfg.decode_on_device or cfg.cache_features:
+        return
+    if not inputs.decode_on_device(train_ds) and info.is_main:
+        print("decode_on_device: the training set holds no image files; it is read as before", flush=True)
+    elif device.type != "cuda" and info.is_main:
+        print(
+            f"decode_on_device: on {device.type} the main process decodes every batch, which the loader's "
+            "workers would share; it is meant for a GPU",
+            flush=True,
+        )
+
+
+def _datasets(
+    cfg: TrainConfig, pre: Preprocessing, augment: bool, resumed: bool, handed: tuple[Any | None, Any | None]
+) -> tuple[Any, Any | None]:
+    """The training and validation sets (opened, or handed in and given this run's geometry), checked against
+    the run's class names."""
+    if handed[0] is None:
+        train_ds, val_ds = inputs.open_datasets(cfg, pre, augment)
+    else:
+        train_ds, val_ds = handed
+        # data sets handed in without a transform get this run's geometry (the model decides the input size)
+        for ds, train_geo in ((train_ds, augment), (val_ds, False)):
+            if ds is not None and hasattr(ds, "transform") and ds.transform is None:
+                ds.transform = pre.geometry(train_geo)
+    ds_classes = inputs.class_names(train_ds)
+    inputs.check_data(train_ds, ds_classes, cfg.data or "data")
+    run_classes = list(pre.class_names or [])
+    if ds_classes != run_classes:
+        raise TrainError(
+            f"{cfg.data or 'data'}: classes {ds_classes[:3]}... do not match the run's {run_classes[:3]}..."
+            if resumed
+            else f"{cfg.data or 'data'}: class names changed while opening the data"
+        )
+    return train_ds, val_ds
+
+
+def _place(model: AlexNet, cfg: TrainConfig, pre: Preprocessing, device: torch.device) -> list[str]:
+    """Check the input size, freeze the layers that do not learn (returns those that do), move to ``device``."""
+    setup.check_input_size(model, pre.input_size, cfg.arch)
+    learners = setup.freeze_layers(model, cfg.train_layers)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return learners
+
+
+@dataclass
+class _EpochData:
+    """What an epoch iterates: the images (with their batch transforms) or the cached features (none)."""
+
+    net: nn.Module  # the network the optimizer drives: the model, or its classifier over the cache
+    train_ds: Any
+    val_ds: Any | None
+    train_tf: nn.Module | None
+    val_tf: nn.Module | None
+    skipped: list[str]
+
+
+def _cache_features(
+    model: AlexNet, cfg: TrainConfig, datasets: tuple[Any, Any | None], eval_tf: nn.Module, env: _Env
+) -> _EpochData:
+    """The frozen front's features of both sets, computed once; the rest of the classifier trains from them."""
+    train_ds, val_ds = datasets
+    front = setup.cache_split(model)
+    skipped: list[str] = []
+    compute = functools.partial(
+        setup.compute_features, model, device=env.device, front=front, batch_transform=eval_tf,
+        autocast=env.autocast, channels_last=cfg.channels_last, progress=env.progress,
+    )  # fmt: skip
+    # Computing the cache must not consume the RNG that the plain path would leave untouched, so that both
+    # paths draw the same dropout masks: fork the RNG around it.
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        loader = inputs.make_loader(
+            train_ds, batch_size=env.local_batch, sampler=None, workers=env.workers, seed=cfg.seed
+        )
+        train_feats, bad = compute(loader, desc="caching train features")
+        skipped.extend(bad)
+        val_feats = None
+        if val_ds is not None:
+            vloader = inputs.make_loader(
+                val_ds, batch_size=env.local_batch, sampler=eval_sampler(val_ds, env.info.rank, env.info.world_size),
+                workers=env.workers, seed=cfg.seed,
+            )  # fmt: skip
+            val_feats, bad = compute(vloader, desc="caching val features")
+            skipped.extend(bad)
+    return _EpochData(setup.CachedClassifier(model, front), train_feats, val_feats, None, None, skipped)
+
+
+@dataclass
+class _Env:
+    """Where and how the run computes: device, processes, batch per process, workers, progress, precision."""
+
+    info: DistInfo
+    device: torch.device
+    local_batch: int
+    workers: int
+    progress: str
+    precision: runtime.Precision
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Training's forward pass in the run's precision (a fresh context each step)."""
+        return self.precision.autocast(self.device)
+
+
+def _env(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Env:
+    if cfg.batch_size % info.world_size:
+        raise TrainError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+    return _Env(
+        info=info,
+        device=device,
+        local_batch=cfg.batch_size // info.world_size,
+        workers=options.check_workers(cfg.workers),
+        progress=options.resolve_progress(cfg.progress, is_main=info.is_main),
+        precision=runtime.resolve_precision(cfg.precision, device),
+    )
+
+
+def _assemble(
+    cfg: TrainConfig,
+    info: DistInfo,
+    device: torch.device,
+    resume_state: Mapping[str, Any] | None,
+    train_dataset: Any | None,
+    val_dataset: Any | None,
+) -> _Run:
+    """Every step before the first epoch, in order (the order fixes what the seeded RNG draws)."""
+    env = _env(cfg, info, device)
+    augment = cfg.augment and not cfg.cache_features  # the cache needs the same pixels every epoch
+    seed_everything(cfg.seed + info.rank)
+    model, pre, new_layers = _model(cfg, resume_state, train_dataset)
+    train_ds, val_ds = _datasets(cfg, pre, augment, resume_state is not None, (train_dataset, val_dataset))
+    _switch_decode_on_device(cfg, train_ds, info, device)
+    stats_obj = setup.load_stats(cfg.stats) if cfg.stats else None
+    train_tf = pre.batch_transform(augment, lighting=cfg.lighting if augment else 0.0, stats=stats_obj).to(device)
+    eval_tf = pre.batch_transform(False, stats=stats_obj).to(device)
+    learners = _place(model, cfg, pre, device)
+    if cfg.cache_features:
+        data = _cache_features(model, cfg, (train_ds, val_ds), eval_tf, env)
+    else:
+        data = _EpochData(model, train_ds, val_ds, train_tf, eval_tf, [])
+    groups = setup.make_param_groups(model, learners, new_layers, cfg.lr, cfg.new_layer_lr_mult)
+    optimizer = setup.make_optimizer(cfg, groups, device)
+    epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
+    t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
+                   env.precision.grad_scaler(device))  # fmt: skip
+    run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
+    if resume_state is not None:
+        run.state = restore_progress(resume_state, t, run.out, info, device)
+    else:
+        run.state.skipped = data.skipped
+    run.open()
+    return run
+
+
+# --- the epochs ---------------------------------------------------------------------------------------------------
+def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
+    val = (
+        f" val loss {row['val_loss']:.4f} top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+        if not math.isnan(row["val_loss"])
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
+        f"top-1 {row['train_acc1']:.2f}%{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
+    )
+
+
+def _metrics_row(epoch: int, lr: float, train: Mapping[str, float], seconds: float, val: EvalResult | None) -> dict:
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": train["loss"],
+        "train_acc1": train["acc1"],
+        "val_loss": val.loss if val is not None else math.nan,
+        "val_acc1": 100.0 * val.acc1 if val is not None else math.nan,
+        "val_acc5": 100.0 * val.acc5 if val is not None else math.nan,
+        "images_per_s": train["images_per_s"],
+        "seconds": seconds,
+    }
+
+
+def _train_totals(stats: EpochStats, info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Training loss/top-1 over every rank's samples; images/s of the whole job."""
+    loss_sum, correct, n = reduce_sums([stats.loss_sum, stats.correct, stats.samples], info, device)
+    seconds = reduce_max(stats.seconds, info, device)
+    return {
+        "loss": loss_sum / n if n else math.nan,
+        "acc1": 100.0 * correct / n if n else math.nan,
+        "images_per_s": n / seconds if seconds > 0 else 0.0,
+    }
+
+
+class _Run:
+    """The assembled run: trains epoch after epoch, records each, and checkpoints."""
+
+    def __init__(
+        self, cfg: TrainConfig, env: _Env, t: Trainables, data: _EpochData, schedulers: tuple[Any, Any], out: Path
+    ) -> None:
+        self.cfg, self.env, self.t, self.data, self.out = cfg, env, t, data, out
+        self.epoch_scheduler, iter_scheduler = schedulers  # per epoch (plateau) / per iteration (step)
+        self.state = RunProgress()
+        info, device = env.info, env.device
+        self.channels_last = cfg.channels_last and not cfg.cache_features
+        self.sampler = EpochSampler(data.train_ds, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+        self.train_net: nn.Module = data.net
+        if info.distributed:
+            ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            self.train_net = nn.parallel.DistributedDataParallel(data.net, **ddp_kwargs)
+        if cfg.compile:
+            self.train_net = torch.compile(self.train_net)
+        self.stop = StopFlag()
+        self.opts = EpochOptions(
+            device=device, num_classes=len(t.pre.class_names or []), batch_transform=data.train_tf,
+            autocast=env.autocast, scaler=t.scaler, iter_scheduler=iter_scheduler, channels_last=self.channels_last,
+            distributed=info.distributed, stop=self.stop, total_steps=math.ceil(len(self.sampler) / env.local_batch),
+            progress=env.progress, log_every=cfg.log_every,
+        )  # fmt: skip
+        self.restore_signals: Callable[[], None] = lambda: None
+        self.tb: rundir.TensorBoardLog | None = None
+
+    def open(self) -> None:
+        """The run folder with this run's config.json, the loaders, TensorBoard and the signal handlers."""
+        cfg, info = self.cfg, self.env.info
+        if info.is_main:
+            rundir.prepare_run_dir(self.out)
+            rundir.write_config(self.out, cfg.to_dict())
+        self.loader, self.val_loader = inputs.run_loaders(
+            cfg, self.data.train_ds, self.data.val_ds, self.env.local_batch, self.sampler, info, self.env.workers,
+            self.env.device,
+        )  # fmt: skip
+        self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
+        self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
+
+    def train(self) -> TrainResult:
+        interrupted = False
+        try:
+            for epoch in range(self.state.start_epoch, self.cfg.epochs + 1):
+                if self.epoch(epoch):
+                    interrupted = True
+                    break
+        finally:
+            self.restore_signals()
+            if self.tb is not None:
+                self.tb.close()
+        s = self.state
+        return TrainResult(
+            out=self.out,
+            epochs_done=s.metrics[-1]["epoch"] if s.metrics else 0,
+            best_val_top1_error=None if math.isinf(s.best_err) else s.best_err,
+            metrics=s.metrics,
+            interrupted=interrupted,
+            skipped=len(s.skipped),
+        )
+
+    def save(self, epoch_done: int, stats: EpochStats | None) -> None:
+        save_checkpoint(self.out, self.t, self.state, epoch_done, stats, self.env.info, self.env.device)
+
+    def write_skipped(self) -> None:
+        if self.env.info.is_main:
+            rundir.write_skipped(self.out, self.state.skipped)
+
+    def train_epoch(self, epoch: int) -> tuple[EpochStats, bool]:
+        """The epoch's steps (continuing an interrupted one); the bad images of every rank join skipped.txt."""
+        s = self.state
+        self.sampler.set_epoch(epoch)
+        stats = s.partial if s.partial.steps else EpochStats()
+        s.partial = EpochStats()
+        self.sampler.skip = stats.steps * self.env.local_batch
+        if hasattr(self.loader.batch_sampler, "set_epoch"):  # per-batch seeds of the random transforms
+            self.loader.batch_sampler.set_epoch(epoch)
+        try:
+            stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
+                                             stats=stats)  # fmt: skip
+        except NonFiniteLoss as e:
+            kept = f"{self.out / 'last.safetensors'} kept" if (self.out / "state.pt").exists() else "none saved yet"
+            raise NonFiniteLoss(f"{e}; stopped (last good checkpoint: {kept}); try a lower --lr") from None
+        s.skipped.extend(gather_lists(stats.bad, self.env.info))
+        stats.bad = []
+        return stats, stopped
+
+    def validate(self) -> EvalResult | None:
+        if self.data.val_ds is None:
+            return None
+        device, info = self.env.device, self.env.info
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return evaluate(
+                self.data.net, self.val_loader, device=device, batch_transform=self.data.val_tf,
+                num_classes=self.opts.num_classes, distributed=info.distributed,
+                autocast=self.env.precision, channels_last=self.channels_last,
+            )  # fmt: skip
+
+    def record(self, row: dict[str, Any], improved: bool, val: EvalResult | None) -> None:
+        """metrics.csv, eval.json, best.safetensors when the epoch improved, TensorBoard, the epoch's line."""
+        self.state.metrics.append(row)
+        if not self.env.info.is_main:
+            return
+        if improved:
+            save_model(self.t.model, self.t.pre, self.out / "best.safetensors", arch=self.t.arch)
+        if val is not None:
+            rundir.write_eval(self.out, row["epoch"], val.to_dict(list(self.t.pre.class_names or [])))
+        rundir.write_metrics(self.out, self.state.metrics)
+        self.tb.log(row)
+        if self.env.progress != "none":
+            print(_epoch_line(row, self.cfg.epochs), flush=True)
+
+    def epoch(self, epoch: int) -> bool:
+        """Train, validate, record and checkpoint one epoch; True when a signal stopped the run."""
+        s, out, is_main = self.state, self.out, self.env.info.is_main
+        lr_now = self.t.optimizer.param_groups[0]["lr"]
+        stats, stopped = self.train_epoch(epoch)
+        if stopped:
+            self.save(epoch - 1, stats)
+            self.write_skipped()
+            if is_main:
+                print(f"interrupted at epoch {epoch}, step {stats.steps}; saved. Continue with: "
+                      f"alexnet train --resume {out}", flush=True)  # fmt: skip
+            return True
+        totals = _train_totals(stats, self.env.info, self.env.device)
+        val = self.validate()
+        err = val.top1_error if val is not None else 1.0 - totals["acc1"] / 100.0
+        if self.epoch_scheduler is not None:
+            self.epoch_scheduler.step(err)
+        improved = err < s.best_err
+        if improved:
+            s.best_err, s.best_epoch = err, epoch
+        self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), improved, val)
+        self.write_skipped()
+        self.save(epoch, None)
+        if self.stop.requested:  # a signal between the last step and here: the epoch is whole, stop now
+            if is_main:
+                print(f"interrupted after epoch {epoch}; saved. Continue with: alexnet train --resume {out}")
+            return True
+        return False
