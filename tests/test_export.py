@@ -32,7 +32,7 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     assert back.config == model.config and pre2 == pre
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v)
-    assert W._guess_arch(model.config) == "caffenet"  # LRN k does not change the layout
+    assert W.guess_arch(model.config) == "caffenet"  # LRN k does not change the layout
 
 
 def test_pth_export_loads_in_torchvision(tmp_path):
