@@ -35,17 +35,12 @@ def export_onnx(
     match PyTorch within ``atol``; returns that max abs difference (None without ``verify``). Written atomically.
     """
     import copy
-    import warnings
 
     try:
         import onnx
     except ImportError:
         raise WeightsError("ONNX export needs the onnx extra: pip install 'alexnet[onnx]'") from None
-    path = Path(path)
     model = copy.deepcopy(unwrap_model(model)).to("cpu", torch.float32).eval()
-    s = preprocessing.input_size
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, s, s, generator=gen)  # batch 2: a batch of 1 could be specialised away
     meta = {
         "format": FORMAT_NAME,
         "arch": guess_arch(model.config) if isinstance(model, AlexNet) else "custom",
@@ -55,33 +50,42 @@ def export_onnx(
     diff: list[float] = []
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    tmp,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    opset_version=opset,
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    verbose=False,
-                )
-            except Exception as e:
-                raise WeightsError(f"ONNX export failed: {one_line(e)}") from None
+        _trace(model, preprocessing.input_size, tmp, opset)
         proto = onnx.load(tmp)
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
         onnx.save(proto, tmp)
         if verify:
-            diff.append(verify_onnx(model, tmp, input_size=s, atol=atol))
+            diff.append(verify_onnx(model, tmp, input_size=preprocessing.input_size, atol=atol))
 
-    atomic_write(path, write)
+    atomic_write(Path(path), write)
     return diff[0] if diff else None
+
+
+def _trace(model: nn.Module, input_size: int, out: str, opset: int | None) -> None:
+    """torch.onnx's dynamo exporter with a symbolic batch axis, its warnings silenced, failures one line."""
+    import warnings
+
+    s = input_size
+    example = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))  # batch 1 could be specialised
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                out,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                verbose=False,
+            )
+        except Exception as e:
+            raise WeightsError(f"ONNX export failed: {one_line(e)}") from None
 
 
 def verify_onnx(
