@@ -60,7 +60,7 @@ from .serve_batch import Batcher
 from .serve_upload import IMAGE_FIELD, ApiError, image_size, prepare_upload, read_images
 from .weights import PRETRAINED, guess_arch, load_model
 
-__all__ = ["Batcher", "ServeOptions", "bind", "create_app", "image_size", "serve"]
+__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 # The page may load only what this server serves; images are shown from blob: URLs of the chosen file.
@@ -186,8 +186,8 @@ class ServedModel:
         self.name, self.preprocessing, self.options = name, preprocessing, opts
         self.device = resolve_device(opts.device)
         self.precision: Precision = resolve_precision(opts.precision, self.device)
-        self.model = model.to(self.device).eval()
-        self.net = self.precision.inference_model(self.model, self.device)
+        self.model = model
+        self.net = self.precision.inference_model(model, self.device)  # model itself (eval, on device) for fp32
         self.num_classes = _num_classes(self.net, preprocessing, self.device, self.precision)
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
