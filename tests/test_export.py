@@ -32,7 +32,7 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     assert back.config == model.config and pre2 == pre
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v)
-    assert W._guess_arch(model.config) == "caffenet"  # LRN k does not change the layout
+    assert W.guess_arch(model.config) == "caffenet"  # LRN k does not change the layout
 
 
 def test_pth_export_loads_in_torchvision(tmp_path):
@@ -126,3 +126,47 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pth"), "--onnx", str(tmp_path / "n.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"alexnet export: error: {tmp_path / 'missing.pth'}: no such weights file"
+
+
+def test_save_weights_picks_the_format_by_suffix(tmp_path):
+    torch.manual_seed(2)
+    model = _narrow_model()
+    pre = W.Preprocessing.from_dict({**BVLC_PREPROCESSING.to_dict(), "class_names": list("abcdefghij")})
+    for name in ("m.safetensors", "m.npy", "m.pth", "m.PT"):
+        assert W.save_weights(model, pre, tmp_path / name) == tmp_path / name
+    _, pre_st = alexnet.load_model(tmp_path / "m.safetensors")
+    assert pre_st == pre  # only .safetensors carries the preprocessing and class names
+    assert set(W.read_bvlc_npy(tmp_path / "m.npy", allow_pickle=True)) == set(model.named_layers())
+    for name in ("m.pth", "m.PT"):
+        state = torch.load(tmp_path / name, weights_only=True)
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(WeightsError, match=r"m\.onnx: unknown output format '\.onnx'"):
+        W.save_weights(model, pre, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    assert W.weights_format("a.Safetensors") == "safetensors" and W.weights_format("b.pt") == "pth"
+
+
+def test_every_record_name_is_a_source(tmp_path, monkeypatch):
+    """`load_model(name)` resolves every registry name: bvlc_alexnet is read from the cache where it was placed."""
+    import dataclasses
+
+    assert all(rec.name == key for key, rec in W.PRETRAINED.items())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    rec = dataclasses.replace(W.PRETRAINED["bvlc_alexnet"], config_overrides={"lrn_k": 1.0, "fc_features": 256})
+    monkeypatch.setitem(W.PRETRAINED, "bvlc_alexnet", rec)
+    cached = rec.cache_path()
+    assert cached == tmp_path / "home" / "hub" / "checkpoints" / "bvlc_alexnet.npy"
+    with pytest.raises(WeightsError, match=f"fetch {rec.url} by hand and place it at {cached}"):
+        alexnet.load_model("bvlc_alexnet")
+    torch.manual_seed(3)
+    model = _narrow_model()
+    W.export_npy(model, cached)
+    with pytest.raises(WeightsError, match="--trust-pickle"):
+        alexnet.load_model("bvlc_alexnet")
+    back, pre = alexnet.load_model("bvlc_alexnet", allow_pickle=True)
+    assert back.config == model.config and pre.input_size == 227 and pre.class_names is None  # 10 classes
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    caffenet, _ = alexnet.load_model("bvlc_alexnet", allow_pickle=True, arch="caffenet")
+    assert not caffenet.config.lrn_before_pool
+    with pytest.raises(WeightsError, match="unknown pretrained weights 'nope'"):
+        W.load_pretrained("nope")

@@ -15,8 +15,10 @@ from alexnet.cli import main
 from alexnet.features import (
     FeatureError,
     FeatureIndex,
+    IndexData,
     build_index,
     image_features,
+    index_weights,
     layer_output,
     load_features,
     nearest,
@@ -54,7 +56,7 @@ def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("feat")
     data = image_folder(root / "train", per_class=3)
     w = saved_weights(root / "w.safetensors")
-    index = build_index(w, data, "fc7", batch_size=4, device="cpu")
+    index = index_weights(w, IndexData(data, batch_size=4), "fc7", device="cpu")
     return root, data, w, index
 
 
@@ -81,6 +83,18 @@ def test_planted_duplicate_is_its_own_nearest_neighbour(indexed, tmp_path: Path)
     want_cos = 1 - (f @ q) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q))
     np.testing.assert_allclose([n.distance for n in cos], np.sort(want_cos), rtol=1e-6, atol=1e-9)
     assert cos[0].position == first.position
+
+
+def test_build_index_takes_a_loaded_model_and_shows_progress(indexed, capsys):
+    _, data, w, index = indexed
+    from alexnet.weights import load_model
+
+    model, pre = load_model(w)
+    again = build_index(model, pre, IndexData(data, batch_size=4), "fc7", device="cpu", progress="log", weights="w")
+    assert torch.equal(again.features, index.features) and again.names == index.names and again.weights == "w"
+    assert again.data == index.data == {"source": str(data.resolve()), "split": "train", "val_split": 0.0, "seed": 0}
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and lines[-1].startswith("features fc7: 3/3 batch (100%)")  # 9 images in batches of 4
 
 
 def test_round_trip_and_layer_mismatch(indexed, tmp_path: Path):

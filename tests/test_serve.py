@@ -84,14 +84,23 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(weights):
-    """The served model run here, one image at a time: what every answer must equal."""
+    """The served model run here, one image at a time, on the device and in the precision the server's defaults
+    resolve to (auto: bf16 where the device computes it natively, as predict): what every answer must equal."""
+    from alexnet.runtime import resolve_device, resolve_precision
+
     model, pre = alexnet.load_model(weights)
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    net = precision.inference_model(model, device)
 
     def probs(data: bytes, ten_crop: bool = False) -> torch.Tensor:
         img = decode_image(data, min_size=pre.resize_size)
         x = pre.ten_crop_transform()(img) if ten_crop else pre.eval_transform()(img).unsqueeze(0)
+        x = x.to(device)
+        if precision.dtype is not None:
+            x = x.to(precision.dtype, memory_format=torch.channels_last)
         with torch.no_grad():
-            return torch.softmax(model(x), dim=1).mean(dim=0)  # (num_classes,)
+            return torch.softmax(net(x).float(), dim=1).mean(dim=0).cpu()  # (num_classes,)
 
     return probs
 
@@ -123,8 +132,8 @@ def image_bytes(seed: int, size: tuple[int, int] = (96, 80), fmt: str = "JPEG") 
 def check_predictions(preds: list[dict], probs: torch.Tensor, k: int) -> None:
     top_p, top_i = probs.topk(k)
     assert [p["index"] for p in preds] == top_i.tolist()
-    assert [p["label"] for p in preds] == [f"class {i}" for i in top_i.tolist()]
-    np.testing.assert_allclose([p["probability"] for p in preds], top_p.numpy(), atol=1e-5)
+    assert [p["name"] for p in preds] == [f"class {i}" for i in top_i.tolist()]
+    np.testing.assert_allclose([p["prob"] for p in preds], top_p.numpy(), atol=1e-5)
 
 
 def assert_error(r: httpx.Response, status: int, *words: str) -> None:
@@ -145,6 +154,7 @@ def test_model_healthz_openapi(server):
     assert info["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
     assert info["preprocessing"]["input_size"] == 64 and info["preprocessing"]["resize_size"] == 72
     assert info["limits"]["max_bytes"] == MAX_BYTES and info["limits"]["max_images"] == MAX_IMAGES
+    assert info["precision"] in ("fp32", "bf16")  # auto: bf16 only where the device computes it natively
     spec = httpx.get(f"{server}/openapi.json").json()
     op = spec["paths"]["/v1/predict"]["post"]
     assert {p["name"] for p in op["parameters"]} == {"topk", "ten_crop"}
@@ -164,7 +174,7 @@ def test_predict_one_image_matches_reference(server, reference):
     body = r.json()
     assert body["model"] == "tiny.safetensors" and body["ten_crop"] is False
     (res,) = body["results"]
-    assert (res["filename"], res["width"], res["height"]) == ("cat.jpg", 96, 80)
+    assert (res["file"], res["width"], res["height"]) == ("cat.jpg", 96, 80)
     check_predictions(res["predictions"], reference(data), 3)
     assert body["predictions"] == res["predictions"]
     # topk above the number of classes gives them all; the default is 5
@@ -181,7 +191,7 @@ def test_predict_several_images_ten_crop(server, reference):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["ten_crop"] is True and "predictions" not in body
-    assert [x["filename"] for x in body["results"]] == ["im0", "im1", "im2"]
+    assert [x["file"] for x in body["results"]] == ["im0", "im1", "im2"]
     for res, b in zip(body["results"], blobs, strict=True):
         check_predictions(res["predictions"], reference(b, ten_crop=True), 4)
     # 10-crop is a different answer from the centre crop
@@ -457,3 +467,27 @@ def test_healthz_fails_when_the_batcher_is_not_running(weights):
             return await c.get("/healthz")
 
     assert_error(asyncio.run(get()), 503, "not running")
+
+
+def test_precision_and_the_json_vocabulary_of_predict(weights):
+    """``precision`` runs a cast copy of the weights, as predict does; a result has predict --json's keys."""
+    from alexnet.errors import AlexnetError
+    from alexnet.predict import ClassScore
+
+    model, pre = alexnet.load_model(weights)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.softmax(model(x), dim=1)
+    for precision, atol in (("fp32", 1e-6), ("bf16", 0.05)):
+        app = serve_mod.create_app(model, pre, options=serve_mod.ServeOptions(device="cpu", precision=precision))
+        served = app.state.served
+        got = served.forward(x)
+        assert served.info().precision == precision and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=atol) and (precision == "fp32" or not torch.equal(got, want))
+        assert next(served.net.parameters()).dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+    (res,) = served.results(["a.jpg"], [(96, 80)], want[:1], topk=2)
+    assert set(res) == {"file", "width", "height", "predictions"} and res["file"] == "a.jpg"
+    assert [tuple(p) for p in res["predictions"]] == [tuple(ClassScore._fields)] * 2
+    with pytest.raises(AlexnetError, match="precision: 'fp64'"):
+        serve_mod.ServeOptions(precision="fp64")

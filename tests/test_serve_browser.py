@@ -76,7 +76,8 @@ def served(tmp_path_factory):
     pre = alexnet.Preprocessing(input_size=64, resize_size=72, class_names=names)
     path = alexnet.save_model(model, pre, tmp_path_factory.mktemp("browser") / "page-model.safetensors")
     model, pre = alexnet.load_model(path)
-    app = serve_mod.create_app(model, pre, name=path.name)
+    # fp32: the page must show exactly the top-5 computed below (auto would be bf16 on a bf16-native CPU)
+    app = serve_mod.create_app(model, pre, name=path.name, options=serve_mod.ServeOptions(precision="fp32"))
     sock = serve_mod.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -131,7 +132,8 @@ def test_page_uploads_an_image_and_shows_the_top5(browser, served, tmp_path: Pat
     np.testing.assert_allclose(np.array(widths) / track, top_p.numpy(), atol=0.02)
     # the image itself is shown, with its size from the server
     assert page.eval_on_selector("#preview", "img => img.complete && img.naturalWidth") == 140
-    assert "140×100" in page.inner_text("#caption")
+    assert "photo.png · 140×100" in page.inner_text("#caption")  # the result's file and size
+    assert page.inner_text("dd[data-field=precision]") == "fp32"
     assert not problems, problems
 
     # a file that is not an image: the page shows the server's error message, not a crash

@@ -29,7 +29,7 @@ from .progress import track
 from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
 
 if TYPE_CHECKING:
-    from .weights import Preprocessing
+    from .preprocessing import Preprocessing
 
 __all__ = [
     "EvaluationError",

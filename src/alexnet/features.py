@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,20 @@ from torch import nn
 
 from .errors import AlexnetError
 from .models import LAYER_NAMES, AlexNet
+from .options import check_workers, resolve_progress
+from .progress import track
+from .runtime import resolve_device, resolve_precision, unwrap_model
 
 __all__ = [
     "FEATURE_LAYERS",
     "FeatureError",
     "FeatureIndex",
+    "IndexData",
     "Neighbor",
     "layer_output",
     "extract_features",
     "build_index",
+    "index_weights",
     "save_features",
     "load_features",
     "image_features",
@@ -57,8 +62,7 @@ class FeatureError(AlexnetError, ValueError):
 
 
 def _net(model: nn.Module) -> AlexNet:
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_model(model)
     if not isinstance(model, AlexNet):
         raise FeatureError("features need an alexnet.AlexNet model")
     return model
@@ -77,6 +81,9 @@ def layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """
     net = _net(model)
     _check_layer(layer)
+    param = next(net.parameters(), None)
+    if param is not None and x.dtype != param.dtype:  # a cast copy (`Precision.inference_model`)
+        x = x.to(param.dtype, memory_format=torch.channels_last)
     if layer == "fc8":
         return net(x)
     if layer == "conv5":
@@ -95,26 +102,22 @@ def extract_features(
     *,
     device: torch.device | str = "cpu",
     batch_transform: nn.Module | None = None,
-    progress: bool = False,
+    progress: str | bool = "none",
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]], list[str]]:
     """``layer``'s output for every sample of ``loader``: ``(features (N, D) float32 on the CPU, labels (N,),
     refs [(data set index, name)], skipped names)``.
 
     ``loader`` yields ``(images, labels[, bad[, refs]])`` (see `alexnet.evaluate.batches_with_refs`). A 10-crop
-    batch (N, 10, 3, S, S) gives the mean of the ten patches' features.
+    batch (N, 10, 3, S, S) gives the mean of the ten patches' features. ``progress``: a mode of
+    `alexnet.options.resolve_progress` (``auto``, ``bar``, ``log``, ``none``; True/False mean auto/none).
     """
     device = torch.device(device)
     _check_layer(layer)
     was_training = model.training
     model.eval()
     feats, labels, refs, skipped = [], [], [], []
-    it: Iterable = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc=f"features {layer}", unit="batch", leave=False)
     try:
-        for batch in it:
+        for batch in track(loader, f"features {layer}", resolve_progress(progress)):
             images, y = batch[0], torch.as_tensor(batch[1])
             if len(batch) > 2 and batch[2]:
                 skipped.extend(str(b) for b in batch[2])
@@ -166,56 +169,72 @@ class FeatureIndex:
 
 
 def _arch_of(model: nn.Module) -> str:
-    from .weights import _guess_arch
+    from .weights import guess_arch
 
-    return _guess_arch(_net(model).config)
+    return guess_arch(_net(model).config)
+
+
+@dataclass
+class IndexData:
+    """Which images an index holds and how they are read: a source for `alexnet.data.datasets.open_dataset`."""
+
+    source: str | Path  # an image folder, a prepared set, a torchvision data set name, ...
+    split: str = "train"  # the paper compares a test image with the training images (Figure 4)
+    val_split: float = 0.0  # the fraction held out as "val" where the source has no split of its own
+    seed: int = 0  # the draw of that held-out fraction
+    batch_size: int = 64  # images per forward pass
+    workers: int | None = 0  # loader processes (None: `alexnet.options.default_workers`)
+    on_bad_image: str = "skip"  # "skip": leave unreadable files out (named on stderr); "error": stop
+
+    def describe(self) -> dict[str, Any]:
+        """How to reopen the data set, as the index records it (for pictures of its entries)."""
+        return {"source": self.resolved_source(), "split": self.split, "val_split": self.val_split, "seed": self.seed}
+
+    def resolved_source(self) -> str:
+        return str(Path(self.source).resolve()) if Path(self.source).exists() else str(self.source)
 
 
 def build_index(
-    weights: str | Path,
-    data: str | Path,
+    model: nn.Module,
+    preprocessing: Any,
+    data: IndexData | str | Path,
     layer: str = "fc7",
     *,
-    split: str = "train",
-    val_split: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 64,
-    workers: int = 0,
     device: torch.device | str | None = None,
-    arch: str | None = None,
-    allow_pickle: bool = False,
-    progress: bool = False,
-    on_bad_image: str = "skip",
+    progress: str | bool = "none",
+    weights: str = "",
+    precision: str = "fp32",
 ) -> FeatureIndex:
-    """Load ``weights``, read ``data`` with their preprocessing (centre crop) and extract ``layer`` for every image.
-
-    The paper compares a test image with the *training* images (Figure 4), hence the ``train`` split by default.
-    """
+    """Read ``data`` with ``preprocessing`` (a `alexnet.preprocessing.Preprocessing`: centre crop) and extract
+    ``layer`` of ``model`` for every image. ``weights`` names where the weights came from, for the index's record
+    (`neighbors_for_images` reloads them from there). ``device``: `alexnet.runtime.resolve_device`'s vocabulary;
+    ``progress``: `alexnet.options.resolve_progress`'s; ``precision``: `alexnet.runtime.resolve_precision`'s (other
+    than fp32: a copy of the weights cast once)."""
     from .data.datasets import make_loader, open_dataset
     from .evaluate import batches_with_refs
-    from .runtime import resolve_device as _resolve_device
-    from .weights import load_model
 
     _check_layer(layer)
-    dev = _resolve_device(device)
-    model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    source = str(Path(data).resolve()) if Path(data).exists() else str(data)
+    data = data if isinstance(data, IndexData) else IndexData(data)
+    dev = resolve_device(device)
+    transform = preprocessing.geometry(False)
+    source = data.resolved_source()
     ds = open_dataset(
         source,
-        split=split,
-        val_split=val_split,
-        seed=seed,
-        transform=pre.geometry(False),
-        on_bad_image=on_bad_image,
+        split=data.split,
+        val_split=data.val_split,
+        seed=data.seed,
+        transform=transform,
+        on_bad_image=data.on_bad_image,
     )
     if len(ds) == 0:
-        raise FeatureError(f"{data}: no images")
-    loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers)
+        raise FeatureError(f"{data.source}: no images")
+    loader = make_loader(ds, batch_size=data.batch_size, shuffle=False, workers=check_workers(data.workers))
     names = list(getattr(ds, "names", []) or [])
     batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
-    model.to(dev)
+    model = resolve_precision(precision, dev).inference_model(model, dev)
+    norm = preprocessing.batch_transform(False).to(dev)
     feats, labels, refs, _skipped = extract_features(
-        model, batches, layer, device=dev, batch_transform=pre.batch_transform(False).to(dev), progress=progress
+        model, _Sized(batches, len(loader)), layer, device=dev, batch_transform=norm, progress=progress
     )
     return FeatureIndex(
         features=feats,
@@ -224,10 +243,43 @@ def build_index(
         indices=[i for i, _ in refs],
         layer=layer,
         arch=_arch_of(model),
-        weights=str(Path(weights).resolve()) if Path(weights).is_file() else str(weights),
+        weights=weights,
         classes=list(getattr(ds, "classes", []) or []) or None,
-        data={"source": source, "split": split, "val_split": val_split, "seed": seed},
+        data=data.describe(),
     )
+
+
+def index_weights(
+    weights: str | Path,
+    data: IndexData | str | Path,
+    layer: str = "fc7",
+    *,
+    arch: str | None = None,
+    allow_pickle: bool = False,
+    device: torch.device | str | None = None,
+    progress: str | bool = "none",
+    precision: str = "fp32",
+) -> FeatureIndex:
+    """`build_index` for ``alexnet features``: load ``weights`` (any source `alexnet.weights.load_model` takes)
+    and index ``data`` with their own preprocessing; the index records the weights' absolute path (or name)."""
+    from .weights import load_model
+
+    model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
+    source = str(Path(weights).resolve()) if Path(weights).is_file() else str(weights)
+    return build_index(model, pre, data, layer, device=device, progress=progress, weights=source, precision=precision)
+
+
+class _Sized:
+    """An iterable with a known length: a loader's batches passed through a generator, for the progress total."""
+
+    def __init__(self, items: Iterable, n: int) -> None:
+        self.items, self.n = items, n
+
+    def __iter__(self) -> Iterator:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def save_features(index: FeatureIndex, path: str | Path) -> Path:
@@ -309,6 +361,7 @@ def image_features(
     layer: str = "fc7",
     *,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """``layer``'s output (Q, D) for query images (paths or uint8 (3, H, W) tensors), centre crop as the index."""
     from .data.decode import decode_image
@@ -318,8 +371,9 @@ def image_features(
     geometry = preprocessing.geometry(False)  # the index's own pipeline: uint8 geometry, then batched floats
     batch = torch.stack([geometry(img if isinstance(img, torch.Tensor) else decode_image(img)) for img in images])
     x = preprocessing.batch_transform(False).to(device)(batch.to(device))
-    model.eval()
-    return layer_output(model.to(device), x, layer).float().cpu()
+    net = resolve_precision(precision, device).inference_model(model, device)
+    with torch.no_grad():
+        return layer_output(net, x, layer).float().cpu()
 
 
 def neighbors_for_images(
@@ -333,6 +387,7 @@ def neighbors_for_images(
     device: torch.device | str | None = None,
     arch: str | None = None,
     allow_pickle: bool = False,
+    precision: str = "fp32",
 ) -> tuple[list[torch.Tensor], FeatureIndex, list[list[Neighbor]]]:
     """The paper's Figure 4 as data: for each query image, the ``k`` nearest entries of ``index``.
 
@@ -341,7 +396,6 @@ def neighbors_for_images(
     decoded query images (for drawing), the index and the ranked neighbours.
     """
     from .data.decode import decode_image
-    from .runtime import resolve_device as _resolve_device
     from .weights import load_model
 
     if not isinstance(index, FeatureIndex):
@@ -356,7 +410,7 @@ def neighbors_for_images(
     if index.arch not in ("custom", got):
         raise FeatureError(f"the index was made with {index.arch} weights, {source} are {got}")
     queries = [decode_image(p) for p in images]
-    feats = image_features(model, pre, queries, index.layer, device=_resolve_device(device))
+    feats = image_features(model, pre, queries, index.layer, device=resolve_device(device), precision=precision)
     return queries, index, nearest(index, feats, k, metric=metric)
 
 

@@ -28,8 +28,8 @@ from torch import nn
 from .data.base import IMAGE_EXTENSIONS
 from .data.decode import BadImageError, decode_image
 from .options import cpu_count
+from .preprocessing import Preprocessing
 from .runtime import resolve_precision
-from .weights import Preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -2,14 +2,19 @@
 
 Why it is built this way:
 
-- Requests from concurrent clients are batched (`Batcher`): the first request of a batch waits a few
-  milliseconds for company, then one forward pass serves them all, so throughput grows with load instead of
-  every client paying for its own small forward pass. Inference runs in one dedicated thread and decoding in the
-  thread pool, so the event loop only moves bytes.
+- Requests from concurrent clients are batched (`alexnet.serve_batch.Batcher`): the first request of a batch
+  waits a few milliseconds for company, then one forward pass serves them all, so throughput grows with load
+  instead of every client paying for its own small forward pass. Inference runs in one dedicated thread and
+  decoding in the thread pool, so the event loop only moves bytes.
+- The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the precision
+  `alexnet.runtime.resolve_precision` resolves (``auto``: bf16 where the device computes it natively), through
+  `Precision.inference_model` (a cast copy of the weights; the caller's model is untouched).
+- A prediction has the command line's vocabulary (``alexnet predict --json``): per image ``file`` and
+  ``predictions``, per class ``index``, ``name`` and ``prob``.
 - Bad input is the client's fault, so it gets a 4xx with a JSON body ``{"error": {"status", "message"}}``, never a
   500: the body size is checked while it streams in (a client cannot make the server buffer more than
   ``max_bytes``), multipart parts are counted as they arrive, and image headers are checked before decoding
-  (JPEGs are decoded downscaled, so a 20-megapixel photo costs little).
+  (JPEGs are decoded downscaled, so a 20-megapixel photo costs little); see `alexnet.serve_upload`.
 - The web page (``static/``) is plain HTML/CSS/JS served from this package: no CDN, and its Content-Security-Policy
   forbids anything else. FastAPI's /docs pages load from a CDN, so they are off; ``/openapi.json`` stays.
 
@@ -20,15 +25,11 @@ one-line `AlexnetError` naming ``pip install 'alexnet[serve]'``.
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +45,24 @@ try:
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
-    from python_multipart.exceptions import MultipartParseError
-    from python_multipart.multipart import MultipartParser, parse_options_header
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
 except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
     raise AlexnetError(
         f"alexnet serve needs the [serve] extra ({e.name} is not installed): pip install 'alexnet[serve]'"
     ) from None
 
-from PIL import Image
-
-from .data.decode import BadImageError, decode_image
+from .data.decode import BadImageError
 from .models import count_parameters
-from .predict import prepare_image, resolve_device
-from .weights import Preprocessing, load_model
+from .options import check_precision
+from .preprocessing import Preprocessing
+from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
+from .serve_batch import Batcher
+from .serve_upload import IMAGE_FIELD, ApiError, image_size, prepare_upload, read_images
+from .weights import PRETRAINED, guess_arch, load_model
 
-__all__ = ["ServeOptions", "Batcher", "create_app", "serve"]
+__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve"]
 
-log = logging.getLogger("alexnet.serve")
 STATIC_DIR = Path(__file__).with_name("static")
-IMAGE_FIELD = "image"  # the multipart field name of an image; repeat it to send several
 # The page may load only what this server serves; images are shown from blob: URLs of the chosen file.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -74,7 +72,7 @@ PAGE_CSP = (
 
 @dataclass
 class ServeOptions:
-    """Limits and batching of one server; every field is a command-line flag of ``alexnet serve``."""
+    """Limits, batching, device and precision of one server; every field is a command-line flag of ``alexnet serve``."""
 
     max_bytes: int = 20_000_000  # largest request body (bytes), enforced while the body streams in
     max_images: int = 16  # images in one request
@@ -82,6 +80,7 @@ class ServeOptions:
     max_batch: int = 64  # rows in one forward pass (an image is 1 row, or 10 under ten_crop)
     batch_window_ms: float = 5.0  # how long a batch waits for more requests once its first one arrived
     device: str = "auto"  # "auto": cuda when available, else cpu
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 where the device computes it natively
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_images", "max_pixels", "max_batch"):
@@ -89,333 +88,24 @@ class ServeOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
             raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        check_precision(self.precision)
 
-
-class ApiError(Exception):
-    """A client error: becomes ``{"error": {"status": status, "message": message}}`` with that status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-# --- batching -----------------------------------------------------------------------------------------------------
-@dataclass
-class _Job:
-    x: torch.Tensor  # (rows, 3, S, S) float
-    future: asyncio.Future
-
-
-@dataclass
-class BatchStats:
-    """What the batcher did so far: tests and operators read it to see that batching happens."""
-
-    batches: int = 0  # forward passes run
-    rows: int = 0  # rows (images or crops) through the model
-    jobs: int = 0  # requests served
-    largest_batch: int = 0  # most rows in one forward pass
-    busy_seconds: float = 0.0  # time spent in forward passes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": self.batches,
-            "rows": self.rows,
-            "requests": self.jobs,
-            "largest_batch": self.largest_batch,
-            "mean_batch": round(self.rows / self.batches, 3) if self.batches else 0.0,
-            "busy_seconds": round(self.busy_seconds, 4),
-        }
-
-
-class Batcher:
-    """Gathers the rows of concurrent requests into one forward pass.
-
-    A request submits its rows and awaits its share of the output. The worker takes the first waiting job, lets
-    ``window_s`` pass so that other clients' jobs can join (skipped when the queue already fills a batch), and runs
-    ``forward`` on the concatenation in its single inference thread, away from the event loop. While one batch runs,
-    the next one queues up, so under load batches grow by themselves. A job with more rows than ``max_batch`` runs
-    alone rather than being split.
-    """
-
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int, window_s: float) -> None:
-        self._forward = forward
-        self._max_batch = max_batch
-        self._window_s = window_s
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-infer")
-        self.stats = BatchStats()
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(), name="alexnet-batcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=True)
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker is alive to take requests (for /healthz)."""
-        return self._task is not None and not self._task.done()
-
-    async def run_in_inference_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in the inference thread (e.g. a warm-up pass), in order with the batches."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
-        """Queue ``x`` (rows, ...) and return ``forward``'s output for those rows."""
-        if self._queue is None:
-            raise RuntimeError("Batcher.start() was not called")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(x, future))
-        return await future
-
-    async def _run(self) -> None:
-        assert self._queue is not None
-        carry: _Job | None = None
-        while True:
-            jobs = [carry if carry is not None else await self._queue.get()]
-            carry = self._collect(jobs)
-            if carry is None and self._rows(jobs) < self._max_batch and self._window_s > 0:
-                await asyncio.sleep(self._window_s)
-                carry = self._collect(jobs)
-            jobs = [j for j in jobs if not j.future.done()]  # clients that went away
-            if jobs:
-                await self._run_batch(jobs)
-
-    def _collect(self, jobs: list[_Job]) -> _Job | None:
-        """Move waiting jobs into ``jobs`` up to max_batch rows; return the first one that did not fit."""
-        assert self._queue is not None
-        rows = self._rows(jobs)
-        while rows < self._max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-            if rows + job.x.shape[0] > self._max_batch:
-                return job
-            jobs.append(job)
-            rows += job.x.shape[0]
-        return None
-
-    @staticmethod
-    def _rows(jobs: list[_Job]) -> int:
-        return sum(j.x.shape[0] for j in jobs)
-
-    async def _run_batch(self, jobs: list[_Job]) -> None:
-        x = torch.cat([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
-        t0 = time.perf_counter()
-        try:
-            out = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, x)
-        except Exception as e:  # a failed pass fails its requests, never the worker
-            log.exception("inference failed on a batch of %d rows", x.shape[0])
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
-            return
-        s = self.stats
-        s.batches += 1
-        s.rows += x.shape[0]
-        s.jobs += len(jobs)
-        s.largest_batch = max(s.largest_batch, x.shape[0])
-        s.busy_seconds += time.perf_counter() - t0
-        start = 0
-        for j in jobs:
-            n = j.x.shape[0]
-            if not j.future.done():
-                j.future.set_result(out[start : start + n])
-            start += n
-
-
-# --- request bodies -----------------------------------------------------------------------------------------------
-@dataclass
-class _Upload:
-    filename: str
-    data: bytearray = field(default_factory=bytearray)
-
-
-class _MultipartImages:
-    """Streams a multipart/form-data body into a list of image uploads, refusing extra images as they start."""
-
-    def __init__(self, boundary: bytes, max_images: int) -> None:
-        self.images: list[_Upload] = []
-        self.finished = False
-        self._max_images = max_images
-        self._field = bytearray()
-        self._value = bytearray()
-        self._headers: dict[str, bytes] = {}
-        self._current: _Upload | None = None
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_end": self._on_end,
-            },
-        )
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self._parser.write(chunk)
-        except MultipartParseError as e:
-            raise ApiError(400, f"malformed multipart body ({e})") from None
-
-    def _on_part_begin(self) -> None:
-        self._headers = {}
-        self._current = None
-
-    def _on_header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = bytes(self._value)
-        self._field.clear()
-        self._value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name != IMAGE_FIELD:
-            raise ApiError(
-                400,
-                f"unexpected form field {name!r}: send each image as a file in field {IMAGE_FIELD!r} "
-                "(topk and ten_crop are query parameters)",
-            )
-        if len(self.images) >= self._max_images:
-            raise ApiError(413, f"more than {self._max_images} images in one request (--max-images)")
-        filename = params.get(b"filename", b"").decode("utf-8", "replace") or f"image {len(self.images) + 1}"
-        self._current = _Upload(filename)
-        self.images.append(self._current)
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current is not None:
-            self._current.data.extend(data[start:end])
-
-    def _on_end(self) -> None:
-        self.finished = True
-
-
-async def read_images(request: Request, max_bytes: int, max_images: int) -> list[_Upload]:
-    """The images of a predict request: multipart field ``image`` (repeatable) or a raw ``image/*`` body.
-
-    The size limit holds while reading: a declared Content-Length over it is refused before any byte is read, and
-    a body that streams past it is refused at the chunk that crosses it (uvicorn then discards the rest).
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise ApiError(400, f"invalid Content-Length {declared!r}") from None
-        if length > max_bytes:
-            raise ApiError(413, f"request body of {length} bytes is over the limit of {max_bytes} (--max-bytes)")
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    ctype = ctype.decode("latin-1").lower()
-    multipart: _MultipartImages | None = None
-    raw: _Upload | None = None
-    if ctype == "multipart/form-data":
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise ApiError(400, "multipart/form-data without a boundary")
-        multipart = _MultipartImages(boundary, max_images)
-    elif ctype.startswith("image/") or ctype == "application/octet-stream":
-        raw = _Upload("<request body>")
-    elif ctype:
-        raise _unsupported(ctype)
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise ApiError(413, f"request body is over the limit of {max_bytes} bytes (--max-bytes)")
-            if multipart is not None:
-                multipart.write(chunk)
-            elif raw is not None:
-                raw.data.extend(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client disconnected before the body was complete") from None
-    if received == 0:
-        raise ApiError(400, f"empty request body: send an image in multipart field {IMAGE_FIELD!r}")
-    if raw is not None:
-        return [raw]
-    if multipart is None:
-        raise _unsupported("(none)")
-    if not multipart.finished:
-        raise ApiError(400, "incomplete multipart body (no closing boundary)")
-    if not multipart.images:
-        raise ApiError(400, f"no image in the request: send a file in multipart field {IMAGE_FIELD!r}")
-    return multipart.images
-
-
-def _unsupported(ctype: str) -> ApiError:
-    return ApiError(
-        415,
-        f"unsupported Content-Type {ctype!r}: send multipart/form-data with field {IMAGE_FIELD!r}, or an image/* body",
-    )
-
-
-# --- decoding and prediction --------------------------------------------------------------------------------------
-def image_size(data: bytes, min_size: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """((width, height) as stored, (width, height) as it will be decoded) from the header alone, or None when
-    Pillow cannot read it (`decode_image` then names the problem). JPEGs decode downscaled by up to 8x (draft mode)
-    while keeping the short side >= ``min_size``, as `decode_image` does."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            stored = im.size
-            if im.format == "JPEG":
-                im.draft("RGB", (min_size, min_size))
-            return stored, im.size
-    except Image.DecompressionBombError:
-        raise  # so large that Pillow refuses to open it: the caller's 413
-    except Exception:  # anything unreadable is decode_image's to report
-        return None
-
-
-def prepare_upload(upload: _Upload, preprocessing: Preprocessing, *, ten_crop: bool, max_pixels: int):
-    """Bytes -> (model input (1 or 10, 3, S, S) float, (width, height) as stored). Runs in the thread pool."""
-    data = bytes(upload.data)
-    try:
-        sizes = image_size(data, preprocessing.resize_size)
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, f"{upload.filename}: too many pixels to decode ({e}) (--max-pixels)") from None
-    if sizes is not None:  # refuse before decoding when the header tells enough
-        _check_pixels(upload.filename, *sizes[1], preprocessing.resize_size, max_pixels)
-    img = decode_image(data, min_size=preprocessing.resize_size, name=upload.filename)  # (3, H, W) uint8
-    _check_pixels(upload.filename, img.shape[2], img.shape[1], preprocessing.resize_size, max_pixels)
-    if sizes is None:
-        sizes = ((img.shape[2], img.shape[1]), (img.shape[2], img.shape[1]))
-    x = prepare_image(img, preprocessing, ten_crop=ten_crop)  # predict's: (3, S, S), or (10, 3, S, S)
-    if not ten_crop:
-        x = x.unsqueeze(0)
-    return x, sizes[0]
-
-
-def _check_pixels(name: str, width: int, height: int, resize_size: int, max_pixels: int) -> None:
-    """Refuse an image whose decoding, or whose resize to a short side of ``resize_size``, would take more than
-    ``max_pixels``: a 1 x 100000 strip is small to send but huge once its short side is scaled up."""
-    resized = width * height * (resize_size / max(1, min(width, height))) ** 2
-    if width * height > max_pixels or resized > max_pixels:
-        raise ApiError(
-            413,
-            f"{name}: a {width}x{height} image needs {max(width * height, resized) / 1e6:.1f} megapixels to "
-            f"decode and resize, over the limit of {max_pixels / 1e6:g} (--max-pixels)",
-        )
+    def limits(self) -> dict[str, Any]:
+        """The limits as /v1/model reports them."""
+        names = ("max_bytes", "max_images", "max_pixels", "max_batch", "batch_window_ms")
+        return {k: getattr(self, k) for k in names}
 
 
 class Prediction(BaseModel):
+    """One of an image's top-k classes: `alexnet.predict.ClassScore`'s fields."""
+
     index: int = Field(description="class index (fc8 output)")
-    label: str = Field(description="class name, or the index when the weights carry no names")
-    probability: float = Field(description="softmax probability (averaged over the 10 crops under ten_crop)")
+    name: str = Field(description="class name, or the index when the weights carry no names")
+    prob: float = Field(description="softmax probability (averaged over the 10 crops under ten_crop)")
 
 
 class ImageResult(BaseModel):
-    filename: str
+    file: str = Field(description="the file name the image was sent under")
     width: int = Field(description="width of the image as sent")
     height: int = Field(description="height of the image as sent")
     predictions: list[Prediction] = Field(description="top-k classes, most probable first")
@@ -447,6 +137,7 @@ class ModelInfo(BaseModel):
     parameters: int
     preprocessing: dict[str, Any] = Field(description="input_size, resize_size, mean, std, value_scale")
     device: str
+    precision: str = Field(description="fp32, bf16 or fp16: what the forward pass computes in")
     limits: dict[str, Any] = Field(description="max_bytes, max_images, max_pixels, max_batch, batch_window_ms")
 
 
@@ -487,6 +178,63 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
 
+class ServedModel:
+    """The model as the server runs it: on its device, in its precision (a cast copy of the weights for bf16/fp16,
+    as predict runs it), with the class names and facts /v1/model reports."""
+
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, name: str, opts: ServeOptions) -> None:
+        self.name, self.preprocessing, self.options = name, preprocessing, opts
+        self.device = resolve_device(opts.device)
+        self.precision: Precision = resolve_precision(opts.precision, self.device)
+        self.model = model
+        self.net = self.precision.inference_model(model, self.device)  # model itself (eval, on device) for fp32
+        self.num_classes = _num_classes(self.net, preprocessing, self.device, self.precision)
+        names = list(preprocessing.class_names or [])
+        self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+        self.arch = _arch_name(model)
+
+    # Softmax rows, not predict.classify_batch's top-k: one pass here mixes requests with and without ten_crop and
+    # with different topk, so averaging over crops and the top-k happen per request, after the pass.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # runs in the inference thread
+        """float (rows, 3, S, S) -> softmax probabilities (rows, num_classes) float32 on the CPU."""
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True)
+            if self.precision.dtype is not None:  # the cast copy: cast the input and keep its layout
+                x = x.to(self.precision.dtype, memory_format=torch.channels_last)
+            return torch.softmax(self.net(x).float(), dim=1).cpu()
+
+    def info(self) -> ModelInfo:
+        pre = self.preprocessing.to_dict()
+        pre.pop("class_names", None)
+        return ModelInfo(
+            name=self.name,
+            arch=self.arch,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            parameters=count_parameters(self.model),
+            preprocessing=pre,
+            device=str(self.device),
+            precision=self.precision.name,
+            limits=self.options.limits(),
+        )
+
+    def results(self, files: list[str], sizes: list[tuple[int, int]], probs: torch.Tensor, topk: int) -> list[dict]:
+        """Per image, in order: ``file``, ``width``, ``height`` and the top-k ``predictions`` (index, name, prob)."""
+        top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
+        return [
+            {
+                "file": file,
+                "width": size[0],
+                "height": size[1],
+                "predictions": [
+                    {"index": int(i), "name": self.class_names[int(i)], "prob": float(p)}
+                    for p, i in zip(top_p[n].tolist(), top_i[n].tolist(), strict=True)
+                ],
+            }
+            for n, (file, size) in enumerate(zip(files, sizes, strict=True))
+        ]
+
+
 def create_app(
     model: torch.nn.Module,
     preprocessing: Preprocessing,
@@ -500,28 +248,14 @@ def create_app(
     listening.
     """
     opts = options or ServeOptions()
-    device = resolve_device(opts.device)
-    model = model.to(device).eval()
-    num_classes = _num_classes(model, preprocessing, device)
-    names = list(preprocessing.class_names or [])
-    if len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
-    arch = _arch_name(model)
-
-    # Softmax rows, not predict.classify_batch's top-k: one pass here mixes requests with and without ten_crop and
-    # with different topk, so averaging over crops and the top-k happen per request, after the pass.
-    def forward(x: torch.Tensor) -> torch.Tensor:  # runs in the inference thread
-        with torch.inference_mode():
-            logits = model(x.to(device, non_blocking=True))
-            return torch.softmax(logits.float(), dim=1).cpu()  # (rows, num_classes)
-
-    batcher = Batcher(forward, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1000.0)
+    served = ServedModel(model, preprocessing, name, opts)
+    batcher = Batcher(served.forward, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1000.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         s = preprocessing.input_size  # warm-up: the first client should not pay for lazy initialisation
-        await batcher.run_in_inference_thread(lambda: forward(torch.zeros(1, 3, s, s)))
+        await batcher.run_in_inference_thread(lambda: served.forward(torch.zeros(1, 3, s, s)))
         yield
         await batcher.stop()
 
@@ -535,6 +269,15 @@ def create_app(
     )
     app.state.batcher = batcher
     app.state.options = opts
+    app.state.served = served
+    _add_error_handlers(app)
+    _add_page_and_info(app, served, batcher)
+    _add_predict(app, served, batcher)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is ``{"error": {"status", "message"}}``: the client's mistakes are 4xx, never a 500."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -548,6 +291,15 @@ def create_app(
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors()]
         return _error(422, "; ".join(parts) or "invalid request")
+
+    # Bad images raised inside the thread pool arrive here as themselves.
+    @app.exception_handler(BadImageError)
+    async def _bad_image(request: Request, e: BadImageError) -> JSONResponse:
+        return _error(400, str(e))
+
+
+def _add_page_and_info(app: FastAPI, served: ServedModel, batcher: Batcher) -> None:
+    """The page, /healthz, /v1/model and /v1/stats."""
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -567,28 +319,16 @@ def create_app(
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The served model: arch, classes, preprocessing")
     async def model_info() -> ModelInfo:
-        pre = preprocessing.to_dict()
-        pre.pop("class_names", None)
-        return ModelInfo(
-            name=name,
-            arch=arch,
-            num_classes=num_classes,
-            class_names=names,
-            parameters=count_parameters(model),
-            preprocessing=pre,
-            device=str(device),
-            limits={
-                "max_bytes": opts.max_bytes,
-                "max_images": opts.max_images,
-                "max_pixels": opts.max_pixels,
-                "max_batch": opts.max_batch,
-                "batch_window_ms": opts.batch_window_ms,
-            },
-        )
+        return served.info()
 
     @app.get("/v1/stats", summary="Batching counters since start (forward passes, rows, largest batch)")
     async def stats() -> dict[str, Any]:
         return batcher.stats.to_dict()
+
+
+def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher) -> None:
+    """POST /v1/predict: read, check and decode the images (thread pool), one batched pass, top-k per image."""
+    opts, preprocessing = served.options, served.preprocessing
 
     @app.post(
         "/v1/predict",
@@ -618,48 +358,30 @@ def create_app(
         probs = await batcher.submit(x)
         if ten_crop:
             probs = probs.view(len(uploads), 10, -1).mean(dim=1)  # the paper: average the 10 patches' softmax
-        top_p, top_i = probs.topk(min(topk, num_classes), dim=1)
-        results = [
-            {
-                "filename": u.filename,
-                "width": size[0],
-                "height": size[1],
-                "predictions": [
-                    {"index": int(i), "label": names[int(i)], "probability": float(p)}
-                    for p, i in zip(top_p[n].tolist(), top_i[n].tolist(), strict=True)
-                ],
-            }
-            for n, (u, (_, size)) in enumerate(zip(uploads, prepared, strict=True))
-        ]
-        body: dict[str, Any] = {"model": name, "ten_crop": ten_crop, "results": results}
+        results = served.results([u.filename for u in uploads], [p[1] for p in prepared], probs, topk)
+        body: dict[str, Any] = {"model": served.name, "ten_crop": ten_crop, "results": results}
         if len(results) == 1:
             body["predictions"] = results[0]["predictions"]
         return body
 
-    # Bad images raised inside the thread pool arrive here as themselves.
-    @app.exception_handler(BadImageError)
-    async def _bad_image(request: Request, e: BadImageError) -> JSONResponse:
-        return _error(400, str(e))
 
-    return app
-
-
-def _num_classes(model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device) -> int:
-    config = getattr(model, "config", None)
+def _num_classes(
+    model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device, precision: Precision
+) -> int:
+    config = getattr(unwrap_model(model), "config", None)
     if config is not None:
         return int(config.num_classes)
     s = preprocessing.input_size
     with torch.inference_mode():
-        return int(model(torch.zeros(1, 3, s, s, device=device)).shape[1])
+        x = torch.zeros(1, 3, s, s, device=device, dtype=precision.dtype or torch.float32)
+        return int(model(x).shape[1])
 
 
 def _arch_name(model: torch.nn.Module) -> str:
-    config = getattr(model, "config", None)
+    config = getattr(unwrap_model(model), "config", None)
     if config is None:
         return type(model).__name__
-    from .weights import _guess_arch
-
-    return _guess_arch(config)
+    return guess_arch(config)
 
 
 def _version() -> str:
@@ -700,14 +422,15 @@ def serve(
 ) -> None:
     """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for."""
     model, preprocessing = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    name = "torchvision" if str(weights) == "torchvision" else Path(weights).name
+    name = str(weights) if str(weights) in PRETRAINED else Path(weights).name
     app = create_app(model, preprocessing, name=name, options=options)
+    served: ServedModel = app.state.served
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"alexnet serve: {name} ({_arch_name(model)}, {model.config.num_classes} classes) "
-        f"on http://{shown}:{actual}/  (Ctrl-C to stop)",
+        f"alexnet serve: {name} ({served.arch}, {served.num_classes} classes, {served.device} "
+        f"{served.precision.name}) on http://{shown}:{actual}/  (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )

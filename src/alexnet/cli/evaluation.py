@@ -109,23 +109,14 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from ..features import build_index, save_features
+    from ..features import IndexData, index_weights, save_features
 
     spec = weights_spec(args)
-    index = build_index(
-        spec.source,
-        args.data,
-        args.layer,
-        split=args.split,
-        val_split=args.val_split,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        progress=args.progress,
-        precision=args.precision,
+    data = IndexData(args.data, args.split, args.val_split, args.seed, args.batch_size, args.workers)
+    index = index_weights(
+        spec.source, data, args.layer, device=args.device, progress=args.progress, precision=args.precision,
         **spec.kwargs(),
-    )
+    )  # fmt: skip
     save_features(index, args.out)
     summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
     if args.json:

@@ -42,6 +42,7 @@ async function loadModel() {
     ["Preprocessing", `short side → ${p.resize_size}, centre crop ${p.input_size}×${p.input_size}, ` +
       `pixels × ${p.value_scale}/255, mean ${formatList(p.mean)}, std ${formatList(p.std)}`],
     ["Device", m.device],
+    ["Precision", m.precision],
   ];
   const dl = $("model");
   dl.replaceChildren();
@@ -62,22 +63,22 @@ function renderPredictions(predictions) {
     const li = document.createElement("li");
     li.className = "prediction";
     li.dataset.index = String(p.index);
-    li.dataset.probability = String(p.probability);
+    li.dataset.prob = String(p.prob);
     const row = document.createElement("div");
     row.className = "row";
     const label = document.createElement("span");
     label.className = "label";
-    label.textContent = p.label;
-    label.title = p.label;
+    label.textContent = p.name;
+    label.title = p.name;
     const prob = document.createElement("span");
     prob.className = "prob";
-    prob.textContent = `${(100 * p.probability).toFixed(1)}%`;
+    prob.textContent = `${(100 * p.prob).toFixed(1)}%`;
     row.append(label, prob);
     const track = document.createElement("div");
     track.className = "track";
     const bar = document.createElement("div");
     bar.className = "bar";
-    bar.style.width = `${Math.max(0, Math.min(100, 100 * p.probability)).toFixed(2)}%`;
+    bar.style.width = `${Math.max(0, Math.min(100, 100 * p.prob)).toFixed(2)}%`;
     track.append(bar);
     li.append(row, track);
     list.append(li);
@@ -107,7 +108,7 @@ async function classify(file) {
     const body = await response.json();
     const r = body.results[0];
     renderPredictions(r.predictions);
-    $("caption").textContent = `${r.filename} · ${r.width}×${r.height}`;
+    $("caption").textContent = `${r.file} · ${r.width}×${r.height}`;
     $("status").textContent = `Top-${r.predictions.length}${tenCrop ? " (10-crop)" : ""} in ` +
       `${Math.round(performance.now() - t0)} ms`;
     document.body.dataset.state = "done";

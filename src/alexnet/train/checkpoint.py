@@ -20,7 +20,8 @@ from .. import rundir
 from ..data.fileio import atomic_write
 from ..distributed import DistInfo, all_gather
 from ..models import AlexNet, AlexNetConfig
-from ..weights import Preprocessing, check_state_dict, save_model
+from ..preprocessing import Preprocessing
+from ..weights import check_state_dict, save_model
 from .config import TrainConfig, TrainError
 from .loop import EpochStats
 

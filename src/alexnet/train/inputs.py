@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..distributed import DistInfo, EpochSampler, eval_sampler
 from ..errors import AlexnetError
-from ..weights import Preprocessing
+from ..preprocessing import Preprocessing
 from .config import TrainConfig, TrainError
 from .setup import FeatureDataset
 

@@ -32,7 +32,8 @@ from ..distributed import (
 from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
 from ..models import AlexNet
-from ..weights import Preprocessing, save_model
+from ..preprocessing import Preprocessing
+from ..weights import save_model
 from . import inputs, setup
 from .checkpoint import (
     RunProgress,

@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..models import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
+from ..preprocessing import Preprocessing, default_preprocessing
 from ..progress import track
-from ..weights import Preprocessing, default_preprocessing, load_model
+from ..weights import guess_arch, load_model
 from .config import TrainConfig, TrainError
 
 __all__ = [
@@ -113,13 +114,10 @@ def load_stats(path: str) -> Any:
 
 
 def guess_arch_name(model: AlexNet) -> str:
-    """The registered architecture ``model`` is (a fine-tuning run's arch is its weights' own)."""
-    from ..weights import _guess_arch
-
-    return _guess_arch(model.config)
+    """The registered architecture ``model`` is (`alexnet.weights.guess_arch`), or ``custom``."""
+    return guess_arch(model.config)
 
 
-@torch.no_grad()
 def check_input_size(model: AlexNet, size: int, arch: str) -> None:
     """One forward of a blank image, so an input size the architecture cannot take fails before training."""
     was = model.training

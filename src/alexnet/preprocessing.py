@@ -1,0 +1,124 @@
+"""What a weights file's inputs must look like (`Preprocessing`): input size, resize, mean/std, pixel scale and
+class names, and the transforms that follow from them (the paper's centre crop, 10 test patches and training
+geometry, section 4.1). Every weights format records one (see `alexnet.weights`); data loaders and the inference
+commands build their pipelines from it. Knows nothing of weights files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import transforms as T
+from .models import AlexNetConfig
+
+__all__ = ["BVLC_PREPROCESSING", "TORCHVISION_PREPROCESSING", "Preprocessing", "default_preprocessing"]
+
+
+@dataclass
+class Preprocessing:
+    """How a model's inputs must look. A model always takes RGB, (N, 3, input_size, input_size).
+
+    A pixel p in 0..255 becomes ``(p / 255 * value_scale - mean) / std``: torchvision's weights use
+    value_scale 1 with ImageNet mean/std; BVLC's use value_scale 255, mean (123.68, 116.779, 103.939), std 1.
+    """
+
+    input_size: int = 224  # side of the square crop the model sees
+    resize_size: int = 256  # short side before cropping (the paper's 256)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per channel, RGB, in value_scale units
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    value_scale: float = 1.0  # 1: pixels in [0, 1]; 255: pixels in [0, 255]
+    class_names: list[str] | None = field(default=None, repr=False)  # index -> name
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.input_size < 1 or self.resize_size < self.input_size:
+            raise ValueError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
+        if self.class_names is not None:
+            self.class_names = [str(c) for c in self.class_names]
+
+    # --- transforms ---------------------------------------------------------------------------------------------
+    def normalizer(self) -> nn.Module:
+        """uint8 image or batch -> normalised float; runs on any device."""
+        return T.Normalizer(self.mean, self.std, self.value_scale)
+
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 (3, H, W) -> float (3, S, S): short side to resize_size, centre crop, normalise."""
+        return T.eval_transform(self.resize_size, self.input_size, self.mean, self.std, self.value_scale)
+
+    def ten_crop_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 (3, H, W) -> float (10, 3, S, S): the paper's 10 test patches, normalised."""
+        geometry, norm = self.geometry(False, ten_crop=True), self.normalizer()
+        return lambda img: norm(geometry(img))
+
+    def geometry(self, train: bool, *, ten_crop: bool = False) -> nn.Module:
+        """The uint8 part of the pipeline, for loader workers: uint8 (3, H, W) -> uint8 (3, S, S), or
+        (10, 3, S, S) with ``ten_crop`` (the paper's test patches, section 4.1). Train: the central
+        resize_size square, a random input_size patch and a random mirror (section 4.1); eval: torchvision's
+        resize and centre crop. Its ``min_size`` lets the decoder shrink JPEGs in the DCT domain."""
+        if ten_crop:
+            return T.TenCrop(self.resize_size, self.input_size)
+        if train:
+            return T.train_geometry(self.resize_size, self.input_size)
+        return T.eval_geometry(self.resize_size, self.input_size)
+
+    def batch_transform(
+        self, train: bool, *, lighting: float = 0.0, stats: Any = None, per_pixel_mean: bool = False
+    ) -> nn.Module:
+        """The float part, batched on the training device: uint8 (N, 3, S, S) or (N, 10, 3, S, S) ->
+        normalised float32, with PCA lighting of strength ``lighting`` (alpha's sigma; the paper's 0.1) when
+        ``train``. ``stats``: an `alexnet.data.stats.Stats` or the path of ``alexnet stats``'s JSON; it supplies
+        the eigen-pairs (else the ImageNet constants, see `alexnet.data.transforms.PCALighting`) and, with
+        ``per_pixel_mean``, the mean image subtracted instead of the per-channel ``mean`` (section 2)."""
+        if stats is not None and not hasattr(stats, "eigvals"):
+            from .data.stats import load_stats
+
+            stats = load_stats(stats)
+        mean_image = None
+        if per_pixel_mean:
+            if stats is None or getattr(stats, "mean_image", None) is None:
+                raise ValueError("per_pixel_mean needs stats with a mean image (alexnet stats writes one)")
+            mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32)
+        module = T.BatchTransform(
+            self.mean,
+            self.std,
+            self.value_scale,
+            lighting=lighting if train else 0.0,
+            eigvals=stats.eigvals if stats is not None else None,
+            eigvecs=stats.eigvecs if stats is not None else None,
+            mean_image=mean_image,
+        )
+        return module.train(train)
+
+    # --- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# torchvision's AlexNet_Weights.IMAGENET1K_V1 preset (ImageClassification: resize 256, crop 224).
+TORCHVISION_PREPROCESSING = Preprocessing(input_size=224, resize_size=256)
+# The tutorial's bvlc_alexnet.npy: Caffe's 227 crop, 0-255 pixels, ImageNet mean in RGB order, no std.
+BVLC_PREPROCESSING = Preprocessing(
+    input_size=227, resize_size=256, mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0), value_scale=255.0
+)
+
+
+def default_preprocessing(config: AlexNetConfig, class_names: Sequence[str] | None = None) -> Preprocessing:
+    """Preprocessing for a freshly created model: ImageNet mean/std in [0, 1], the config's input size."""
+    return Preprocessing(input_size=config.input_size, class_names=list(class_names) if class_names else None)

@@ -1,0 +1,50 @@
+"""Weights: loading and saving every format, and the pretrained records.
+
+Formats: our ``.safetensors`` (weights + JSON metadata: arch, config, preprocessing, class names) and torch
+``.pth``/``.pt`` state dicts (`alexnet.weights.io`, which also dispatches by suffix or registry name), the pretrained
+records and their download (`records`, `pretrained`), the tutorial's ``bvlc_alexnet.npy`` (`bvlc`) and ONNX export
+(`onnx`); `base` holds what they share. What a file's inputs must look like is `alexnet.preprocessing`.
+Knows nothing of training.
+"""
+
+from ..data.fileio import atomic_write
+from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
+from .base import WeightsError, check_state_dict, guess_arch, imagenet_classes
+from .bvlc import BVLC_CONVERSIONS, bvlc_to_state_dict, export_npy, load_bvlc_npy, read_bvlc_npy, state_dict_to_bvlc
+from .io import SAVE_FORMATS, export_pth, load_model, save_model, save_weights, weights_format
+from .onnx import export_onnx, verify_onnx
+from .pretrained import load_pretrained, pretrained_record
+from .records import PRETRAINED, PretrainedWeights
+
+# train imports the private name until it moves to guess_arch (issue 13); nothing else may.
+
+
+__all__ = [
+    "BVLC_CONVERSIONS",
+    "BVLC_PREPROCESSING",
+    "PRETRAINED",
+    "SAVE_FORMATS",
+    "TORCHVISION_PREPROCESSING",
+    "PretrainedWeights",
+    "Preprocessing",
+    "WeightsError",
+    "atomic_write",
+    "bvlc_to_state_dict",
+    "check_state_dict",
+    "default_preprocessing",
+    "export_npy",
+    "export_onnx",
+    "export_pth",
+    "guess_arch",
+    "imagenet_classes",
+    "load_bvlc_npy",
+    "load_model",
+    "load_pretrained",
+    "pretrained_record",
+    "read_bvlc_npy",
+    "save_model",
+    "save_weights",
+    "state_dict_to_bvlc",
+    "verify_onnx",
+    "weights_format",
+]

@@ -1,0 +1,154 @@
+"""What every weights format shares: the error type, the metadata tags, the layout check of a state dict
+(`check_state_dict`), naming an architecture from its config (`guess_arch`), and building a model from a state dict
+in our / torchvision's layout (``.pth``, bare ``.safetensors``, torch hub downloads)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AlexnetError
+from ..models import AlexNet, AlexNetConfig, create_model, get_config
+from ..preprocessing import TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "WeightsError",
+    "check_state_dict",
+    "guess_arch",
+    "imagenet_classes",
+    "model_from_state_dict",
+    "one_line",
+    "unwrap_state_dict",
+]
+
+FORMAT_NAME = "alexnet"  # the ``format`` tag in our .safetensors and .onnx metadata
+FORMAT_VERSION = "1"
+
+
+class WeightsError(AlexnetError, ValueError):
+    """A weights file that cannot be used as asked; the message is one line for the user."""
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise `WeightsError` unless ``state`` has exactly ``model``'s keys and shapes; name the first problem
+    by the paper's layer name where possible, and point to fine-tuning when only fc8's classes differ."""
+    own = model.state_dict()
+    names = _prefix_to_paper_name(model)
+
+    def pretty(key: str) -> str:
+        prefix, _, leaf = key.rpartition(".")
+        return f"{names[prefix]}.{leaf} ({key})" if prefix in names else key
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(pretty(k) for k in missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            more = " ..." if len(unexpected) > 4 else ""
+            parts.append(f"unexpected {', '.join(unexpected[:4])}{more}")
+        raise WeightsError(f"{source}: keys do not match the model: {'; '.join(parts)}")
+    for k, v in own.items():
+        got = tuple(state[k].shape)
+        if got != tuple(v.shape):
+            if isinstance(model, AlexNet) and k.startswith(model.layer_prefix("fc8")):
+                raise WeightsError(
+                    f"{source}: fc8 has {got[0]} classes, the model asks for {v.shape[0]}; to train a new "
+                    "classifier on these weights, fine-tune (alexnet finetune --weights ... --reinit fc8)"
+                )
+            raise WeightsError(f"{source}: {pretty(k)} has shape {got}, expected {tuple(v.shape)}")
+
+
+def _prefix_to_paper_name(model: nn.Module) -> dict[str, str]:
+    if not isinstance(model, AlexNet):
+        return {}
+    return {model.layer_prefix(n): n for n in model.named_layers()}
+
+
+def guess_arch(config: AlexNetConfig) -> str:
+    """The registered architecture whose weights' layout ``config`` has (``"custom"`` when none): what a weights
+    file records as its ``arch``. Initialisation, dropout, the class count and LRN k do not change the layout."""
+    from ..models import list_models
+
+    mine = config.to_dict()
+    for name in list_models():
+        ref = get_config(name, num_classes=config.num_classes).to_dict()
+        if all(ref[k] == mine[k] for k in ref if k not in ("init", "dropout", "num_classes", "lrn_k")):
+            return name
+    return "custom"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line of at most 300 characters, for a `WeightsError`."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def model_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    arch: str | None,
+    num_classes: int | None,
+    preprocessing: Preprocessing | None,
+) -> tuple[AlexNet, Preprocessing]:
+    """Build ``arch`` (guessed from conv1's shape when None) and load a state dict in our/torchvision's layout."""
+    w = state.get("features.0.weight")
+    if w is None or w.ndim != 4:
+        raise WeightsError(f"{source}: no conv1 weight (features.0.weight): not an AlexNet state dict")
+    if arch is None:
+        arch = "alexnet_owt" if w.shape[0] == 64 else "alexnet2012"
+    if num_classes is None:
+        fc8 = [k for k in state if k.startswith("classifier.") and k.endswith(".weight")]
+        fc8_w = state[max(fc8, key=lambda k: int(k.split(".")[1]))] if fc8 else None
+        num_classes = int(fc8_w.shape[0]) if fc8_w is not None else 1000
+    try:
+        model = create_model(arch, num_classes=num_classes)
+    except ValueError as e:
+        raise WeightsError(f"{source}: {e}") from None
+    check_state_dict(model, state, source)
+    model.load_state_dict(state)
+    if preprocessing is None:
+        preprocessing = TORCHVISION_PREPROCESSING if arch == "alexnet_owt" else default_preprocessing(model.config)
+        if num_classes == 1000:
+            preprocessing = Preprocessing.from_dict({**preprocessing.to_dict(), "class_names": imagenet_classes()})
+    return model.eval(), preprocessing
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common checkpoint layouts (torchvision references)
+_KEY_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``obj``: the dict itself, or under a usual checkpoint key; DDP/compile prefixes dropped."""
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"{source}: holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(
+            f"{source}: not a state dict: {bad[0]!r} is not a tensor (keys: {', '.join(map(str, obj))[:200]})"
+        )
+    state = {}
+    for k, v in obj.items():
+        for prefix in _KEY_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        state[k] = v
+    return state
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names in the standard (sorted WordNet id) order, shipped with torchvision."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])

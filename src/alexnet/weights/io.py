@@ -1,0 +1,172 @@
+"""Reading and writing weights files by their suffix: `load_model` (a registry name, ``.safetensors``,
+``.pth``/``.pt`` or a bvlc ``.npy``) and `save_weights` (``.safetensors``, ``.npy``, ``.pth``/``.pt``); our
+``.safetensors`` (weights + JSON metadata: arch, config, preprocessing, class names) and torch state dicts are
+read and written here, the bvlc layout in `alexnet.weights.bvlc`. Knows nothing of training.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from ..data.fileio import atomic_write
+from ..models import AlexNet, AlexNetConfig
+from ..preprocessing import Preprocessing
+from ..runtime import unwrap_model
+from .base import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WeightsError,
+    check_state_dict,
+    guess_arch,
+    model_from_state_dict,
+    one_line,
+    unwrap_state_dict,
+)
+from .bvlc import export_npy, load_bvlc_npy
+from .pretrained import load_pretrained
+from .records import PRETRAINED
+
+__all__ = ["SAVE_FORMATS", "export_pth", "load_model", "save_model", "save_weights", "weights_format"]
+
+# What `save_weights` writes for each suffix (convert's DST); `load_model` reads all of them.
+SAVE_FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".pth": "pth", ".pt": "pth"}
+
+
+def load_model(
+    source: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    allow_pickle: bool = False,
+) -> tuple[AlexNet, Preprocessing]:
+    """Load weights from ``source`` and return ``(model in eval mode, its Preprocessing)``.
+
+    ``source``: the name of a pretrained record (`PRETRAINED`: ``"torchvision"``, torchvision's IMAGENET1K_V1,
+    downloaded once, hash checked; ``"bvlc_alexnet"``, the tutorial's file placed by hand in the cache), a
+    ``.npy`` file in the bvlc_alexnet layout (pickle: needs ``allow_pickle=True``), a ``.pth``/``.pt`` state dict
+    (loaded with ``weights_only=True``), or our ``.safetensors``.
+    """
+    if str(source) in PRETRAINED:
+        return load_pretrained(str(source), arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
+    path = Path(source)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, not a weights file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _load_safetensors(path, arch, num_classes)
+    if suffix in (".pth", ".pt"):
+        return _load_pth(path, arch, num_classes)
+    if suffix == ".npy":
+        return load_bvlc_npy(path, arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
+    raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .pth, .pt or .npy")
+
+
+def weights_format(path: str | Path) -> str:
+    """The format `save_weights` writes to ``path`` (``safetensors``, ``npy`` or ``pth``), by its suffix; a
+    one-line `WeightsError` for another suffix, so a command can refuse before loading anything."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SAVE_FORMATS:
+        raise WeightsError(f"{path}: unknown output format {suffix!r}; expected .safetensors, .npy, .pth or .pt")
+    return SAVE_FORMATS[suffix]
+
+
+def save_weights(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None) -> Path:
+    """Write ``model`` in the format ``path``'s suffix names (`weights_format`), atomically: our ``.safetensors``
+    (`save_model`: weights, arch, config, preprocessing, class names), a bvlc-layout ``.npy`` (`export_npy`, the
+    input normalisation folded into conv1) or a plain ``.pth``/``.pt`` state dict (`export_pth`)."""
+    fmt = weights_format(path)
+    if fmt == "safetensors":
+        return save_model(model, preprocessing, path, arch=arch)
+    if fmt == "npy":
+        return export_npy(model, path, preprocessing=preprocessing)
+    return export_pth(model, path)
+
+
+# --- our safetensors format ---------------------------------------------------------------------------------------
+def save_model(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None) -> Path:
+    """Save weights and everything needed to rebuild and feed the model as ``.safetensors`` (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: save_model writes .safetensors files")
+    model = unwrap_model(model)  # DistributedDataParallel, torch.compile
+    if not isinstance(model, AlexNet):
+        raise WeightsError("save_model expects an alexnet.AlexNet model")
+    names = preprocessing.class_names
+    if names is not None and len(names) != model.config.num_classes:
+        raise WeightsError(f"{path}: {len(names)} class names for a model with {model.config.num_classes} classes")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "arch": arch or guess_arch(model.config),
+        "config": json.dumps(model.config.to_dict()),
+        "preprocessing": json.dumps(preprocessing.to_dict()),
+    }
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return path
+
+
+def _load_safetensors(path: Path, arch: str | None, num_classes: int | None) -> tuple[AlexNet, Preprocessing]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT_NAME:
+        # A bare safetensors state dict (e.g. from another tool): treat it like a .pth state dict.
+        return model_from_state_dict(state, str(path), arch, num_classes, None)
+    try:
+        config = AlexNetConfig.from_dict(json.loads(meta["config"]))
+        pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: corrupt metadata ({e})") from None
+    saved_arch = meta.get("arch", "custom")
+    if arch is not None and arch != saved_arch and saved_arch != "custom":
+        raise WeightsError(f"{path}: holds {saved_arch} weights, not {arch}")
+    if num_classes is not None and num_classes != config.num_classes:
+        raise WeightsError(
+            f"{path}: fc8 has {config.num_classes} classes, {num_classes} were asked for; to train a new "
+            "classifier on these weights, fine-tune (alexnet finetune --weights ... --reinit fc8)"
+        )
+    model = AlexNet(config)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state)
+    return model.eval(), pre
+
+
+# --- torch .pth / .pt state dicts ---------------------------------------------------------------------------------
+def _load_pth(path: Path, arch: str | None, num_classes: int | None) -> tuple[AlexNet, Preprocessing]:
+    try:
+        # weights_only=True: only tensors and plain containers are unpickled, never arbitrary objects (code).
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"{path}: holds Python objects besides tensors, refused (loaded with weights_only=True because "
+            f"unpickling arbitrary objects can run code): {first[:200]}"
+        ) from None
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise WeightsError(f"{path}: not a readable torch file ({one_line(e)})") from None
+    state = unwrap_state_dict(obj, str(path))
+    return model_from_state_dict(state, str(path), arch, num_classes, None)
+
+
+def export_pth(model: AlexNet, path: str | Path) -> Path:
+    """Write the plain state dict (torchvision's keys for ``alexnet_owt``) as ``.pth``, atomically.
+    It carries no preprocessing: prefer `save_model` (.safetensors) between our own tools."""
+    path = Path(path)
+    model = unwrap_model(model)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path

@@ -1,0 +1,83 @@
+"""Pretrained weights are data (STYLE 3): where each set comes from, the architecture it fits, how it must be fed
+and its published accuracy. `PRETRAINED` maps every name `load_model` accepts as a source to its record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
+
+__all__ = ["PRETRAINED", "PretrainedWeights"]
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a set of pretrained weights comes from and how it must be fed: data, not code (STYLE 3; cf.
+    torchvision's ``Weights`` and timm's ``PretrainedCfg``). ``load_model(name)`` reads the record of ``name``:
+    a ``pth`` record is downloaded once through torch hub; an ``npy`` record is a pickle, fetched by hand and read
+    from `cache_path` (``--trust-pickle``)."""
+
+    name: str  # the registry key: ``load_model(name)`` and ``--weights name`` load these weights
+    arch: str  # registered architecture the weights fit
+    url: str  # where the file is published
+    file_format: str  # "pth": torch state dict, downloaded and sha256-checked; "npy": bvlc layout, fetched by hand
+    preprocessing: Preprocessing = field(compare=False)  # input size, scale, mean/std and the class names
+    num_classes: int = 1000  # fc8 outputs
+    acc1: float | None = None  # published ImageNet-1k validation top-1 accuracy (%), single centre crop
+    acc5: float | None = None  # ... top-5 accuracy (%)
+    accuracy_source: str = ""  # where those figures were published
+    config_overrides: Mapping[str, Any] = field(default_factory=dict)  # AlexNetConfig fields the weights need
+    notes: str = ""
+
+    @property
+    def file_name(self) -> str:
+        """The file name in the URL; for hub downloads it carries the sha256 prefix (``name-<sha256[:8]>.pth``)."""
+        return os.path.basename(urlparse(self.url).path)
+
+    def cache_path(self, model_dir: str | Path | None = None) -> Path:
+        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
+        return Path(model_dir if model_dir is not None else Path(torch.hub.get_dir()) / "checkpoints") / self.file_name
+
+
+def _pretrained_records() -> dict[str, PretrainedWeights]:
+    from torchvision.models import AlexNet_Weights
+
+    tv = AlexNet_Weights.IMAGENET1K_V1
+    classes = list(tv.meta["categories"])
+    metrics = tv.meta["_metrics"]["ImageNet-1K"]
+    return {
+        "torchvision": PretrainedWeights(
+            name="torchvision",
+            arch="alexnet_owt",
+            url=tv.url,
+            file_format="pth",
+            preprocessing=Preprocessing.from_dict({**TORCHVISION_PREPROCESSING.to_dict(), "class_names": classes}),
+            acc1=float(metrics["acc@1"]),
+            acc5=float(metrics["acc@5"]),
+            accuracy_source="torchvision AlexNet_Weights.IMAGENET1K_V1",
+            notes="torchvision's 'one weird trick' AlexNet (Krizhevsky 2014), trained with torchvision's recipe",
+        ),
+        "bvlc_alexnet": PretrainedWeights(
+            name="bvlc_alexnet",
+            arch="alexnet2012",
+            url="http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy",
+            file_format="npy",
+            preprocessing=Preprocessing.from_dict({**BVLC_PREPROCESSING.to_dict(), "class_names": classes}),
+            acc1=57.1,
+            acc5=80.2,
+            accuracy_source="Caffe model zoo, models/bvlc_alexnet/readme.md (the .caffemodel this file came from)",
+            config_overrides={"lrn_k": 1.0},
+            notes="Caffe's bvlc_alexnet converted for TensorFlow (the tutorial's file); a pickle, so fetched by hand "
+            "and loaded with --trust-pickle; the file does not say whether LRN comes before or after pooling",
+        ),
+    }
+
+
+PRETRAINED: dict[str, PretrainedWeights] = _pretrained_records()
