@@ -23,7 +23,7 @@ LAYERS = [
     ["distributed", "rundir"],
     ["evaluate", "predict", "features"],
     ["train", "plots", "report"],
-    ["demo", "serve", "ablate"],
+    ["demo", "serve", "serve_upload", "serve_batch", "ablate"],
     ["cli", "__main__"],
 ]
 # data/ knows nothing of models or weights (DESIGN.md): it sits below them and may not reach up.

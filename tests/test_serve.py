@@ -489,5 +489,5 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     (res,) = served.results(["a.jpg"], [(96, 80)], want[:1], topk=2)
     assert set(res) == {"file", "width", "height", "predictions"} and res["file"] == "a.jpg"
     assert [tuple(p) for p in res["predictions"]] == [tuple(ClassScore._fields)] * 2
-    with pytest.raises(AlexnetError, match="precision: 'fp64'"):
+    with pytest.raises(AlexnetError, match="unknown precision 'fp64'"):
         serve_mod.ServeOptions(precision="fp64")

@@ -70,7 +70,7 @@ def check_workers(value: int | str | None) -> int:
 def check_precision(value: str) -> str:
     """The precision word, checked against `PRECISIONS` (``auto`` is resolved per device by `runtime`)."""
     if value not in PRECISIONS:
-        raise AlexnetError(f"precision: {value!r} is not one of {', '.join(PRECISIONS)}")
+        raise AlexnetError(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
     return value
 
 

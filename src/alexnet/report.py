@@ -121,8 +121,10 @@ class _EvalRequest:
     top: int
     ten_crop: bool
     batch_size: int
-    workers: int
+    workers: int | None
     device: str | None
+    precision: str = "fp32"
+    progress: str | bool = "none"
 
 
 def _evaluation(
@@ -170,6 +172,8 @@ def _evaluate_now(weights: Path, target: str | Path, cfg: dict[str, Any], req: _
         batch_size=req.batch_size,
         workers=req.workers,
         device=req.device,
+        precision=req.precision,
+        progress=req.progress,
         collect=True,
     )
     source = f"{weights.name} evaluated now on {target} ({result.data['split'] if result.data else 'val'})"
@@ -284,9 +288,11 @@ def report(
     top: int = 24,
     ten_crop: bool = False,
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | None = 0,
     device: str | None = None,
     evaluate: bool = True,
+    precision: str = "fp32",
+    progress: str | bool = "none",
 ) -> Path:
     """One self-contained HTML page about a training run: its configuration, curves (metrics.csv), final
     metrics and confusion matrix (eval.json), conv1's kernels (best or last weights), and the ``top`` most
@@ -303,7 +309,7 @@ def report(
     page = _Page(parts=[f"<h1>{html.escape(title)}</h1>"])
     cfg = _config_section(run, page)
     last_row = _curves_section(run, page)
-    req = _EvalRequest(data, evaluate, top, ten_crop, batch_size, workers, device)
+    req = _EvalRequest(data, evaluate, top, ten_crop, batch_size, workers, device, precision, progress)
     evaluation, source, weights = _evaluation(run, cfg, req, page)
     _final_metrics_section(evaluation, source, last_row, page)
     _confusion_section(evaluation, page)

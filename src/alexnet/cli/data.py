@@ -42,7 +42,7 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .data.stats import compute_stats, save_stats
+    from ..data.stats import compute_stats, save_stats
 
     stats = compute_stats(
         args.source,
@@ -83,7 +83,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from ..data.prepare import prepare
 
     manifest = prepare(
         args.source,
