@@ -17,7 +17,9 @@ import torch
 from google.protobuf import text_format
 
 from alexnet import caffe as C
-from alexnet.caffe_proto import V1_LAYER_TYPES, BlobProto, CaffeError, NetParameter
+from alexnet.caffe_net import parse_caffe_net
+from alexnet.caffe_proto import V1_LAYER_TYPES, BlobProto, CaffeError, NetParameter, read_prototxt
+from alexnet.models import get_config
 from alexnet.weights import load_model, save_model
 
 CH = (8, 8, 12, 8, 8)  # conv1..conv5 widths: divisible by 2 for the grouped layers, small files
@@ -30,7 +32,9 @@ V1 = {"Convolution": "CONVOLUTION", "InnerProduct": "INNER_PRODUCT", "LRN": "LRN
       "ReLU": "RELU", "Dropout": "DROPOUT", "Softmax": "SOFTMAX", "Data": "DATA"}  # fmt: skip
 
 
-def _layer_specs(order: str, groups: int, fc8_name: str, conv1_kernel: int = 11, lrn=None) -> list[tuple]:
+def _layer_specs(
+    order: str, groups: int, fc8_name: str, conv1_kernel: int = 11, lrn=None, ch=CH, fc=FC, classes=CLASSES
+) -> list[tuple]:
     """(kind, name, bottom, top, params) of a deploy AlexNet; order "lrn_pool" (alexnet2012) or "pool_lrn"."""
     specs: list[tuple] = []
     prev = "data"
@@ -43,7 +47,7 @@ def _layer_specs(order: str, groups: int, fc8_name: str, conv1_kernel: int = 11,
 
     conv = [(conv1_kernel, 4, 0, 1), (5, 1, 2, groups), (3, 1, 1, 1), (3, 1, 1, groups), (3, 1, 1, groups)]
     for i, (k, s, p, g) in enumerate(conv, start=1):
-        params = {"num_output": CH[i - 1], "kernel_size": [k], "stride": [s], "group": g}
+        params = {"num_output": ch[i - 1], "kernel_size": [k], "stride": [s], "group": g}
         if p:
             params["pad"] = [p]
         add("Convolution", f"conv{i}", {"convolution_param": params})
@@ -55,11 +59,11 @@ def _layer_specs(order: str, groups: int, fc8_name: str, conv1_kernel: int = 11,
                 add(kind, name, params)
         if i == 5:
             add(*pool)
-    for name, n in (("fc6", FC), ("fc7", FC)):
+    for name, n in (("fc6", fc), ("fc7", fc)):
         add("InnerProduct", name, {"inner_product_param": {"num_output": n}})
         add("ReLU", f"relu{name[-1]}", in_place=True)
         add("Dropout", f"drop{name[-1]}", {"dropout_param": {"dropout_ratio": 0.5}}, in_place=True)
-    add("InnerProduct", fc8_name, {"inner_product_param": {"num_output": CLASSES}})
+    add("InnerProduct", fc8_name, {"inner_product_param": {"num_output": classes}})
     add("Softmax", "prob")
     return specs
 
@@ -191,6 +195,28 @@ def test_lrn_k_is_read(tmp_path):
     norm = next(m for m in model.features if isinstance(m, torch.nn.LocalResponseNorm))
     got = norm(torch.from_numpy(x).float()).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt, order, arch", [("v1", "lrn_pool", "alexnet2012"), ("current", "pool_lrn", "caffenet")])
+def test_full_size_deploy_prototxt_is_the_registered_arch(fmt, order, arch, tmp_path):
+    """The zoo's deploy nets (bvlc_alexnet: V1 layers, input_dim; caffenet: current layers) read as exactly our
+    registered architectures with Caffe's k = 1, training-only fields (fillers, lr multipliers) skipped."""
+    lrn = {"local_size": 5, "alpha": 0.0001, "beta": 0.75}  # k left to Caffe's default, as the zoo's files do
+    specs = _layer_specs(order, 2, "fc8", lrn=lrn, ch=(96, 256, 384, 384, 256), fc=4096, classes=1000)
+    net = build_net(specs, fmt, input_dims=(10, 3, 227, 227))
+    filler = 'weight_filler { type: "gaussian" std: 0.01 variance_norm: FAN_IN }\n    engine: CUDNN'
+    text = text_format.MessageToString(net).replace("convolution_param {", "convolution_param {\n    " + filler)
+    silence = (
+        'layers { name: "x" type: SILENCE bottom: "prob" blobs_lr: 0 }'
+        if fmt == "v1"
+        else ('layer { name: "x" type: "Silence" bottom: "prob" param { lr_mult: 0 } }')
+    )
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(text + silence + "\n")
+    spec = parse_caffe_net(read_prototxt(path))
+    got = get_config(spec.arch, num_classes=spec.num_classes, **spec.config_overrides)
+    assert spec.arch == arch and got == get_config(arch, lrn_k=1.0)
+    assert spec.layer_names["fc8"] == "fc8" and spec.input_size == 227
 
 
 def test_architecture_from_the_lrn_order(tmp_path):

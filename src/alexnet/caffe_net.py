@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .caffe_proto import V1_LAYER_TYPES, CaffeError
 
 __all__ = ["CaffeLayer", "CaffeNetSpec", "WEIGHT_LAYERS", "caffe_layers", "parse_caffe_net"]
@@ -194,13 +196,18 @@ def _pool_params(layer: CaffeLayer, src: str) -> tuple[int, int]:
     return k, s
 
 
+def _f32(value: float) -> float:
+    """A float32 field as the decimal written in the prototxt (1e-4, not 9.999999747378752e-05)."""
+    return float(str(np.float32(value)))
+
+
 def _lrn_params(layer: CaffeLayer, src: str) -> tuple[int, float, float, float]:
     p = layer.proto.lrn_param
     if p.norm_region != 0:
         raise CaffeError(f"{src}: {layer.describe()} normalises WITHIN_CHANNEL; AlexNet's LRN is ACROSS_CHANNELS")
     if p.local_size % 2 == 0:
         raise CaffeError(f"{src}: {layer.describe()} has an even local_size {p.local_size} (Caffe needs it odd)")
-    return int(p.local_size), float(p.alpha), float(p.beta), float(p.k)
+    return int(p.local_size), _f32(p.alpha), _f32(p.beta), _f32(p.k)
 
 
 def _input_size(net: Any, layers: list[CaffeLayer], src: str) -> int | None:
@@ -225,11 +232,11 @@ def _transform(layers: list[CaffeLayer], src: str) -> tuple[tuple[float, float, 
     for layer in layers:
         if layer.kind in _INPUT_KINDS and layer.proto.HasField("transform_param"):
             t = layer.proto.transform_param
-            mean = [float(v) for v in t.mean_value]
+            mean = [_f32(v) for v in t.mean_value]
             if mean and len(mean) not in (1, 3):
                 raise CaffeError(f"{src}: {layer.describe()} has {len(mean)} mean_value entries; need 1 or 3 (BGR)")
             bgr = (tuple(mean * 3) if len(mean) == 1 else tuple(mean)) if mean else None
-            return bgr, float(t.scale), (t.mean_file or None)  # type: ignore[return-value]
+            return bgr, _f32(t.scale), (t.mean_file or None)  # type: ignore[return-value]
     return None, 1.0, None
 
 
@@ -277,7 +284,7 @@ def parse_caffe_net(net: Any, source: str = "prototxt") -> CaffeNetSpec:
         raise CaffeError(f"{source}: fc6 and fc7 have {fcs['fc6'].num_output} and {fcs['fc7'].num_output} outputs")
     overrides["fc_features"] = int(fcs["fc6"].num_output)
     if "drop6" in m:
-        overrides["dropout"] = float(m["drop6"].proto.dropout_param.dropout_ratio)
+        overrides["dropout"] = _f32(m["drop6"].proto.dropout_param.dropout_ratio)
     size = _input_size(net, layers, source) or 227
     overrides["input_size"] = size
     _check_geometry(m, size, overrides, source)
