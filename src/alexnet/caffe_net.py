@@ -125,7 +125,7 @@ def _expected_sequence(order: str) -> list[tuple[str, str]]:
     return seq
 
 
-def _matchcaffe_layers(body: list[CaffeLayer], source: str) -> tuple[dict[str, CaffeLayer], str]:
+def _match_layers(body: list[CaffeLayer], source: str) -> tuple[dict[str, CaffeLayer], str]:
     """Match the net's layers, by position and kind, to the family's sequence; name the first misfit.
     Returns the matches and the order of LRN and pooling: "lrn_pool", "pool_lrn" or "pool" (no LRN)."""
     if len(body) < 3:
@@ -240,14 +240,9 @@ def _transform(layers: list[CaffeLayer], src: str) -> tuple[tuple[float, float, 
     return None, 1.0, None
 
 
-def parse_caffe_net(net: Any, source: str = "prototxt") -> CaffeNetSpec:
-    """Read a parsed NetParameter (prototxt or a caffemodel's own definition) as an AlexNet of this family, or
-    raise `CaffeError` naming the first layer that does not fit."""
-    layers = [la for la in caffe_layers(net) if _in_test_phase(la) or la.kind in _INPUT_KINDS]
-    body = [la for la in layers if la.kind not in _INPUT_KINDS]
-    while body and body[-1].kind in _TAIL_KINDS:
-        body.pop()
-    m, order = _matchcaffe_layers(body, source)
+def _feature_overrides(m: dict[str, CaffeLayer], source: str) -> tuple[dict[str, Any], dict[str, bool]]:
+    """AlexNetConfig fields of the convolutional part (widths, groups, pooling, LRN), and which convolutions have
+    a bias; refuses what the model cannot express (dense conv1/conv3, one group count, one pooling window)."""
     convs = {n: _conv_params(m[n], n, source) for n in ("conv1", "conv2", "conv3", "conv4", "conv5")}
     groups = {n: c[2] for n, c in convs.items()}
     g = groups["conv2"]
@@ -276,6 +271,18 @@ def parse_caffe_net(net: Any, source: str = "prototxt") -> CaffeNetSpec:
             raise CaffeError(f"{source}: norm1 and norm2 differ {list(lrn.values())}; the model uses one LRN")
         size, alpha, beta, k = lrn["norm1"]
         overrides.update(lrn_size=size, lrn_alpha=alpha, lrn_beta=beta, lrn_k=k)
+    return overrides, {n: c[4] for n, c in convs.items()}
+
+
+def parse_caffe_net(net: Any, source: str = "prototxt") -> CaffeNetSpec:
+    """Read a parsed NetParameter (prototxt or a caffemodel's own definition) as an AlexNet of this family, or
+    raise `CaffeError` naming the first layer that does not fit."""
+    layers = [la for la in caffe_layers(net) if _in_test_phase(la) or la.kind in _INPUT_KINDS]
+    body = [la for la in layers if la.kind not in _INPUT_KINDS]
+    while body and body[-1].kind in _TAIL_KINDS:
+        body.pop()
+    m, order = _match_layers(body, source)
+    overrides, conv_bias = _feature_overrides(m, source)
     fcs = {n: m[n].proto.inner_product_param for n in ("fc6", "fc7", "fc8")}
     for n, p in fcs.items():
         if not p.num_output or p.axis != 1:
@@ -296,7 +303,7 @@ def parse_caffe_net(net: Any, source: str = "prototxt") -> CaffeNetSpec:
         input_size=size,
         layer_names={n: m[n].name for n in WEIGHT_LAYERS},
         transpose={n: bool(fcs[n].transpose) for n in ("fc6", "fc7", "fc8")},
-        bias={n: (convs[n][4] if n in convs else bool(fcs[n].bias_term)) for n in WEIGHT_LAYERS},
+        bias={**conv_bias, **{n: bool(fcs[n].bias_term) for n in ("fc6", "fc7", "fc8")}},
         mean_bgr=mean,  # type: ignore[arg-type]
         scale=scale,
         mean_file=mean_file,
