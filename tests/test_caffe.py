@@ -239,6 +239,19 @@ def test_blobs_are_copied_with_only_the_bgr_flip(tmp_path):
     np.testing.assert_array_equal(model.fc8.bias.detach().numpy(), blobs["fc8"][1].astype(np.float32))
 
 
+def test_transposed_inner_product_and_no_bias(tmp_path):
+    specs = _layer_specs("lrn_pool", 2, "fc8")
+    fc7 = next(sp for sp in specs if sp[1] == "fc7")[4]["inner_product_param"]
+    fc7.update(transpose=True, bias_term=False)
+    blobs = _random_blobs(specs, 0)
+    blobs["fc7"] = [blobs["fc7"][0].T]  # stored (in, out), one blob
+    (tmp_path / "m.caffemodel").write_bytes(build_net(specs, "current", blobs).SerializeToString())
+    (tmp_path / "d.prototxt").write_text(text_format.MessageToString(build_net(specs, "current")))
+    model, _ = C.load_caffe(tmp_path / "m.caffemodel", tmp_path / "d.prototxt")
+    np.testing.assert_array_equal(model.fc7.weight.detach().numpy(), blobs["fc7"][0].T.astype(np.float32))
+    assert not model.fc7.bias.detach().any()
+
+
 def test_the_caffemodels_own_definition_and_round_trip(tmp_path):
     model_path, proto, _ = write_model(tmp_path, fmt="v1")
     ours, _ = C.load_caffe(model_path, proto)

@@ -110,7 +110,7 @@ def _state_dict(weights: Any, spec: CaffeNetSpec, model: AlexNet, src: str) -> d
         w, legacy = _blob_array(blobs[0], f"{name} ('{layer.name}') weight", src)
         want = tuple(own.weight.shape)
         what = f"{name} ('{layer.name}') weight"
-        if w.ndim == 4 and own.weight.ndim == 4:
+        if own.weight.ndim == 4:  # a convolution: OIHW in both conventions
             w = _check_shape(w, False, want, what, "(OIHW)", src)
         elif spec.transpose.get(name):
             w = _check_shape(w, legacy, (want[1], want[0]), what, "(in, out): transpose: true", src).T
