@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import http.server
+import json
 import socket
 import threading
 
@@ -16,11 +17,11 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from alexnet import caffe as C
-from alexnet.caffe_net import parse_caffe_net
-from alexnet.caffe_proto import V1_LAYER_TYPES, BlobProto, CaffeError, NetParameter, read_prototxt
 from alexnet.models import get_config
+from alexnet.weights import caffe as C
 from alexnet.weights import load_model, save_model
+from alexnet.weights.caffe_net import parse_caffe_net
+from alexnet.weights.caffe_proto import V1_LAYER_TYPES, BlobProto, CaffeError, NetParameter, read_prototxt
 
 CH = (8, 8, 12, 8, 8)  # conv1..conv5 widths: divisible by 2 for the grouped layers, small files
 FC = 16
@@ -438,3 +439,34 @@ def test_zoo_offline_error_names_url_and_path(tmp_path):
         C.load_caffe_zoo(rec, model_dir=tmp_path, progress=False)
     msg = _one_line(e)
     assert f"cannot download {rec.url}" in msg and f"place it at {tmp_path / 'x.caffemodel'}" in msg
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+def test_cli_convert_and_predict_a_caffemodel(tmp_path, capsys):
+    from PIL import Image
+
+    from alexnet.cli import main
+
+    model_path, proto, _ = write_model(tmp_path)
+    mean = _write_mean(tmp_path / "mean.binaryproto")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(CLASSES)))
+    out = tmp_path / "out.safetensors"
+    argv = ["convert", str(model_path), str(out), "--prototxt", str(proto), "--mean", str(mean), "--labels", str(names)]
+    assert main(argv) == 0
+    converted, pre = load_model(out)
+    direct, direct_pre = C.load_caffe(model_path, proto, mean=mean, labels=names)
+    assert pre.class_names == direct_pre.class_names and pre.mean == direct_pre.mean
+    for a, b in zip(converted.state_dict().values(), direct.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(img)
+    capsys.readouterr()
+    argv = ["predict", str(img), "--weights", str(model_path), "--prototxt", str(proto), "--labels", str(names)]
+    assert main([*argv, "--json", "--precision", "fp32", "--topk", "2"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got[0]["predictions"][0]["name"].startswith("class ")
+    assert main(["predict", str(img), "--weights", str(model_path), "--mean", "104,117,123", "--json"]) == 1
+    assert "--prototxt" in capsys.readouterr().err  # a caffemodel without its net definition: one line
+    assert main(["predict", str(img), "--weights", str(out), "--prototxt", str(proto)]) == 1
+    assert "for .caffemodel weights" in capsys.readouterr().err

@@ -265,7 +265,7 @@ def index_weights(
     from .weights import load_model
 
     model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    source = str(Path(weights).resolve()) if Path(weights).is_file() else str(weights)
+    source = str(Path(str(weights)).resolve()) if Path(str(weights)).is_file() else str(weights)
     return build_index(model, pre, data, layer, device=device, progress=progress, weights=source, precision=precision)
 
 

@@ -422,7 +422,7 @@ def serve(
 ) -> None:
     """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for."""
     model, preprocessing = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    name = str(weights) if str(weights) in PRETRAINED else Path(weights).name
+    name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
     app = create_app(model, preprocessing, name=name, options=options)
     served: ServedModel = app.state.served
     sock = bind(host, port)

@@ -61,7 +61,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = weights_spec(args)
     result = evaluate_dataset(
-        spec.source,
+        spec,
         args.data,
         ten_crop=args.ten_crop,
         split=args.split,
@@ -73,7 +73,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         check_class_names=not args.ignore_class_names,
         progress=args.progress,
         precision=args.precision,
-        **spec.kwargs(),
     )
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
@@ -114,8 +113,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     spec = weights_spec(args)
     data = IndexData(args.data, args.split, args.val_split, args.seed, args.batch_size, args.workers)
     index = index_weights(
-        spec.source, data, args.layer, device=args.device, progress=args.progress, precision=args.precision,
-        **spec.kwargs(),
+        spec, data, args.layer, device=args.device, progress=args.progress, precision=args.precision
     )  # fmt: skip
     save_features(index, args.out)
     summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
@@ -157,10 +155,9 @@ def _cmd_neighbors(args: argparse.Namespace) -> int:
         k=args.k,
         metric=args.metric,
         layer=args.layer,
-        weights=spec.source,
+        weights=spec,
         device=args.device,
         precision=args.precision,
-        **spec.kwargs(),
     )
     if args.out:
         from ..plots import plot_neighbors
@@ -234,7 +231,7 @@ def _cmd_plot_filters(args: argparse.Namespace) -> int:
     from ..plots import plot_filters
 
     spec = weights_spec(args)
-    plot_filters(spec.source, args.out, size=args.size, **spec.kwargs())
+    plot_filters(spec, args.out, size=args.size)
     print(f"wrote {args.out}")
     return EXIT_OK
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlexnetError
@@ -21,7 +20,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Formatter",
-    "WeightsSpec",
     "add_data_source_flags",
     "add_progress_flag",
     "add_runtime_flags",
@@ -89,27 +87,6 @@ def print_json(obj: Any) -> None:
 
 
 # --- weights --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where a command's weights come from, as the flags said: passed whole to `alexnet.weights.load_model`."""
-
-    source: str | None
-    arch: str | None = None
-    allow_pickle: bool = False
-
-    def load(self) -> tuple[Any, Any]:
-        """(model, Preprocessing) through `alexnet.weights.load_model`."""
-        from ..weights import load_model
-
-        if self.source is None:
-            raise AlexnetError("no weights given: pass --weights")
-        return load_model(self.source, arch=self.arch, allow_pickle=self.allow_pickle)
-
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of the library functions that load weights themselves."""
-        return {"arch": self.arch, "allow_pickle": self.allow_pickle}
-
-
 def add_weights_flags(
     p: argparse.ArgumentParser | argparse._ArgumentGroup,
     *,
@@ -126,6 +103,12 @@ def add_weights_flags(
         p.add_argument("weights_pos", nargs="?", default=None, metavar="WEIGHTS", help=f"{WEIGHTS_HELP} (or --weights)")
     unset = argparse.SUPPRESS if config_keys else None  # absent unless given: a config file's value stands
     p.add_argument("--weights", default=unset or default, required=required and not positional, help=WEIGHTS_HELP)
+    caffe = p.add_argument_group("Caffe weights (.caffemodel)") if isinstance(p, argparse.ArgumentParser) else p
+    caffe.add_argument("--prototxt", default=unset, help="a .caffemodel's deploy net definition")
+    caffe.add_argument(
+        "--mean", default=unset, help="a .caffemodel's mean: a .binaryproto file, or B,G,R (0..255, Caffe's order)"
+    )
+    caffe.add_argument("--labels", default=unset, help="class names, one per line (e.g. synset_words.txt)")
     if arch:
         p.add_argument(
             "--arch",
@@ -144,14 +127,38 @@ def add_weights_flags(
     )
 
 
-def weights_spec(args: argparse.Namespace) -> WeightsSpec:
-    """The one reading of the weights flags: ``--weights`` or the positional form (not both), ``--arch``,
-    ``--trust-pickle``."""
+def weights_spec(args: argparse.Namespace) -> Any:
+    """The one reading of the weights flags, as an `alexnet.weights.WeightsSource`: ``--weights`` or the
+    positional form (not both), ``--arch``, ``--trust-pickle``, and a Caffe model's ``--prototxt``, ``--mean``
+    (a file, or three numbers B,G,R), ``--labels``. None when no weights were given."""
+    from ..weights import WeightsSource
+
     pos = getattr(args, "weights_pos", None)
     flag = getattr(args, "weights", None)
     if pos is not None and flag is not None and pos != flag:
         raise AlexnetError(f"weights given twice ({pos!r} and --weights {flag!r}): give one")
-    return WeightsSpec(source=pos or flag, arch=getattr(args, "arch", None), allow_pickle=bool(args.trust_pickle))
+    source = pos or flag
+    if source is None:
+        return None
+    return WeightsSource(
+        str(source),
+        arch=getattr(args, "arch", None),
+        allow_pickle=bool(getattr(args, "trust_pickle", False)),
+        prototxt=getattr(args, "prototxt", None),
+        mean=_mean(getattr(args, "mean", None)),
+        labels=getattr(args, "labels", None),
+    )
+
+
+def _mean(value: str | None) -> str | tuple[float, float, float] | None:
+    """``--mean``: a file, or three numbers ``B,G,R``."""
+    if value is None or "," not in value:
+        return value
+    try:
+        b, g, r = (float(v) for v in value.split(","))
+    except ValueError:
+        raise AlexnetError(f"--mean: expected a .binaryproto file or three numbers B,G,R, got {value!r}") from None
+    return (b, g, r)
 
 
 # --- where and how a model runs ---------------------------------------------------------------------------------------

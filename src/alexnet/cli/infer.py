@@ -40,7 +40,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from ..models import count_macs, count_parameters, create_model, list_models
-    from ..weights import PRETRAINED
+    from ..weights import CAFFE_ZOO, PRETRAINED
 
     rows = []
     for name in list_models():
@@ -64,6 +64,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print("\npretrained weights (--weights NAME):")
     for name, rec in PRETRAINED.items():
         print(f"  {name:<24}{rec.arch:<14}{rec.num_classes:>6} classes")
+    for name, zoo in CAFFE_ZOO.items():  # a name the records above hold too is caffe:NAME
+        print(
+            f"  {'caffe:' + name if name in PRETRAINED else name:<24}{zoo.arch:<14}{zoo.num_classes:>6} classes  (Caffe)"
+        )
     return EXIT_OK
 
 
@@ -99,7 +103,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     if not files:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
-    model, pre = weights_spec(args).load()
+    model, pre = weights_spec(args).load()  # predict's --weights defaults to torchvision
     results = []
     for r in predict_files(
         model,
@@ -149,7 +153,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from ..weights import save_weights
 
     spec = weights_spec(args)
-    if spec.source is None:
+    if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
     model, pre = spec.load()
     dst = save_weights(model, pre, args.dst, arch=spec.arch)
@@ -180,7 +184,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..weights import export_onnx
 
     spec = weights_spec(args)
-    if spec.source is None:
+    if spec is None:
         raise AlexnetError("export needs weights: alexnet export WEIGHTS --onnx OUT (or --weights WEIGHTS)")
     model, pre = spec.load()
     diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
@@ -231,5 +235,5 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     spec = weights_spec(args)
-    serve(spec.source, host=args.host, port=args.port, options=options, log_level=args.log_level, **spec.kwargs())
+    serve(spec, host=args.host, port=args.port, options=options, log_level=args.log_level)
     return EXIT_OK

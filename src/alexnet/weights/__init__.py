@@ -2,8 +2,9 @@
 
 Formats: our ``.safetensors`` (weights + JSON metadata: arch, config, preprocessing, class names) and torch
 ``.pth``/``.pt`` state dicts (`alexnet.weights.io`, which also dispatches by suffix or registry name), the pretrained
-records and their download (`records`, `pretrained`), the tutorial's ``bvlc_alexnet.npy`` (`bvlc`) and ONNX export
-(`onnx`); `base` holds what they share. What a file's inputs must look like is `alexnet.preprocessing`.
+records and their download (`records`, `pretrained`), the tutorial's ``bvlc_alexnet.npy`` (`bvlc`), Caffe's
+``.caffemodel`` + ``.prototxt`` + ``.binaryproto`` and the model zoo's records (`caffe`, `caffe_net`, `caffe_proto`)
+and ONNX export (`onnx`); `base` holds what they share. What a file's inputs must look like is `alexnet.preprocessing`.
 Knows nothing of training.
 """
 
@@ -11,23 +12,26 @@ from ..data.fileio import atomic_write
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
 from .base import WeightsError, check_state_dict, guess_arch, imagenet_classes
 from .bvlc import BVLC_CONVERSIONS, bvlc_to_state_dict, export_npy, load_bvlc_npy, read_bvlc_npy, state_dict_to_bvlc
-from .io import SAVE_FORMATS, export_pth, load_model, save_model, save_weights, weights_format
+from .caffe import CAFFE_ZOO, CaffeZooWeights, load_caffe, load_caffe_zoo
+from .caffe_proto import CaffeError
+from .io import SAVE_FORMATS, WeightsSource, export_pth, load_model, save_model, save_weights, weights_format
 from .onnx import export_onnx, verify_onnx
 from .pretrained import load_pretrained, pretrained_record
 from .records import PRETRAINED, PretrainedWeights
 
-# train imports the private name until it moves to guess_arch (issue 13); nothing else may.
-
-
 __all__ = [
     "BVLC_CONVERSIONS",
     "BVLC_PREPROCESSING",
+    "CAFFE_ZOO",
+    "CaffeError",
+    "CaffeZooWeights",
     "PRETRAINED",
     "SAVE_FORMATS",
     "TORCHVISION_PREPROCESSING",
     "PretrainedWeights",
     "Preprocessing",
     "WeightsError",
+    "WeightsSource",
     "atomic_write",
     "bvlc_to_state_dict",
     "check_state_dict",
@@ -38,6 +42,8 @@ __all__ = [
     "guess_arch",
     "imagenet_classes",
     "load_bvlc_npy",
+    "load_caffe",
+    "load_caffe_zoo",
     "load_model",
     "load_pretrained",
     "pretrained_record",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +30,7 @@ from .base import (
     unwrap_state_dict,
 )
 from .bvlc import export_npy, load_bvlc_npy
+from .caffe import CAFFE_ZOO, load_caffe, load_caffe_zoo
 from .pretrained import load_pretrained
 from .records import PRETRAINED
 
@@ -36,35 +40,89 @@ __all__ = ["SAVE_FORMATS", "export_pth", "load_model", "save_model", "save_weigh
 SAVE_FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".pth": "pth", ".pt": "pth"}
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where weights come from and how to read them, as a command's flags say it (``--weights``, ``--arch``,
+    ``--trust-pickle``, and for a Caffe model ``--prototxt``, ``--mean``, ``--labels``). Any function that takes a
+    weights source takes this too: `load_model` reads its fields as its own keyword arguments."""
+
+    source: str
+    arch: str | None = None
+    allow_pickle: bool = False
+    prototxt: str | None = None
+    mean: str | tuple[float, float, float] | None = None
+    labels: str | None = None
+
+    def __str__(self) -> str:
+        return self.source
+
+    def load(self, **overrides: Any) -> tuple[AlexNet, Preprocessing]:
+        return load_model(self, **overrides)
+
+
 def load_model(
-    source: str | Path,
+    source: str | Path | WeightsSource,
     *,
     arch: str | None = None,
     num_classes: int | None = None,
     allow_pickle: bool = False,
+    prototxt: str | Path | None = None,
+    mean: str | Path | Sequence[float] | None = None,
+    labels: str | Path | Sequence[str] | None = None,
 ) -> tuple[AlexNet, Preprocessing]:
     """Load weights from ``source`` and return ``(model in eval mode, its Preprocessing)``.
 
     ``source``: the name of a pretrained record (`PRETRAINED`: ``"torchvision"``, torchvision's IMAGENET1K_V1,
     downloaded once, hash checked; ``"bvlc_alexnet"``, the tutorial's file placed by hand in the cache), a
     ``.npy`` file in the bvlc_alexnet layout (pickle: needs ``allow_pickle=True``), a ``.pth``/``.pt`` state dict
-    (loaded with ``weights_only=True``), or our ``.safetensors``.
+    (loaded with ``weights_only=True``), our ``.safetensors``, a Caffe ``.caffemodel`` (with its deploy
+    ``prototxt``, optionally a ``.binaryproto`` ``mean`` and a ``labels`` file: `alexnet.weights.caffe.load_caffe`)
+    or a Caffe model zoo name (`CAFFE_ZOO`: ``caffe:NAME``, or NAME alone where no other record has it).
     """
-    if str(source) in PRETRAINED:
-        return load_pretrained(str(source), arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
+    if isinstance(source, WeightsSource):
+        arch, allow_pickle = arch or source.arch, allow_pickle or source.allow_pickle
+        prototxt, mean, labels = prototxt or source.prototxt, mean or source.mean, labels or source.labels
+        source = source.source
+    name = str(source)
+    caffe_only = (prototxt, mean, labels) != (None, None, None)
+    if name in PRETRAINED and not caffe_only:
+        return load_pretrained(name, arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
+    zoo = name.removeprefix("caffe:")
+    if zoo in CAFFE_ZOO and (name.startswith("caffe:") or name not in PRETRAINED):
+        return _fits(load_caffe_zoo(zoo, labels=labels, arch=arch), num_classes, name)
     path = Path(source)
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory, not a weights file")
     suffix = path.suffix.lower()
+    if suffix == ".caffemodel":
+        if prototxt is None:
+            raise WeightsError(
+                f"{path}: a .caffemodel needs its deploy net definition: pass --prototxt deploy.prototxt"
+            )
+        return _fits(load_caffe(path, prototxt, mean=mean, labels=labels, arch=arch), num_classes, name)
+    if caffe_only:
+        raise WeightsError(f"{path}: --prototxt, --mean and --labels are for .caffemodel weights")
     if suffix == ".safetensors":
         return _load_safetensors(path, arch, num_classes)
     if suffix in (".pth", ".pt"):
         return _load_pth(path, arch, num_classes)
     if suffix == ".npy":
         return load_bvlc_npy(path, arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
-    raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .pth, .pt or .npy")
+    raise WeightsError(
+        f"{path}: unknown weights format {suffix!r}; expected .safetensors, .pth, .pt, .npy or .caffemodel"
+    )
+
+
+def _fits(loaded: tuple[AlexNet, Preprocessing], num_classes: int | None, source: str) -> tuple[AlexNet, Preprocessing]:
+    """``loaded`` when its fc8 has ``num_classes`` outputs (or none is asked for), else a one-line error."""
+    have = loaded[0].config.num_classes
+    if num_classes is not None and num_classes != have:
+        raise WeightsError(
+            f"{source}: fc8 has {have} classes, not {num_classes}; fine-tune it with --reinit fc8 for another count"
+        )
+    return loaded
 
 
 def weights_format(path: str | Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.message import DecodeError, Message
 
-from .weights import WeightsError
+from .base import WeightsError
 
 __all__ = [
     "CaffeError",

@@ -7,7 +7,7 @@ the pooling window, the classes (the last inner product's num_output) and the in
 anything that is not an AlexNet of this family is refused with a one-line error naming the first layer that does
 not fit. Layers are matched by position and kind, so a fine-tune that renamed its classifier (``fc8_flickr``)
 loads. Every blob's shape is checked; see `CAFFE_CONVERSIONS` for the only changes made to the numbers.
-Files are parsed by `alexnet.caffe_proto` with the ``protobuf`` package.
+Files are parsed by `alexnet.weights.caffe_proto` with the ``protobuf`` package.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from ..models import AlexNet, create_model
+from ..preprocessing import BVLC_PREPROCESSING, Preprocessing
+from .base import check_state_dict, imagenet_classes
 from .caffe_net import WEIGHT_LAYERS, CaffeLayer, CaffeNetSpec, caffe_layers, parse_caffe_net
 from .caffe_proto import CaffeError, read_binaryproto, read_caffemodel, read_prototxt
-from .models import AlexNet, create_model
-from .weights import BVLC_PREPROCESSING, Preprocessing, check_state_dict, imagenet_classes
 
 __all__ = [
     "CaffeError",
