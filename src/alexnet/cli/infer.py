@@ -65,9 +65,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name, rec in PRETRAINED.items():
         print(f"  {name:<24}{rec.arch:<14}{rec.num_classes:>6} classes")
     for name, zoo in CAFFE_ZOO.items():  # a name the records above hold too is caffe:NAME
-        print(
-            f"  {'caffe:' + name if name in PRETRAINED else name:<24}{zoo.arch:<14}{zoo.num_classes:>6} classes  (Caffe)"
-        )
+        shown = f"caffe:{name}" if name in PRETRAINED else name
+        print(f"  {shown:<24}{zoo.arch:<14}{zoo.num_classes:>6} classes  (Caffe)")
     return EXIT_OK
 
 
