@@ -35,3 +35,28 @@ def test_a_strip_image_is_refused_before_it_is_resized():
     wide = torch.zeros(3, 10, 1000, dtype=torch.uint8)  # 100:1 is still an image: 25,600 x 256
     assert MAX_RESIZED_PIXELS > 25600 * 256
     assert CenterPatch(256, 224)(wide).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("mode, subsampling", [("RGB", 0), ("RGB", 2), ("L", 0)])
+def test_jpeg_decode_equals_torchvision_without_importing_it(tmp_path, mode, subsampling):
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from alexnet.data.decode import decode_image
+
+    rng = np.random.default_rng(3)
+    shape = (75, 100, 3) if mode == "RGB" else (75, 100)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+        buf, "JPEG", quality=85, subsampling=subsampling
+    )
+    data = buf.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        expected = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    assert torch.equal(decode_image(data), expected)

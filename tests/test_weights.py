@@ -306,3 +306,19 @@ def test_save_model_refuses_class_names_of_another_length(tmp_path):
             m, ax.Preprocessing(input_size=64, resize_size=73, class_names=["a", "b"]), tmp_path / "m.safetensors"
         )
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_torchvision_record_and_class_names_are_torchvisions():
+    """The record and the 1000 names are shipped as data (no torchvision import to load weights); they must stay
+    torchvision's."""
+    from torchvision.models import AlexNet_Weights
+
+    tv = AlexNet_Weights.IMAGENET1K_V1
+    rec = W.PRETRAINED["torchvision"]
+    assert rec.url == tv.url
+    assert (rec.acc1, rec.acc5) == (
+        tv.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+        tv.meta["_metrics"]["ImageNet-1K"]["acc@5"],
+    )
+    assert W.imagenet_classes() == list(tv.meta["categories"])
+    assert rec.preprocessing.class_names == list(tv.meta["categories"])

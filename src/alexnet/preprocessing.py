@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import transforms as T
+from .data.geometry import CenterPatch, EvalTransform, Normalizer, TenCrop
 from .models import AlexNetConfig
 
 __all__ = ["BVLC_PREPROCESSING", "TORCHVISION_PREPROCESSING", "Preprocessing", "default_preprocessing"]
@@ -49,11 +49,11 @@ class Preprocessing:
     # --- transforms ---------------------------------------------------------------------------------------------
     def normalizer(self) -> nn.Module:
         """uint8 image or batch -> normalised float; runs on any device."""
-        return T.Normalizer(self.mean, self.std, self.value_scale)
+        return Normalizer(self.mean, self.std, self.value_scale)
 
     def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 (3, H, W) -> float (3, S, S): short side to resize_size, centre crop, normalise."""
-        return T.eval_transform(self.resize_size, self.input_size, self.mean, self.std, self.value_scale)
+        return EvalTransform(self.resize_size, self.input_size, self.normalizer())
 
     def ten_crop_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 (3, H, W) -> float (10, 3, S, S): the paper's 10 test patches, normalised."""
@@ -64,12 +64,15 @@ class Preprocessing:
         """The uint8 part of the pipeline, for loader workers: uint8 (3, H, W) -> uint8 (3, S, S), or
         (10, 3, S, S) with ``ten_crop`` (the paper's test patches, section 4.1). Train: the central
         resize_size square, a random input_size patch and a random mirror (section 4.1); eval: torchvision's
-        resize and centre crop. Its ``min_size`` lets the decoder shrink JPEGs in the DCT domain."""
+        resize and centre crop. Its ``min_size`` lets the decoder shrink JPEGs in the DCT domain. Inference's
+        geometry needs torch alone; training's is built on torchvision's transforms, imported only then."""
         if ten_crop:
-            return T.TenCrop(self.resize_size, self.input_size)
+            return TenCrop(self.resize_size, self.input_size)
         if train:
-            return T.train_geometry(self.resize_size, self.input_size)
-        return T.eval_geometry(self.resize_size, self.input_size)
+            from .data.transforms import train_geometry
+
+            return train_geometry(self.resize_size, self.input_size)
+        return CenterPatch(self.resize_size, self.input_size)
 
     def batch_transform(
         self, train: bool, *, lighting: float = 0.0, stats: Any = None, per_pixel_mean: bool = False
@@ -88,7 +91,9 @@ class Preprocessing:
             if stats is None or getattr(stats, "mean_image", None) is None:
                 raise ValueError("per_pixel_mean needs stats with a mean image (alexnet stats writes one)")
             mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32)
-        module = T.BatchTransform(
+        from .data.transforms import BatchTransform
+
+        module = BatchTransform(
             self.mean,
             self.std,
             self.value_scale,

@@ -1,6 +1,7 @@
-"""The deterministic geometry of inference, in torch alone (no torchvision import, so a command that only
+"""The deterministic image work of inference, in torch alone (no torchvision import, so a command that only
 classifies starts faster): the short side resized with antialiasing, then a centre crop (torchvision's eval
-preset, pixel for pixel), and the paper's fixed-size square (section 2). uint8 (3, H, W) in, uint8 out.
+preset, pixel for pixel), the paper's fixed-size square (section 2) and its 10 test patches (section 4.1), uint8
+in and out; and the normalisation to float.
 
 The arithmetic is torchvision's `v2.Resize(size)` + `v2.CenterCrop` exactly: the long side becomes
 ``int(size * long / short)``, bilinear resampling with ``antialias=True`` and ``align_corners=False`` (native uint8
@@ -9,6 +10,8 @@ them bit for bit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,6 +22,10 @@ from .decode import BadImageError
 __all__ = [
     "MAX_RESIZED_PIXELS",
     "CenterPatch",
+    "EvalTransform",
+    "Normalizer",
+    "TenCrop",
+    "five_crop",
     "ResizeCenterCrop",
     "center_crop",
     "resize",
@@ -115,3 +122,62 @@ class CenterPatch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"resize_size={self.resize_size}, input_size={self.input_size}"
+
+
+def five_crop(img: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The four corner and the central ``size`` patches, in torchvision's ``five_crop`` order (tl, tr, bl, br,
+    centre)."""
+    h, w = img.shape[-2:]
+    s = size
+    return [
+        img[..., :s, :s],
+        img[..., :s, w - s :],
+        img[..., h - s :, :s],
+        img[..., h - s :, w - s :],
+        center_crop(img, s),
+    ]
+
+
+class TenCrop(nn.Module):
+    """The paper's test-time patches (section 4.1): the four corner and the central ``input_size`` patches of
+    the ``resize_size`` image, and their mirrors. uint8 (3, H, W) -> uint8 (10, 3, S, S), in torchvision's
+    ``ten_crop`` order: tl, tr, bl, br, centre of the image, then the same five of the mirrored image (its tl is
+    the tr patch mirrored); the set is the paper's, and the order does not matter to an average."""
+
+    def __init__(self, resize_size: int, input_size: int) -> None:
+        super().__init__()
+        self.resize_size = self.min_size = int(resize_size)
+        self.input_size = int(input_size)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        img = resize_center_crop(img, self.resize_size)
+        return torch.stack(five_crop(img, self.input_size) + five_crop(img.flip(-1), self.input_size))
+
+
+# --- float work (any device, one image or a batch) ---------------------------------------------------------------
+class Normalizer(nn.Module):
+    """uint8 (..., 3, H, W) -> float: ``(x / 255 * value_scale - mean) / std``. Works on one image or a batch."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0) -> None:
+        super().__init__()
+        self.value_scale = float(value_scale)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * (self.value_scale / 255.0)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class EvalTransform(nn.Module):
+    """uint8 (3, H, W) -> float (3, S, S): `CenterPatch` then `Normalizer` (predict and serve, one image at a
+    time). ``min_size`` tells the decoder how small a JPEG may be decoded."""
+
+    def __init__(self, resize_size: int, input_size: int, normalizer: Normalizer) -> None:
+        super().__init__()
+        self.geometry = CenterPatch(resize_size, input_size)
+        self.normalizer = normalizer
+        self.min_size = self.geometry.min_size
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(self.geometry(img))

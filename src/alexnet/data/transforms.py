@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .geometry import CenterPatch, ResizeCenterCrop, resize_center_crop
+from .geometry import CenterPatch, EvalTransform, Normalizer, ResizeCenterCrop, TenCrop, resize_center_crop
 
 __all__ = [
     "IMAGENET_EIGVALS",
@@ -27,7 +27,7 @@ __all__ = [
     "ResizeCenterCrop",
     "TenCrop",
     "eval_geometry",
-    "eval_transform",
+    "EvalTransform",
     "mirror_draw",
     "patch_and_mirror",
     "patch_offsets",
@@ -114,22 +114,6 @@ def patch_and_mirror(transform: nn.Module | None) -> tuple[RandomPatch, float] |
     return None
 
 
-class TenCrop(nn.Module):
-    """The paper's test-time patches (section 4.1): the four corner and the central ``input_size`` patches of
-    the ``resize_size`` image, and their mirrors. uint8 (3, H, W) -> uint8 (10, 3, S, S), in torchvision's
-    ``ten_crop`` order: tl, tr, bl, br, centre of the image, then the same five of the mirrored image (its tl is
-    the tr patch mirrored); the set is the paper's, and the order does not matter to an average."""
-
-    def __init__(self, resize_size: int, input_size: int) -> None:
-        super().__init__()
-        self.resize_size = self.min_size = int(resize_size)
-        self.input_size = int(input_size)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        img = resize_center_crop(img, self.resize_size)
-        return torch.stack(list(F.ten_crop(img, [self.input_size, self.input_size])))
-
-
 class Geometry(v2.Compose):
     """A v2.Compose that tells the dataset the smallest short side it needs (for DCT-domain JPEG decoding)."""
 
@@ -154,20 +138,6 @@ def train_geometry(resize_size: int, input_size: int, flip: bool = True) -> v2.C
 
 
 # --- float work (any device, one image or a batch) ---------------------------------------------------------------
-class Normalizer(nn.Module):
-    """uint8 (..., 3, H, W) -> float: ``(x / 255 * value_scale - mean) / std``. Works on one image or a batch."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0) -> None:
-        super().__init__()
-        self.value_scale = float(value_scale)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() * (self.value_scale / 255.0)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-
 class PCALighting(nn.Module):
     """The paper's colour augmentation (section 4.1): add ``eigvecs @ (alpha * eigvals)`` to every pixel of an
     image, alpha ~ N(0, sigma^2) per component, drawn once per image per call.
@@ -267,13 +237,6 @@ class BatchTransform(nn.Module):
             offset = offset - shift
         y = x.to(torch.float32)
         return y.mul_(self.value_scale / 255.0 / std).sub_(offset / std)
-
-
-def eval_transform(
-    resize_size: int, input_size: int, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0
-) -> v2.Compose:
-    """uint8 (3, H, W) -> float (3, S, S): `eval_geometry` then `Normalizer`."""
-    return Geometry([eval_geometry(resize_size, input_size), Normalizer(mean, std, value_scale)], resize_size)
 
 
 def train_transform(

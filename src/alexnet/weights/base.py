@@ -4,7 +4,10 @@ in our / torchvision's layout (``.pth``, bare ``.safetensors``, torch hub downlo
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -147,8 +150,14 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names in the standard (sorted WordNet id) order, shipped with torchvision."""
-    from torchvision.models import AlexNet_Weights
+@functools.cache
+def _imagenet_classes() -> tuple[str, ...]:
+    text = (Path(__file__).resolve().parent.parent / "imagenet_classes.json").read_text(encoding="utf-8")
+    return tuple(json.loads(text))
 
-    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names in the standard (sorted WordNet id) order: torchvision's
+    ``AlexNet_Weights.IMAGENET1K_V1.meta["categories"]``, shipped as data (alexnet/imagenet_classes.json, tested
+    equal) so that reading them imports no torchvision."""
+    return list(_imagenet_classes())
