@@ -14,7 +14,7 @@ Measured in benchmarks/model_speed.py.
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as _copy
 import ctypes
 import ctypes.util
 import os
@@ -139,13 +139,16 @@ class Precision:
         """fp16 training's loss scaler (bf16 has fp32's range and needs none)."""
         return torch.amp.GradScaler(device.type) if self.name == "fp16" else None
 
-    def inference_model(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The network an inference pass runs: ``model`` itself (eval mode, on ``device``) for fp32; otherwise a
-        copy with its weights cast once to the reduced dtype, channels_last."""
+    def inference_model(self, model: nn.Module, device: torch.device, *, copy: bool = True) -> nn.Module:
+        """The network an inference pass runs: ``model`` itself (eval mode, on ``device``) for fp32, or when its
+        weights already are in this precision; otherwise a copy with its weights cast once to the reduced dtype,
+        channels_last. ``copy=False`` casts ``model`` itself instead (a command's own model: no second copy)."""
         model.eval().to(device)
-        if self.dtype is None:
+        param = next(model.parameters(), None)
+        if self.dtype is None or (param is not None and param.dtype == self.dtype):
             return model
-        return copy.deepcopy(model).to(device, self.dtype, memory_format=torch.channels_last).eval()
+        net = _copy.deepcopy(model) if copy else model
+        return net.to(device, self.dtype, memory_format=torch.channels_last).eval()
 
 
 def resolve_precision(spec: str | Precision, device: torch.device) -> Precision:

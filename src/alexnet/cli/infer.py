@@ -96,13 +96,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import expand_inputs, predict_files
-    from ..runtime import resolve_device
+    from ..runtime import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     files = expand_inputs(args.inputs)
     if not files:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
     model, pre = weights_spec(args).load()  # predict's --weights defaults to torchvision
+    precision = resolve_precision(args.precision, device)
+    model = precision.inference_model(model, device, copy=False)  # the command's own model: cast, not copied
     results = []
     for r in predict_files(
         model,
@@ -114,7 +116,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=device,
         workers=args.workers,
         expand=False,
-        precision=args.precision,
+        precision=precision,
     ):
         if r.error is not None:
             print(f"alexnet predict: error: {r.error}", file=sys.stderr)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexnetError
-from ..models import AlexNet, AlexNetConfig, create_model, get_config
+from ..models import AlexNet, AlexNetConfig, get_config
 from ..preprocessing import TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "FORMAT_VERSION",
     "WeightsError",
     "check_state_dict",
+    "assign_state",
+    "empty_model",
     "guess_arch",
     "imagenet_classes",
     "model_from_state_dict",
@@ -93,6 +95,22 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def empty_model(config: AlexNetConfig) -> AlexNet:
+    """The network of ``config`` with no weights yet (on PyTorch's meta device): weights that are about to be
+    loaded need no initialisation (the paper's N(0, 0.01) for 61M parameters), nor a second allocation; load them
+    with ``load_state_dict(state, assign=True)``, which makes the loaded tensors the parameters."""
+    with torch.device("meta"):
+        return AlexNet(config)
+
+
+def assign_state(model: AlexNet, state: Mapping[str, torch.Tensor]) -> AlexNet:
+    """Make ``state``'s tensors the parameters of ``model`` (an `empty_model`), in float32 and contiguous as the
+    parameters would have been; tensors that already are need no copy."""
+    ready = {k: v.to(torch.float32).contiguous() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(ready, assign=True)
+    return model
+
+
 def model_from_state_dict(
     state: Mapping[str, torch.Tensor],
     source: str,
@@ -111,11 +129,11 @@ def model_from_state_dict(
         fc8_w = state[max(fc8, key=lambda k: int(k.split(".")[1]))] if fc8 else None
         num_classes = int(fc8_w.shape[0]) if fc8_w is not None else 1000
     try:
-        model = create_model(arch, num_classes=num_classes)
+        model = empty_model(get_config(arch, num_classes=num_classes))
     except ValueError as e:
         raise WeightsError(f"{source}: {e}") from None
     check_state_dict(model, state, source)
-    model.load_state_dict(state)
+    assign_state(model, state)
     if preprocessing is None:
         preprocessing = TORCHVISION_PREPROCESSING if arch == "alexnet_owt" else default_preprocessing(model.config)
         if num_classes == 1000:

@@ -23,7 +23,9 @@ from .base import (
     FORMAT_NAME,
     FORMAT_VERSION,
     WeightsError,
+    assign_state,
     check_state_dict,
+    empty_model,
     guess_arch,
     model_from_state_dict,
     one_line,
@@ -197,17 +199,28 @@ def _load_safetensors(path: Path, arch: str | None, num_classes: int | None) -> 
             f"{path}: fc8 has {config.num_classes} classes, {num_classes} were asked for; to train a new "
             "classifier on these weights, fine-tune (alexnet finetune --weights ... --reinit fc8)"
         )
-    model = AlexNet(config)
+    model = empty_model(config)
     check_state_dict(model, state, str(path))
-    model.load_state_dict(state)
+    assign_state(model, state)
     return model.eval(), pre
 
 
 # --- torch .pth / .pt state dicts ---------------------------------------------------------------------------------
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped (the tensors read from the page cache as used, no copy)
+    where the file's format allows it (zip files since torch 1.6), else read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _load_pth(path: Path, arch: str | None, num_classes: int | None) -> tuple[AlexNet, Preprocessing]:
     try:
         # weights_only=True: only tensors and plain containers are unpickled, never arbitrary objects (code).
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
