@@ -42,8 +42,10 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from ..data.fileio import check_output_file
     from ..data.stats import compute_stats, save_stats
 
+    check_output_file(args.out)  # before the pass over the data, not after
     stats = compute_stats(
         args.source,
         size=args.size,

@@ -131,7 +131,9 @@ def scan_image_folder(root: str | Path, *, empty_ok: bool = False) -> tuple[list
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
     paths: list[Path] = []
     targets: list[int] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    # the data root and every class folder belong to themselves: a link from class a into them (a loop, or
+    # a/loop -> .. -> b) is not followed, so no image is taken under another class's label
+    seen_dirs: set[tuple[int, int]] = {_dir_key(root)} | {_dir_key(root / c) for c in classes}
     seen_files: set[tuple[int, int]] = set()
     empty = []
     for k, c in enumerate(classes):
@@ -150,19 +152,24 @@ def scan_image_folder(root: str | Path, *, empty_ok: bool = False) -> tuple[list
     return paths, targets, classes
 
 
+def _dir_key(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _scan_class(folder: Path, seen_dirs: set[tuple[int, int]], seen_files: set[tuple[int, int]]) -> list[Path]:
     """The image files under ``folder`` (sorted), each real folder walked once and each real file taken once."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         try:
-            st = os.stat(dirpath)
+            key = _dir_key(Path(dirpath))
         except OSError:
             dirnames[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen_dirs:  # a loop, or a folder reached twice through links
+        if key in seen_dirs and dirpath != str(folder):  # a loop, or a folder reached twice through links
             dirnames[:] = []
             continue
-        seen_dirs.add((st.st_dev, st.st_ino))
+        seen_dirs.add(key)
         dirnames.sort()
         for f in sorted(filenames):
             if os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS or f.startswith("."):

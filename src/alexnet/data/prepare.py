@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..options import check_workers
 from ..progress import Progress
 from .datasets import PREPARED_MANIFEST, DataError, Subset, make_loader, open_dataset
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, check_output_dir
 from .transforms import ResizeCenterCrop
 
 __all__ = ["prepare", "source_splits"]
@@ -56,7 +56,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Write the prepared form of ``source`` into ``out`` and return its manifest. Re-running after an
     interruption resumes; re-running on a complete set returns at once. Bad images are left out and listed."""
-    out = Path(out)
+    out = check_output_dir(out)
     workers = check_workers(workers)
     if (out / PREPARED_MANIFEST).is_file():
         manifest = json.loads((out / PREPARED_MANIFEST).read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ from ..errors import AlexnetError
 from ..options import check_workers
 from ..progress import track
 from .datasets import make_loader, open_dataset
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, check_output_file
 from .transforms import ResizeCenterCrop
 
 __all__ = ["Stats", "StatsError", "compute_stats", "load_stats", "save_stats"]
@@ -136,7 +136,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 def save_stats(stats: Stats, path: str | Path) -> Path:
     """Write ``stats`` as JSON at ``path`` and the mean image beside it as ``<stem>.mean_image.npy`` (atomically)."""
-    path = Path(path)
+    path = check_output_file(path)  # before the mean image is written beside it
     d = stats.to_dict()
     if stats.mean_image is not None:
         img_path = _mean_image_path(path)
