@@ -264,18 +264,21 @@ def plot_relu_tanh(records: list[dict[str, Any]], threshold: float, path: Path) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    labelled: set[str] = set()
     for r in mine:
         style = {"color": "tab:blue" if r["variant"] == "full" else "tab:red", "alpha": 0.8}
-        label = "ReLU (full)" if r["variant"] == "full" else "tanh"
+        label = None if r["variant"] in labelled else ("ReLU (full)" if r["variant"] == "full" else "tanh")
+        labelled.add(r["variant"])
         c = r["curve"]
         err = [100 * p["train_error"] for p in c]
-        axes[0].plot([p["seconds"] for p in c], err, "o-", label=f"{label} seed {r['seed']}", **style)
+        axes[0].plot([p["seconds"] for p in c], err, "o-", label=label, **style)
         axes[1].plot([p["epoch"] for p in c], err, "o-", **style)
     for ax, xl in zip(axes, ("training seconds", "epoch")):
         ax.axhline(100 * threshold, ls="--", color="grey", lw=0.8)
         ax.set_xlabel(xl)
         ax.set_ylabel("training error (%, mean over the epoch)")
-    axes[0].legend(fontsize=7)
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8, title="one line per seed", title_fontsize=7)
     fig.suptitle(f"ReLU against tanh (the paper's Figure 1); dashed: {threshold:.0%}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
