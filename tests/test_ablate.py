@@ -138,6 +138,12 @@ def test_rerun_skips_finished_and_resumes_stopped(tmp_path):
     assert (out / "differences.png").is_file() and "no-lrn" in (out / "ablation.md").read_text()
     assert '<section id="ablation">' in ablate_report.html_section(out)
 
+    # --report-only trains nothing: the tables say how many runs are finished
+    lines.clear()
+    partial = ablate.run_ablation(tiny(data, out, variants=["no-lrn", "no-pca"], report_only=True), log=lines.append)
+    assert any("no-pca seed 0: not finished" in s for s in lines) and not (out / "no-pca").exists()
+    assert len(partial.runs) == 2 and "Runs finished: 2 of 3." in (out / "ablation.md").read_text()
+
     # a rerun with other settings never mixes its runs into these
     with pytest.raises(ablate.AblationError, match="other settings"):
         ablate.run_ablation(tiny(data, out, variants=["full"], epochs=3), log=lambda s: None)

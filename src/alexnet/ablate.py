@@ -78,6 +78,7 @@ class AblationConfig:
     batch_size: int | None = None  # None: the scale's (the tests' tiny data sets need small batches)
     model_options: dict[str, Any] = field(default_factory=dict)
     keep_checkpoints: bool = False  # False: a finished run keeps only last.safetensors (the evaluated weights)
+    report_only: bool = False  # train nothing: write the outputs from the runs finished so far
     progress: str = "auto"
     split_seed: int = 0  # the data split, the same for every variant and seed
 
@@ -441,9 +442,9 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
     for k, plan in enumerate(plans, 1):
         record, action = _existing(plan)
         head = f"[{k}/{len(plans)}] {plan.variant} seed {plan.seed}"
-        if record is not None:
-            log(f"{head}: {action}")
-            records.append(record)
+        if record is not None or config.report_only:
+            log(f"{head}: {action if record is not None else 'not finished (report only)'}")
+            records += [record] if record is not None else []
             continue
         left = [p for p in plans[k - 1 :] if _existing(p)[0] is None]
         eta = f"about {_fmt_s(spent / done_here * len(left))} left" if done_here else "time left known after one run"
@@ -460,6 +461,7 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
         )
         records.append(record)
     meta = _meta(config, settings, splits, time.perf_counter() - t0)
+    meta["runs_finished"] = f"{len(records)} of {len(plans)}"
     written = ablate_report.write_outputs(out, records, _variant_info(settings.variants), meta)
     log(written.table)
     log(f"ablate: done in {_fmt_s(time.perf_counter() - t0)}; {', '.join(str(p) for p in written.files.values())}")
@@ -538,6 +540,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold", type=float, default=0.25, help="training error for Figure 1's timing (default: %(default)s)"
     )
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep state.pt and best.safetensors")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: tables and pictures from the finished runs"
+    )
     parser.add_argument("--progress", default="auto", help="auto | bar | log | none (default: %(default)s)")
 
 
@@ -553,6 +558,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         device=args.device,
         threshold=args.threshold,
         keep_checkpoints=args.keep_checkpoints,
+        report_only=args.report_only,
         progress=args.progress,
     )
     run_ablation(config)

@@ -191,8 +191,10 @@ def _figure1_text(fig: dict[str, Any] | None) -> str:
 
 def markdown(rows: list[dict[str, Any]], fig: dict[str, Any] | None, meta: dict[str, Any]) -> str:
     """The differences table, the absolute table and Figure 1's line, as Markdown."""
+    partial = meta.get("runs_finished", "")
+    partial = f" Runs finished: {partial}." if partial and partial.split(" of ")[0] != partial.split(" of ")[-1] else ""
     lines = [
-        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {meta['train_samples']:,} training images, "
+        f"Seeds {meta['seeds']};{partial} scale `{meta['scale']}`: {meta['train_samples']:,} training images, "
         f"{meta['test_samples']:,} test images ({meta['test_source']}), {meta['epochs']} epochs. Differences are "
         "variant minus `full` in points of test error (centre crop), mean over seeds [95% t-interval].",
         "",
