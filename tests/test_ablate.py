@@ -72,6 +72,12 @@ def test_unknown_variant_is_one_line_listing_the_valid_ones():
         ablate.run_from_args(args)
 
 
+def test_too_few_images_is_one_line(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2)
+    with pytest.raises(ablate.AblationError, match="leave none to train on"):
+        ablate.run_ablation(tiny(data, tmp_path / "abl", val_samples=500), log=lambda s: None)
+
+
 def test_interval_arithmetic():
     iv = ablate_report.t_interval([1.0, 2.0, 3.0])
     half = 4.303 / math.sqrt(3)  # sd 1, t(0.975, 2)

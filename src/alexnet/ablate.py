@@ -248,6 +248,11 @@ def load_splits(config: AblationConfig, settings: Settings) -> Splits:
     left = [rest[i] for i in rest2]
     train_pos = _take([pool.targets[i] for i in left], settings.train_samples, config.split_seed)[1]
     train_idx = [left[i] for i in train_pos]
+    if not train_idx or not val_idx:
+        raise AblationError(
+            f"{config.data}: {len(pool):,} images leave none to train on after {len(val_idx):,} validation and "
+            f"{len(test_idx):,} test images ({test_source}); use more images"
+        )
     val_base = _open(config.data, "train")  # its own object: train.main gives each view its geometry
     return Splits(
         train=datasets.Subset(pool, train_idx),
