@@ -303,7 +303,8 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
 def _check_same(plan: RunPlan, saved: dict[str, Any], where: Path) -> None:
     """A run folder made with other settings is never silently reused or mixed into the table."""
     mine, theirs = _comparable(plan.train_config.to_dict()), _comparable(saved)
-    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    # settings both versions know (a TrainConfig field added or retired since does not orphan finished runs)
+    diff = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
     if diff:
         k = diff[0]
         raise AblationError(
