@@ -16,7 +16,8 @@ an hour; it cannot show what needs long runs (overfitting without dropout or aug
 seed-to-seed noise). ``--scale full`` is for a GPU: 227x227, the whole training set, the paper's 90 epochs and
 its plateau schedule.
 
-Imports nothing heavy at module level: the command line builds its parser from `add_arguments` without torch.
+Imports nothing heavy at module level, so `add_arguments` needs no torch (the package's ``__init__`` still
+imports it today).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
 from .errors import AlexnetError
+from .options import PROGRESS_MODES
 
 __all__ = [
     "AblationError",
@@ -549,7 +551,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: tables and pictures from the finished runs"
     )
-    parser.add_argument("--progress", default="auto", help="auto | bar | log | none (default: %(default)s)")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="default: %(default)s")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
