@@ -178,7 +178,7 @@ def _paper(row: dict[str, Any]) -> str:
 
 def _figure1_text(fig: dict[str, Any] | None) -> str:
     if fig is None:
-        return "Figure 1 (ReLU against tanh): not run (add the `tanh` variant)."
+        return "Figure 1 (ReLU against tanh): no finished pair of `full` and `tanh` runs."
     t = fig["threshold"]
     cells = "; ".join(
         f"seed {p['seed']}: ReLU {p['epochs_relu'] or 'not reached'}, tanh {p['epochs_tanh'] or 'not reached'}"
@@ -194,9 +194,9 @@ def markdown(rows: list[dict[str, Any]], fig: dict[str, Any] | None, meta: dict[
     partial = meta.get("runs_finished", "")
     partial = f" Runs finished: {partial}." if partial and partial.split(" of ")[0] != partial.split(" of ")[-1] else ""
     lines = [
-        f"Seeds {meta['seeds']};{partial} scale `{meta['scale']}`: {meta['train_samples']:,} training images, "
+        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {meta['train_samples']:,} training images, "
         f"{meta['test_samples']:,} test images ({meta['test_source']}), {meta['epochs']} epochs. Differences are "
-        "variant minus `full` in points of test error (centre crop), mean over seeds [95% t-interval].",
+        f"variant minus `full` in points of test error (centre crop), mean over seeds [95% t-interval].{partial}",
         "",
         "| variant | switch | top-1 error diff | top-5 error diff | paper (points, idea removed) | direction |",
         "|---|---|---:|---:|---|---|",
