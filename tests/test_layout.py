@@ -22,8 +22,8 @@ LAYERS = [
     ["preprocessing", "weights"],
     ["distributed", "rundir"],
     ["evaluate", "predict", "features"],
-    ["train", "plots", "report"],
-    ["demo", "serve", "serve_upload", "serve_batch", "ablate"],
+    ["train", "plots", "report", "ablate_report"],
+    ["demo", "serve", "serve_upload", "serve_batch", "ablate", "ablate_variants"],
     ["cli", "__main__"],
 ]
 # data/ knows nothing of models or weights (DESIGN.md): it sits below them and may not reach up.

@@ -149,3 +149,19 @@ def test_models_use_the_fast_dropout():
     for arch in ("alexnet2012", "alexnet_owt", "caffenet"):
         drops = [m for m in alexnet.create_model(arch).modules() if isinstance(m, torch.nn.Dropout)]
         assert len(drops) == 2 and all(type(m) is Dropout and m.p == 0.5 for m in drops)
+
+
+def test_activation_default_is_the_papers_relu():
+    # the activation switch (tanh for Figure 1's comparison) leaves every existing model as it was
+    assert AlexNetConfig().activation == "relu"
+    for arch in alexnet.list_models():
+        assert alexnet.models.get_config(arch).activation == "relu"
+    relu = alexnet.create_model("alexnet2012", num_classes=5)
+    tanh = alexnet.create_model("alexnet2012", num_classes=5, activation="tanh")
+    kinds = [type(m).__name__ for m in relu.features] + [type(m).__name__ for m in relu.classifier]
+    swapped = [type(m).__name__ for m in tanh.features] + [type(m).__name__ for m in tanh.classifier]
+    assert kinds.count("ReLU") == 7 and "Tanh" not in kinds
+    assert swapped == ["Tanh" if k == "ReLU" else k for k in kinds]
+    assert set(relu.state_dict()) == set(tanh.state_dict())
+    with pytest.raises(ValueError, match="activation"):
+        AlexNetConfig(activation="sigmoid")

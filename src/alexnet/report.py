@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import rundir
+from .ablate_report import html_section as ablation_section
 from .data.fileio import atomic_write_text
 from .errors import AlexnetError
 from .plots import PlotError, load_thumbnail, plot_confusion, plot_curves, plot_filters, read_metrics
@@ -305,6 +306,10 @@ def report(
     if not run.is_dir():
         raise PlotError(f"{run}: no such run folder")
     out = Path(out) if out is not None else run / "report.html"
+    if (run / "ablation.json").is_file() and not (run / "config.json").is_file():  # an `alexnet ablate` folder
+        title = f"alexnet ablation: {run.resolve().name}"
+        body = f"<h1>{html.escape(title)}</h1>{ablation_section(run)}"
+        return atomic_write_text(out, _html(title, _Page(parts=[body])))
     title = f"alexnet run: {run.resolve().name}"
     page = _Page(parts=[f"<h1>{html.escape(title)}</h1>"])
     cfg = _config_section(run, page)

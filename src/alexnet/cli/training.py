@@ -29,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_train(sub)
     _add_finetune(sub)
     _add_demo(sub)
+    _add_ablate(sub)
 
 
 # --- train / finetune ---------------------------------------------------------------------------------------------
@@ -299,4 +300,59 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "  alexnet finetune path/to/your/images --weights torchvision --train-layers fc6,fc7,fc8 --reinit fc8 "
         "--val-split 0.1 --out runs/mine"
     )
+    return EXIT_OK
+
+
+# --- ablate ---------------------------------------------------------------------------------------------------------
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    from ..ablate_variants import SCALES, VARIANTS  # plain data, no torch
+
+    p = sub.add_parser(
+        "ablate",
+        help="what each of the paper's ideas is worth: the full recipe and one-switch variants, side by side",
+        formatter_class=Formatter,
+        description="Train the full recipe and each variant with exactly one switch changed (same seeds, data order "
+        "and split), evaluate each with a centre crop and ten patches on held-out data, and report the mean "
+        "difference from full with its t-interval over the seeds, beside the paper's figure (ablation.json, "
+        "ablation.md, pictures). A finished run is skipped on a rerun, a stopped one resumed.",
+    )
+    p.add_argument("data", help="Fashion-MNIST's folder (or 'fashion-mnist'), or an image folder / list file")
+    p.add_argument("--out", default="runs/ablate", help="runs and outputs go here")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; full is always run")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 for every variant")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the scale's (cpu 4, full 90)")
+    p.add_argument(
+        "--scale",
+        choices=tuple(SCALES),
+        default="cpu",
+        help="cpu: 67x67, 6,000 images, a few epochs (a CPU); full: 227x227, the whole set, 90 epochs (a GPU)",
+    )
+    add_runtime_flags(p, precision_help="training's autocast for every variant alike (auto: bf16 where native)")
+    p.add_argument("--workers", type=workers_int, default=None, help="loader processes (default: the scale's)")
+    p.add_argument("--threshold", type=float, default=0.25, help="training error for Figure 1's timing")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep state.pt and best.safetensors")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables and pictures from finished runs")
+    add_progress_flag(p)
+    p.set_defaults(func=_cmd_ablate)
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from ..ablate import AblationConfig, parse_variants, run_ablation
+
+    config = AblationConfig(
+        data=args.data,
+        out=args.out,
+        variants=parse_variants(args.variants),
+        seeds=args.seeds,
+        epochs=args.epochs,
+        scale=args.scale,
+        device=args.device,
+        precision=args.precision,
+        workers=args.workers,
+        threshold=args.threshold,
+        keep_checkpoints=args.keep_checkpoints,
+        report_only=args.report_only,
+        progress=args.progress,
+    )
+    run_ablation(config)
     return EXIT_OK

@@ -1,0 +1,168 @@
+"""`alexnet ablate` on tiny data: every variant changes one switch, reruns skip and resume, the interval arithmetic."""
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet import ablate, ablate_report, train
+from alexnet.data.datasets import Subset
+
+TINY_NET = {"conv_channels": [8, 16, 16, 16, 16], "fc_features": 32}
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            a = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
+            a[..., c] += 150  # a colour per class: learnable
+            Image.fromarray(a).save(d / f"{i:02d}.png")
+    return root
+
+
+def tiny(data: Path, out: Path, **kw) -> ablate.AblationConfig:
+    opts = {"seeds": 1, "epochs": 2, "train_samples": 0, "val_samples": 3, "test_samples": 6, "batch_size": 4}
+    opts.update(kw)
+    return ablate.AblationConfig(data=str(data), out=str(out), model_options=dict(TINY_NET), progress="none", **opts)
+
+
+def _flat(tc) -> dict:
+    d = tc.to_dict()
+    opts = d.pop("model_options")
+    return {**d, **{f"model.{k}": v for k, v in opts.items()}}
+
+
+def test_each_variant_differs_from_full_only_in_its_switch(tmp_path):
+    cfg = ablate.AblationConfig(data="d", out=str(tmp_path))
+    settings = ablate.resolve_settings(cfg)
+    full = _flat(ablate.variant_train_config(cfg, settings, "full", 1, train_size=6000, stats="s.json"))
+    assert full["model.adaptive_pool"] is True and full["seed"] == 1 and full["lighting"] == 0.1
+    for name, v in ablate.VARIANTS.items():
+        mine = _flat(ablate.variant_train_config(cfg, settings, name, 1, train_size=6000, stats="s.json"))
+        changed = {k for k in set(full) | set(mine) if full.get(k) != mine.get(k)} - {"out"}
+        expected = {f"model.{k}" for k in v.model} | set(v.train)
+        expected |= {"model.conv_channels"} if v.halve_convs else set()
+        assert changed == expected, name
+        assert mine["out"] == str(tmp_path / name / "seed-1")
+    half = _flat(ablate.variant_train_config(cfg, settings, "one-gpu-half", 0, train_size=6000, stats=None))
+    assert half["model.conv_channels"] == [48, 128, 192, 192, 256]  # conv5 kept: the paper's footnote 2
+    assert half["model.groups"] == 1
+
+
+def test_unknown_variant_is_one_line_listing_the_valid_ones(capsys):
+    with pytest.raises(ablate.AblationError) as e:
+        ablate.parse_variants("full,no-lrn,no-such")
+    msg = str(e.value)
+    assert "\n" not in msg and "no-such" in msg
+    assert all(name in msg for name in ablate.VARIANTS)
+    assert ablate.parse_variants("no-lrn") == ["full", "no-lrn"]  # full is the reference: always run
+    from alexnet.cli import main
+
+    assert main(["ablate", "data", "--variants", "tanh,bogus"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "valid variants: full, no-lrn" in err
+
+
+def test_too_few_images_is_one_line(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2)
+    with pytest.raises(ablate.AblationError, match="leave none to train on"):
+        ablate.run_ablation(tiny(data, tmp_path / "abl", val_samples=500), log=lambda s: None)
+
+
+def test_interval_arithmetic():
+    iv = ablate_report.t_interval([1.0, 2.0, 3.0])
+    half = 4.303 / math.sqrt(3)  # sd 1, t(0.975, 2)
+    assert iv["mean"] == pytest.approx(2.0) and iv["sd"] == pytest.approx(1.0)
+    assert (iv["low"], iv["high"]) == pytest.approx((2.0 - half, 2.0 + half))
+    one = ablate_report.t_interval([0.7])
+    assert one["mean"] == 0.7 and one["low"] is None and one["high"] is None
+    assert ablate_report.verdict(one, 1) == "interval cannot be computed (1 seed)"
+    assert ablate_report.t_quantile(1) == 12.706 and ablate_report.t_quantile(60) == pytest.approx(2.0003, abs=2e-3)
+    assert ablate_report.verdict({"n": 3, "low": 0.1, "high": 2.0}, 1) == "agrees"
+    assert ablate_report.verdict({"n": 3, "low": -2.0, "high": -0.1}, 1) == "disagrees"
+    assert ablate_report.verdict({"n": 3, "low": -0.5, "high": 1.0}, 1) == "cannot tell"
+    assert ablate_report.verdict({"n": 3, "low": -2.0, "high": -0.1}, -1) == "agrees"
+
+
+class _StopAt(Subset):
+    """A training view that sends this process SIGINT when its ``at``-th image is read, as Ctrl-C would."""
+
+    def __init__(self, base, indices, at: int) -> None:
+        super().__init__(base, indices)
+        self.at, self.reads = at, 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().__getitem__(i)
+
+
+def test_rerun_skips_finished_and_resumes_stopped(tmp_path):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "abl"
+    first = ablate.run_ablation(tiny(data, out, variants=["full"]), log=lambda s: None)
+    record = out / "full" / "seed-0" / ablate.RUN_RECORD
+    assert record.is_file() and not (out / "full" / "seed-0" / "state.pt").exists()  # pruned once evaluated
+    r = first.runs[0]
+    assert 0.0 <= r["centre"]["top1_error"] <= 1.0 and 0.0 <= r["ten_crop"]["top1_error"] <= 1.0
+    assert [p["epoch"] for p in r["curve"]] == [1, 2] and r["test_samples"] == 6
+
+    # no-lrn stopped in its first epoch, as a Ctrl-C would stop it
+    cfg = tiny(data, out, variants=["full", "no-lrn"])
+    settings = ablate.resolve_settings(cfg)
+    splits = ablate.load_splits(cfg, settings)
+    plans = ablate.plan_runs(cfg, settings, train_size=len(splits.train), stats=str(out / "stats.json"))
+    plan = next(p for p in plans if p.variant == "no-lrn")
+    stopping = _StopAt(splits.train.base, splits.train.indices, at=6)
+    stopped = train.main(plan.train_config, train_dataset=stopping, val_dataset=splits.val)
+    assert stopped.interrupted and (plan.folder / "state.pt").is_file()
+    assert not (plan.folder / ablate.RUN_RECORD).exists()
+
+    mtime = record.stat().st_mtime_ns
+    lines: list[str] = []
+    again = ablate.run_ablation(cfg, log=lines.append)
+    assert any("full seed 0: skip" in s for s in lines)
+    assert any("no-lrn seed 0: resume" in s for s in lines)
+    assert record.stat().st_mtime_ns == mtime
+    resumed = next(r for r in again.runs if r["variant"] == "no-lrn")
+    assert [p["epoch"] for p in resumed["curve"]] == [1, 2]
+
+    doc = json.loads((out / "ablation.json").read_text())
+    assert doc["meta"]["seeds"] == [0] and {r["variant"] for r in doc["runs"]} == {"full", "no-lrn"}
+    row = next(r for r in doc["summary"] if r["variant"] == "no-lrn")
+    assert row["verdict"] == "interval cannot be computed (1 seed)"
+    assert (out / "differences.png").is_file() and "no-lrn" in (out / "ablation.md").read_text()
+    page = (out / "report.html").read_text()  # the HTML report's ablation section, pictures inlined
+    assert "no-lrn" in page and "data:image/png;base64," in page
+    assert '<section id="ablation">' in ablate_report.html_section(out)
+
+    # --report-only trains nothing: the tables say how many runs are finished
+    lines.clear()
+    partial = ablate.run_ablation(tiny(data, out, variants=["no-lrn", "no-pca"], report_only=True), log=lines.append)
+    assert any("no-pca seed 0: not finished" in s for s in lines) and not (out / "no-pca").exists()
+    assert len(partial.runs) == 2 and "Runs finished: 2 of 3." in (out / "ablation.md").read_text()
+
+    # a rerun with other settings never mixes its runs into these
+    with pytest.raises(ablate.AblationError, match="other settings"):
+        ablate.run_ablation(tiny(data, out, variants=["full"], epochs=3), log=lambda s: None)
+
+
+def test_tanh_curves_and_figure1(tmp_path):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "abl"
+    res = ablate.run_ablation(tiny(data, out, variants=["tanh"], threshold=0.9), log=lambda s: None)
+    assert {r["variant"] for r in res.runs} == {"full", "tanh"}
+    assert (out / "relu_tanh.png").is_file()
+    fig = json.loads((out / "ablation.json").read_text())["figure1"]
+    assert fig["threshold"] == 0.9 and fig["pairs"][0]["seed"] == 0
+    tanh_cfg = json.loads((out / "tanh" / "seed-0" / "config.json").read_text())
+    assert tanh_cfg["model_options"]["activation"] == "tanh"
