@@ -138,9 +138,8 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 class Dropout(nn.Dropout):
     """`torch.nn.Dropout` (section 4: each hidden unit of fc6/fc7 is zeroed with probability ``p`` while training;
     inverted, as torchvision's, so that evaluation needs no rescaling) whose CPU mask comes from ``torch.rand``.
-    PyTorch's CPU ``bernoulli_`` kernel is about 5x slower than ``rand`` for the same Bernoulli(1 - p) mask (6.3 vs
-    1.3 ms for fc6's 64x9216 input on 2 cores), which is 5 % of a cached fine-tuning step. Other devices keep
-    PyTorch's fused kernel."""
+    PyTorch's CPU ``bernoulli_`` kernel is several times slower than ``rand`` for the same Bernoulli(1 - p) mask, a
+    visible share of a cached fine-tuning step (docs/BENCHMARKS.md). Other devices keep PyTorch's fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu":

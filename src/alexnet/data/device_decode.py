@@ -2,9 +2,9 @@
 decoded in one batched ``torchvision.io.decode_jpeg(..., device=...)`` call (nvJPEG on a GPU), then cropped and
 flipped there by the data set's own geometry transform.
 
-On a GPU, decoding is what bounds end-to-end training from JPEG files: a 500x375 JPEG takes 1-2 ms of a CPU core,
-so 16 cores give at most ~10,000 images/s, while one H200 decodes ~19,000/s and trains AlexNet at ~50,000/s
-(docs/BENCHMARKS.md). This is NVIDIA DALI's design, built from torchvision's decoder.
+On a GPU, decoding is what bounds end-to-end training from JPEG files: a CPU core decodes far fewer images per
+second than one GPU trains AlexNet on, while the GPU's own decoder keeps up (figures in docs/BENCHMARKS.md). This
+is NVIDIA DALI's design, built from torchvision's decoder.
 
 Only plain JPEGs take this path: 8-bit RGB or grayscale, no EXIF rotation, within Pillow's pixel limit, judged
 from the header in the worker (`plain_jpeg`). Every other file (PNG, CMYK, rotated, ...) is decoded and cropped in

@@ -3,9 +3,8 @@
 A prepared set (`alexnet.data.prepare`) stores every image decoded, at the paper's 256x256 (section 2), so an epoch
 has nothing left to compute but the crop and flip of section 4.1. A DataLoader with worker processes then spends
 its time on moving pixels: each worker copies its batch into shared memory, and the training process pays a page
-fault for every 4 KiB of it when it first reads the batch: 13.7 ms of the training process's CPU time per batch of
-256 crops on the reference CPU (``python -m benchmarks loader``, docs/BENCHMARKS.md), which caps the loader near
-19,000 images/s there however many workers there are.
+fault for every 4 KiB of it when it first reads the batch, a cost per batch that caps the loader however many
+workers there are (``python -m benchmarks loader`` measures it; figures in docs/BENCHMARKS.md).
 
 `PreparedLoader` instead reads each image's row of its shard with one ``os.preadv`` into the batch's buffer (page
 cache to buffer, one copy; pinned memory when the batch goes to a GPU), from a few threads (the read releases the

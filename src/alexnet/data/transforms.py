@@ -34,7 +34,6 @@ __all__ = [
     "resize_center_crop",
     "CenterPatch",
     "train_geometry",
-    "train_transform",
 ]
 
 # The ImageNet RGB eigen-pairs everyone uses when they have not computed their own (fb.resnet.torch's
@@ -237,16 +236,3 @@ class BatchTransform(nn.Module):
             offset = offset - shift
         y = x.to(torch.float32)
         return y.mul_(self.value_scale / 255.0 / std).sub_(offset / std)
-
-
-def train_transform(
-    resize_size: int,
-    input_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    value_scale: float = 1.0,
-    flip: bool = True,
-) -> v2.Compose:
-    """uint8 (3, H, W) -> float (3, S, S): `train_geometry` then `Normalizer` (per image; no lighting)."""
-    geometry = train_geometry(resize_size, input_size, flip)
-    return Geometry([geometry, Normalizer(mean, std, value_scale)], resize_size)
