@@ -108,7 +108,9 @@ def test_data_chain_explicit_folder_and_env(fashion, monkeypatch):
 
 def test_data_chain_package_folder(fashion, monkeypatch):
     # the Debian package's folder is one of the places looked in, after an explicit folder
-    monkeypatch.setattr(datasets, "_fashion_candidates", lambda data_dir: [fashion])
+    from alexnet.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "_fashion_candidates", lambda data_dir: [fashion])
     assert datasets.find_fashion_mnist() == fashion
 
 
