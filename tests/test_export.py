@@ -132,8 +132,12 @@ def test_save_weights_picks_the_format_by_suffix(tmp_path):
     torch.manual_seed(2)
     model = _narrow_model()
     pre = W.Preprocessing.from_dict({**BVLC_PREPROCESSING.to_dict(), "class_names": list("abcdefghij")})
-    for name in ("m.safetensors", "m.npy", "m.pth", "m.PT"):
+    for name in ("m.safetensors", "m.pth", "m.PT"):
         assert W.save_weights(model, pre, tmp_path / name) == tmp_path / name
+    # the bvlc layout cannot express a narrow fc6/fc7 (the importer builds 4096): refused unless lossy (issue 14)
+    with pytest.raises(WeightsError, match="cannot express this model.*fc_features=4096"):
+        W.save_weights(model, pre, tmp_path / "m.npy")
+    assert W.save_weights(model, pre, tmp_path / "m.npy", lossy=True) == tmp_path / "m.npy"
     _, pre_st = alexnet.load_model(tmp_path / "m.safetensors")
     assert pre_st == pre  # only .safetensors carries the preprocessing and class names
     assert set(W.read_bvlc_npy(tmp_path / "m.npy", allow_pickle=True)) == set(model.named_layers())

@@ -15,6 +15,8 @@ torchvision's ``features.N`` / ``classifier.N`` layout, so torchvision checkpoin
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -74,11 +76,20 @@ class AlexNetConfig:
     activation: str = "relu"  # after every conv and fc6/fc7: relu (section 3.1) | tanh (Figure 1's comparison)
 
     def __post_init__(self) -> None:
+        _check_field_types(self)  # a weights file's metadata is untrusted input: "1.5" or 1e9 must not build
         self.conv_channels = tuple(int(c) for c in self.conv_channels)  # JSON gives lists
         if len(self.conv_channels) != 5:
             raise ValueError(f"conv_channels needs 5 values (conv1..conv5), got {len(self.conv_channels)}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        for name in ("num_classes", "in_channels", "lrn_size", "fc_features", "input_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.conv_channels) < 1:
+            raise ValueError(f"conv_channels must be >= 1 each, got {list(self.conv_channels)}")
+        if self.conv1_padding < 0:
+            raise ValueError(f"conv1_padding must be >= 0, got {self.conv1_padding}")
+        for name in ("lrn_alpha", "lrn_beta", "lrn_k"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.groups not in (1, 2):
             raise ValueError(f"groups must be 1 or 2, got {self.groups}")
         for name in ("conv2", "conv4", "conv5"):
@@ -106,6 +117,46 @@ class AlexNetConfig:
         if unknown:
             raise ValueError(f"unknown AlexNetConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def _check_field_types(config: AlexNetConfig) -> None:
+    """Raise ValueError naming the first field whose value has the wrong type: ints are ints (not bools or
+    floats), floats any real number, bools bools, conv_channels a list of 5 ints."""
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), _FIELD_KINDS.get(f.name, "int")
+        if kind == "channels":
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+        elif kind == "float":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:
+            ok = _is_int(value)
+        if not ok:
+            want = {"channels": "a list of 5 integers", "float": "a finite number", "bool": "true or false"}
+            raise ValueError(
+                f"{f.name} must be {want.get(kind, 'a string' if kind == 'str' else 'an integer')}, got {value!r:.60}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_FIELD_KINDS = {
+    "conv_channels": "channels",
+    "lrn": "bool",
+    "lrn_before_pool": "bool",
+    "adaptive_pool": "bool",
+    "dropout_before_fc": "bool",
+    "lrn_alpha": "float",
+    "lrn_beta": "float",
+    "lrn_k": "float",
+    "dropout": "float",
+    "init": "str",
+}  # every other field is an int
 
 
 _ARCHS: dict[str, Callable[[], AlexNetConfig]] = {

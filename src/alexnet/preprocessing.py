@@ -6,6 +6,8 @@ commands build their pipelines from it. Knows nothing of weights files.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -35,6 +37,19 @@ class Preprocessing:
     class_names: list[str] | None = field(default=None, repr=False)  # index -> name
 
     def __post_init__(self) -> None:
+        # a weights file's metadata is untrusted input: name the field whose value cannot be right
+        for name in ("input_size", "resize_size"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r:.60}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(_is_finite(x) for x in v):
+                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
+        if not _is_finite(self.value_scale) or self.value_scale <= 0:
+            raise ValueError(f"value_scale must be a positive number (1 or 255), got {self.value_scale!r:.60}")
+        if self.class_names is not None and not isinstance(self.class_names, (list, tuple)):
+            raise ValueError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -112,8 +127,14 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"preprocessing must be an object of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _is_finite(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # torchvision's AlexNet_Weights.IMAGENET1K_V1 preset (ImageClassification: resize 256, crop 224).

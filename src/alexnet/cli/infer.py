@@ -146,18 +146,26 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )
     add_weights_flags(p, default=None, positional=True)
     p.add_argument("dst", metavar="DST", help="output file: .safetensors, .npy, .pth or .pt")
+    p.add_argument(
+        "--lossy",
+        action="store_true",
+        help="write a .npy even when the bvlc layout cannot express the model (it then loads as another model)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights import save_weights
+    from ..weights import save_notes, save_weights, weights_format
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
+    weights_format(args.dst)  # an unknown suffix is refused before loading anything
     model, pre = spec.load()
-    dst = save_weights(model, pre, args.dst, arch=spec.arch)
+    dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy)
+    for line in save_notes(model, pre, dst):
+        print(f"alexnet convert: {line}", file=sys.stderr)
     if args.json:
         print_json({"src": str(spec.source), "dst": str(dst), "format": dst.suffix[1:].lower()})
     else:

@@ -10,11 +10,28 @@ Knows nothing of training.
 
 from ..data.fileio import atomic_write
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
-from .base import WeightsError, check_state_dict, guess_arch, imagenet_classes
-from .bvlc import BVLC_CONVERSIONS, bvlc_to_state_dict, export_npy, load_bvlc_npy, read_bvlc_npy, state_dict_to_bvlc
+from .base import WeightsError, check_state_dict, check_tensor_values, guess_arch, imagenet_classes
+from .bvlc import (
+    BVLC_CONVERSIONS,
+    bvlc_import_differences,
+    bvlc_to_state_dict,
+    export_npy,
+    load_bvlc_npy,
+    read_bvlc_npy,
+    state_dict_to_bvlc,
+)
 from .caffe import CAFFE_ZOO, CaffeZooWeights, load_caffe, load_caffe_zoo
 from .caffe_proto import CaffeError
-from .io import SAVE_FORMATS, WeightsSource, export_pth, load_model, save_model, save_weights, weights_format
+from .io import (
+    SAVE_FORMATS,
+    WeightsSource,
+    export_pth,
+    load_model,
+    save_model,
+    save_notes,
+    save_weights,
+    weights_format,
+)
 from .onnx import export_onnx, verify_onnx
 from .pretrained import load_pretrained, pretrained_record
 from .records import PRETRAINED, PretrainedWeights
@@ -33,8 +50,10 @@ __all__ = [
     "WeightsError",
     "WeightsSource",
     "atomic_write",
+    "bvlc_import_differences",
     "bvlc_to_state_dict",
     "check_state_dict",
+    "check_tensor_values",
     "default_preprocessing",
     "export_npy",
     "export_onnx",
@@ -49,6 +68,7 @@ __all__ = [
     "pretrained_record",
     "read_bvlc_npy",
     "save_model",
+    "save_notes",
     "save_weights",
     "state_dict_to_bvlc",
     "verify_onnx",

@@ -20,10 +20,15 @@ from ..preprocessing import TORCHVISION_PREPROCESSING, Preprocessing, default_pr
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "PTH_METADATA_KEY",
     "WeightsError",
+    "check_class_names",
     "check_state_dict",
     "assign_state",
     "empty_model",
+    "check_tensor_values",
+    "config_from_metadata",
+    "preprocessing_from_metadata",
     "guess_arch",
     "imagenet_classes",
     "model_from_state_dict",
@@ -33,6 +38,11 @@ __all__ = [
 
 FORMAT_NAME = "alexnet"  # the ``format`` tag in our .safetensors and .onnx metadata
 FORMAT_VERSION = "1"
+# Where a .pth written by `export_pth` keeps its preprocessing and class names: an entry of the state dict's
+# ``_metadata`` (the per-module version table `torch.nn.Module.load_state_dict` reads by module prefix), so
+# torchvision's ``model.load_state_dict(torch.load(f))`` ignores it: no module has this name.
+PTH_METADATA_KEY = "alexnet:preprocessing"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class WeightsError(AlexnetError, ValueError):
@@ -68,6 +78,52 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
                     "classifier on these weights, fine-tune (alexnet finetune --weights ... --reinit fc8)"
                 )
             raise WeightsError(f"{source}: {pretty(k)} has shape {got}, expected {tuple(v.shape)}")
+
+
+def check_tensor_values(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise `WeightsError` naming the first tensor that is not floating point (int weights would load as
+    truncated or garbage values) or holds NaN / infinity (a diverged or corrupt file would print ``nan``)."""
+    for k, v in state.items():
+        if v.dtype not in FLOAT_DTYPES:
+            raise WeightsError(
+                f"{source}: {k} holds {str(v.dtype).removeprefix('torch.')} values, not floating point weights: "
+                "the file is corrupt or not weights of this model"
+            )
+        if v.numel() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise WeightsError(
+                f"{source}: {k} holds {bad} NaN or infinite values: the weights are corrupt (a diverged run?); "
+                "use an earlier checkpoint"
+            )
+
+
+def config_from_metadata(text: Any, source: str) -> AlexNetConfig:
+    """The `AlexNetConfig` of a weights file's JSON metadata, every field's type and range checked (one-line
+    `WeightsError` naming the field): nothing is built from it yet."""
+    try:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object of AlexNetConfig fields, got {type(d).__name__}")
+        return AlexNetConfig.from_dict(d)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise WeightsError(f"{source}: invalid config in the metadata: {one_line(e)}; the file is corrupt") from None
+
+
+def preprocessing_from_metadata(text: Any, source: str) -> Preprocessing:
+    """The `Preprocessing` of a weights file's JSON metadata, every field checked (one-line `WeightsError`)."""
+    try:
+        return Preprocessing.from_dict(json.loads(text))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise WeightsError(
+            f"{source}: invalid preprocessing in the metadata: {one_line(e)}; the file is corrupt"
+        ) from None
+
+
+def check_class_names(preprocessing: Preprocessing, num_classes: int, source: str) -> None:
+    """Refuse class names that do not name exactly fc8's outputs: predictions would be named wrongly."""
+    names = preprocessing.class_names
+    if names is not None and len(names) != num_classes:
+        raise WeightsError(f"{source}: {len(names)} class names for a model with {num_classes} classes (fc8)")
 
 
 def _prefix_to_paper_name(model: nn.Module) -> dict[str, str]:
@@ -119,6 +175,7 @@ def model_from_state_dict(
     preprocessing: Preprocessing | None,
 ) -> tuple[AlexNet, Preprocessing]:
     """Build ``arch`` (guessed from conv1's shape when None) and load a state dict in our/torchvision's layout."""
+    check_tensor_values(state, source)
     w = state.get("features.0.weight")
     if w is None or w.ndim != 4:
         raise WeightsError(f"{source}: no conv1 weight (features.0.weight): not an AlexNet state dict")

@@ -14,11 +14,12 @@ from ..data.fileio import atomic_write
 from ..models import AlexNet, create_model
 from ..preprocessing import BVLC_PREPROCESSING, Preprocessing
 from ..runtime import unwrap_model
-from .base import WeightsError, check_state_dict, one_line
+from .base import WeightsError, check_state_dict, check_tensor_values, one_line
 from .records import PRETRAINED, PretrainedWeights
 
 __all__ = [
     "BVLC_CONVERSIONS",
+    "bvlc_import_differences",
     "bvlc_to_state_dict",
     "export_npy",
     "load_bvlc_npy",
@@ -68,6 +69,7 @@ def load_bvlc_npy(
         raise WeightsError(f"{path}: {e}") from None
     state = bvlc_to_state_dict(layers, model, str(path))
     check_state_dict(model, state, str(path))
+    check_tensor_values(state, str(path))
     model.load_state_dict(state)
     pre = Preprocessing.from_dict(rec.preprocessing.to_dict())
     if num_classes != rec.num_classes:
@@ -238,6 +240,51 @@ def _fold_input_normalisation(
     new_w = w64 * a.view(1, 3, 1, 1)
     new_b = b.double() + (w64 * c.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
     return new_w.float(), new_b.float()
+
+
+# AlexNetConfig fields that change no prediction of a loaded model (initialisation, dropout): not compared.
+_TRAINING_ONLY = ("init", "dropout", "dropout_before_fc")
+
+
+def bvlc_import_differences(model: AlexNet, preprocessing: Preprocessing | None = None) -> tuple[str, list[str]]:
+    """What `load_bvlc_npy` would rebuild from ``model`` written as ``.npy``: ``(arch to load it with, the
+    differences from ``model``)``, each as ``field=rebuilt (this model: value)``; no differences means the file
+    loads back as the same function. The layout records no config: the importer builds a registered arch with
+    Caffe's LRN k = 1 and BVLC's 227/256 preprocessing, whatever the model was."""
+    model = unwrap_model(model)
+    if not isinstance(model, AlexNet):
+        raise WeightsError("the bvlc layout needs an alexnet.AlexNet model")
+    from ..models import list_models
+
+    rec = PRETRAINED["bvlc_alexnet"]
+    mine = model.config.to_dict()
+    best: tuple[str, list[str]] | None = None
+    for arch in [rec.arch] + [a for a in list_models() if a != rec.arch]:
+        rebuilt = _rebuilt_config(arch, mine["num_classes"], rec.config_overrides)
+        diffs = [
+            f"{k}={rebuilt[k]} (this model: {mine[k]})"
+            for k in rebuilt
+            if k not in _TRAINING_ONLY and rebuilt[k] != mine[k]
+        ]
+        if preprocessing is not None:
+            for k in ("input_size", "resize_size"):
+                want = getattr(rec.preprocessing, k)
+                if getattr(preprocessing, k) != want and not any(d.startswith(f"{k}=") for d in diffs):
+                    diffs.append(f"preprocessing {k}={want} (this model: {getattr(preprocessing, k)})")
+        if best is None or len(diffs) < len(best[1]):
+            best = (arch, diffs)
+    assert best is not None
+    return best
+
+
+def _rebuilt_config(arch: str, num_classes: int, lrn_overrides: Mapping[str, object]) -> dict[str, object]:
+    """The config dict `load_bvlc_npy` builds for ``arch``: LRN overrides only where the arch has LRN."""
+    from ..models import get_config
+
+    cfg = get_config(arch, num_classes=num_classes)
+    if cfg.lrn:
+        cfg = get_config(arch, num_classes=num_classes, **lrn_overrides)
+    return cfg.to_dict()
 
 
 def export_npy(model: AlexNet, path: str | Path, *, preprocessing: Preprocessing | None = None) -> Path:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,34 @@ from ..runtime import unwrap_model
 from .base import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    PTH_METADATA_KEY,
     WeightsError,
     assign_state,
+    check_class_names,
     check_state_dict,
+    check_tensor_values,
+    config_from_metadata,
     empty_model,
     guess_arch,
     model_from_state_dict,
     one_line,
+    preprocessing_from_metadata,
     unwrap_state_dict,
 )
-from .bvlc import export_npy, load_bvlc_npy
+from .bvlc import bvlc_import_differences, export_npy, load_bvlc_npy
 from .caffe import CAFFE_ZOO, load_caffe, load_caffe_zoo
 from .pretrained import load_pretrained
 from .records import PRETRAINED
 
-__all__ = ["SAVE_FORMATS", "export_pth", "load_model", "save_model", "save_weights", "weights_format"]
+__all__ = [
+    "SAVE_FORMATS",
+    "export_pth",
+    "load_model",
+    "save_model",
+    "save_notes",
+    "save_weights",
+    "weights_format",
+]
 
 # What `save_weights` writes for each suffix (convert's DST); `load_model` reads all of them.
 SAVE_FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".pth": "pth", ".pt": "pth"}
@@ -136,16 +150,48 @@ def weights_format(path: str | Path) -> str:
     return SAVE_FORMATS[suffix]
 
 
-def save_weights(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None) -> Path:
+def save_weights(
+    model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None, lossy: bool = False
+) -> Path:
     """Write ``model`` in the format ``path``'s suffix names (`weights_format`), atomically: our ``.safetensors``
     (`save_model`: weights, arch, config, preprocessing, class names), a bvlc-layout ``.npy`` (`export_npy`, the
-    input normalisation folded into conv1) or a plain ``.pth``/``.pt`` state dict (`export_pth`)."""
+    input normalisation folded into conv1) or a ``.pth``/``.pt`` state dict (`export_pth`, the preprocessing and
+    class names in its ``_metadata``).
+
+    A ``.npy`` records no config: a model that `load_bvlc_npy` would not rebuild identically (other pooling, LRN k,
+    input size; see `bvlc_import_differences`) is refused with the differences, unless ``lossy``. Returns the path;
+    `save_notes` says what the written file will not carry."""
     fmt = weights_format(path)
     if fmt == "safetensors":
         return save_model(model, preprocessing, path, arch=arch)
     if fmt == "npy":
+        _, diffs = bvlc_import_differences(model, preprocessing)
+        if diffs and not lossy:
+            raise WeightsError(
+                f"{path}: the bvlc .npy layout cannot express this model: loading it would rebuild "
+                f"{'; '.join(diffs)}, which changes its predictions; keep .safetensors (or pass --lossy to write "
+                "it anyway)"
+            )
         return export_npy(model, path, preprocessing=preprocessing)
-    return export_pth(model, path)
+    return export_pth(model, path, preprocessing, arch=arch)
+
+
+def save_notes(model: AlexNet, preprocessing: Preprocessing, path: str | Path) -> list[str]:
+    """What a file `save_weights` writes to ``path`` loses or needs, one line each, for the user to read: the
+    ``.npy`` layout keeps no class names (the tutorial's loader would take an extra entry for a layer) and no
+    config (load it with the arch named here; differences when written with ``lossy``). ``.safetensors`` and
+    ``.pth`` keep everything."""
+    fmt, notes = weights_format(path), []
+    model = unwrap_model(model)
+    if fmt == "npy":
+        arch, diffs = bvlc_import_differences(model, preprocessing)
+        if diffs:
+            notes.append(f"warning: {path} loads as a different model ({'; '.join(diffs)}): its predictions change")
+        if arch != PRETRAINED["bvlc_alexnet"].arch:
+            notes.append(f"note: the .npy layout does not record the arch: load {path} with --arch {arch}")
+        if preprocessing.class_names and model.config.num_classes != PRETRAINED["bvlc_alexnet"].num_classes:
+            notes.append(f"note: the .npy layout keeps no class names: {path} predicts class indices only")
+    return notes
 
 
 # --- our safetensors format ---------------------------------------------------------------------------------------
@@ -163,34 +209,71 @@ def save_model(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *
     if names is not None and len(names) != model.config.num_classes:
         raise WeightsError(f"{path}: {len(names)} class names for a model with {model.config.num_classes} classes")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {
+    meta = _metadata(model, preprocessing, arch)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return path
+
+
+def _metadata(model: AlexNet, preprocessing: Preprocessing, arch: str | None) -> dict[str, str]:
+    """What our files record besides the tensors (strings only: safetensors metadata is str -> str)."""
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "arch": arch or guess_arch(model.config),
         "config": json.dumps(model.config.to_dict()),
         "preprocessing": json.dumps(preprocessing.to_dict()),
     }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
-    return path
 
 
 def _load_safetensors(path: Path, arch: str | None, num_classes: int | None) -> tuple[AlexNet, Preprocessing]:
+    """Read the header (dtypes, shapes, metadata) and check it all before reading a tensor or building the model:
+    a crafted file must cost no more memory than its own size (a 12 MB file whose config asks for a million
+    conv1 channels is refused here, not after allocating 14 GB)."""
     from safetensors import SafetensorError, safe_open
 
+    source = str(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(source, framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+            for k, (dtype, _) in header.items():
+                if dtype not in _SAFETENSORS_FLOATS:
+                    raise WeightsError(
+                        f"{path}: {k} holds {dtype} values, not floating point weights: the file is corrupt or "
+                        "not weights of this model"
+                    )
+            if meta.get("format") == FORMAT_NAME:
+                config, pre = _check_metadata(path, meta, {k: v[1] for k, v in header.items()}, arch, num_classes)
+            state = {k: f.get_tensor(k) for k in header}
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+        if isinstance(e, WeightsError):
+            raise
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
     if meta.get("format") != FORMAT_NAME:
         # A bare safetensors state dict (e.g. from another tool): treat it like a .pth state dict.
-        return model_from_state_dict(state, str(path), arch, num_classes, None)
-    try:
-        config = AlexNetConfig.from_dict(json.loads(meta["config"]))
-        pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: corrupt metadata ({e})") from None
+        return model_from_state_dict(state, source, arch, num_classes, None)
+    check_tensor_values(state, source)
+    return assign_state(empty_model(config), state).eval(), pre
+
+
+_SAFETENSORS_FLOATS = ("F32", "F16", "BF16", "F64")
+
+
+def _check_metadata(
+    path: Path,
+    meta: Mapping[str, str],
+    shapes: Mapping[str, tuple[int, ...]],
+    arch: str | None,
+    num_classes: int | None,
+) -> tuple[AlexNetConfig, Preprocessing]:
+    """Our metadata (.safetensors, or a .pth's ``_metadata`` entry), validated field by field, and the stored
+    shapes checked against the config on the meta device: nothing is allocated."""
+    source = str(path)
+    if "config" not in meta or "preprocessing" not in meta:
+        raise WeightsError(f"{path}: corrupt metadata (no {'config' if 'config' not in meta else 'preprocessing'})")
+    config = config_from_metadata(meta["config"], source)
+    pre = preprocessing_from_metadata(meta["preprocessing"], source)
+    check_class_names(pre, config.num_classes, source)
     saved_arch = meta.get("arch", "custom")
     if arch is not None and arch != saved_arch and saved_arch != "custom":
         raise WeightsError(f"{path}: holds {saved_arch} weights, not {arch}")
@@ -199,10 +282,9 @@ def _load_safetensors(path: Path, arch: str | None, num_classes: int | None) -> 
             f"{path}: fc8 has {config.num_classes} classes, {num_classes} were asked for; to train a new "
             "classifier on these weights, fine-tune (alexnet finetune --weights ... --reinit fc8)"
         )
-    model = empty_model(config)
-    check_state_dict(model, state, str(path))
-    assign_state(model, state)
-    return model.eval(), pre
+    stored = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+    check_state_dict(empty_model(config), stored, source)
+    return config, pre
 
 
 # --- torch .pth / .pt state dicts ---------------------------------------------------------------------------------
@@ -230,14 +312,32 @@ def _load_pth(path: Path, arch: str | None, num_classes: int | None) -> tuple[Al
     except Exception as e:  # truncated zip, not a torch file, ...
         raise WeightsError(f"{path}: not a readable torch file ({one_line(e)})") from None
     state = unwrap_state_dict(obj, str(path))
-    return model_from_state_dict(state, str(path), arch, num_classes, None)
+    carried = getattr(obj, "_metadata", None)
+    meta = carried.get(PTH_METADATA_KEY) if isinstance(carried, Mapping) else None
+    if not isinstance(meta, Mapping) or meta.get("format") != FORMAT_NAME:
+        return model_from_state_dict(state, str(path), arch, num_classes, None)
+    config, pre = _check_metadata(path, meta, {k: tuple(v.shape) for k, v in state.items()}, arch, num_classes)
+    check_tensor_values(state, str(path))
+    return assign_state(empty_model(config), state).eval(), pre
 
 
-def export_pth(model: AlexNet, path: str | Path) -> Path:
+def export_pth(
+    model: AlexNet, path: str | Path, preprocessing: Preprocessing | None = None, *, arch: str | None = None
+) -> Path:
     """Write the plain state dict (torchvision's keys for ``alexnet_owt``) as ``.pth``, atomically.
-    It carries no preprocessing: prefer `save_model` (.safetensors) between our own tools."""
+
+    With ``preprocessing``, what `save_model` records (arch, config, preprocessing, class names) travels in the
+    state dict's ``_metadata`` under `PTH_METADATA_KEY`: ``load_state_dict`` reads that table by module prefix
+    only, so torchvision's ``model.load_state_dict(torch.load(f))`` loads the file as before, and `load_model`
+    rebuilds the same model with its class names."""
     path = Path(path)
     model = unwrap_model(model)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    state = OrderedDict((k, v.detach().to("cpu").contiguous()) for k, v in own.items())
+    table = OrderedDict(getattr(own, "_metadata", {}))
+    if preprocessing is not None and isinstance(model, AlexNet):
+        check_class_names(preprocessing, model.config.num_classes, str(path))
+        table[PTH_METADATA_KEY] = _metadata(model, preprocessing, arch)
+    state._metadata = table  # type: ignore[attr-defined]
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
