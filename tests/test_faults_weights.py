@@ -57,12 +57,16 @@ def _rewrite(src, dst, *, config=None, preprocessing=None, tensors=None, metadat
 
 @pytest.fixture
 def no_build(monkeypatch):
-    """Fail the test if the loader builds a real model: crafted metadata must be refused before allocating."""
+    """Arm to fail the test if anything builds a real (not meta-device) AlexNet: crafted metadata must be refused
+    before allocating. Armed once the test's files are written."""
+    real_init = alexnet.AlexNet.__init__
 
-    def refuse(*a, **k):
-        raise AssertionError("the loader built the model before refusing the file")
+    def guarded(self, config):
+        if torch.empty(0).device.type != "meta":
+            raise AssertionError("a real model was built before the file was refused")
+        real_init(self, config)
 
-    return lambda: monkeypatch.setattr("alexnet.weights.io.AlexNet", refuse)  # armed once the files are written
+    return lambda: monkeypatch.setattr(alexnet.AlexNet, "__init__", guarded)
 
 
 def _one_line_error(e: pytest.ExceptionInfo, *words: str) -> str:
