@@ -23,7 +23,7 @@ LAYERS = [
     ["distributed", "rundir"],
     ["evaluate", "predict", "features"],
     ["train", "plots", "report", "ablate_report"],
-    ["demo", "serve", "serve_upload", "serve_batch", "ablate", "ablate_variants"],
+    ["demo", "serve", "serve_upload", "serve_batch", "serve_guard", "ablate", "ablate_variants"],
     ["cli", "__main__"],
 ]
 # data/ knows nothing of models or weights (DESIGN.md): it sits below them and may not reach up.

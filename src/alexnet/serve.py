@@ -57,10 +57,20 @@ from .options import check_precision
 from .preprocessing import Preprocessing
 from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
 from .serve_batch import Batcher
-from .serve_upload import IMAGE_FIELD, ApiError, image_size, prepare_upload, read_images
+from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
+from .serve_upload import (
+    IMAGE_FIELD,
+    ApiError,
+    PixelBudget,
+    clean_message,
+    image_size,
+    pixel_cost,
+    prepare_upload,
+    read_images,
+)
 from .weights import PRETRAINED, guess_arch, load_model
 
-__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve"]
+__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve", "uvicorn_config"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 # The page may load only what this server serves; images are shown from blob: URLs of the chosen file.
@@ -77,22 +87,44 @@ class ServeOptions:
     max_bytes: int = 20_000_000  # largest request body (bytes), enforced while the body streams in
     max_images: int = 16  # images in one request
     max_pixels: int = 50_000_000  # pixels one image may have after JPEG draft downscaling (PNG etc.: as stored)
+    max_request_pixels: int = 100_000_000  # decoded (and resized) pixels of all images of one request: else 413
+    max_inflight_pixels: int = 200_000_000  # ... of all requests being decoded at once: else 503 + Retry-After
+    max_connections: int = 256  # open connections; more are answered 503 and closed at once
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this, else the socket closes
+    body_timeout_s: float = 60.0  # its body within this after the headers (a 20 MB upload at 3 Mbit/s: 55 s)
     max_batch: int = 64  # rows in one forward pass (an image is 1 row, or 10 under ten_crop)
     batch_window_ms: float = 5.0  # how long a batch waits for more requests once its first one arrived
     device: str = "auto"  # "auto": cuda when available, else cpu
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 where the device computes it natively
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_images", "max_pixels", "max_batch"):
+        ints = ("max_bytes", "max_images", "max_pixels", "max_batch", "max_request_pixels", "max_inflight_pixels")
+        for name in (*ints, "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_inflight_pixels < self.max_request_pixels:
+            raise ValueError("max_inflight_pixels must be >= max_request_pixels (else no request could run)")
         if self.batch_window_ms < 0:
             raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
         check_precision(self.precision)
 
     def limits(self) -> dict[str, Any]:
         """The limits as /v1/model reports them."""
-        names = ("max_bytes", "max_images", "max_pixels", "max_batch", "batch_window_ms")
+        names = (
+            "max_bytes",
+            "max_images",
+            "max_pixels",
+            "max_request_pixels",
+            "max_inflight_pixels",
+            "max_connections",
+            "header_timeout_s",
+            "body_timeout_s",
+            "max_batch",
+            "batch_window_ms",
+        )
         return {k: getattr(self, k) for k in names}
 
 
@@ -138,16 +170,21 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any] = Field(description="input_size, resize_size, mean, std, value_scale")
     device: str
     precision: str = Field(description="fp32, bf16 or fp16: what the forward pass computes in")
-    limits: dict[str, Any] = Field(description="max_bytes, max_images, max_pixels, max_batch, batch_window_ms")
+    limits: dict[str, Any] = Field(description="the server's limits: ServeOptions' fields, as the flags name them")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d}
     for s, d in [
         (400, "not an image, truncated, empty, or malformed request"),
-        (413, "body over --max-bytes, more than --max-images images, or an image over --max-pixels"),
+        (
+            413,
+            "body over --max-bytes, more than --max-images images, an image over --max-pixels, or images over "
+            "--max-request-pixels together",
+        ),
         (415, "unsupported Content-Type"),
         (422, "invalid query parameter"),
+        (503, "other requests hold --max-inflight-pixels of decoding: retry after the Retry-After seconds"),
     ]
 }
 
@@ -174,8 +211,9 @@ _PREDICT_BODY = {
 }
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"status": status, "message": clean_message(message)}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class ServedModel:
@@ -270,9 +308,10 @@ def create_app(
     app.state.batcher = batcher
     app.state.options = opts
     app.state.served = served
+    app.state.pixel_budget = PixelBudget(opts.max_inflight_pixels)
     _add_error_handlers(app)
     _add_page_and_info(app, served, batcher)
-    _add_predict(app, served, batcher)
+    _add_predict(app, served, batcher, app.state.pixel_budget)
     return app
 
 
@@ -281,7 +320,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
-        return _error(e.status, e.message)
+        return _error(e.status, e.message, e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -326,7 +365,7 @@ def _add_page_and_info(app: FastAPI, served: ServedModel, batcher: Batcher) -> N
         return batcher.stats.to_dict()
 
 
-def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher) -> None:
+def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: PixelBudget) -> None:
     """POST /v1/predict: read, check and decode the images (thread pool), one batched pass, top-k per image."""
     opts, preprocessing = served.options, served.preprocessing
 
@@ -348,12 +387,25 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher) -> None:
         ten_crop: bool = Query(False, description="average over the paper's 10 patches instead of the centre crop"),
     ) -> dict[str, Any]:
         uploads = await read_images(request, opts.max_bytes, opts.max_images)
-        prepared = await asyncio.gather(
-            *(
-                run_in_threadpool(prepare_upload, u, preprocessing, ten_crop=ten_crop, max_pixels=opts.max_pixels)
-                for u in uploads
+        pixels = sum(pixel_cost(u, preprocessing, opts.max_pixels) for u in uploads)  # headers only
+        if pixels > opts.max_request_pixels:
+            raise ApiError(
+                413,
+                f"{len(uploads)} images need {pixels / 1e6:.0f} megapixels to decode and resize, over the limit of "
+                f"{opts.max_request_pixels / 1e6:g} per request (--max-request-pixels): send fewer or smaller images",
             )
-        )
+        with budget.hold(pixels):
+            # every decode finishes before the pixels are released, also when one of them fails
+            prepared = await asyncio.gather(
+                *(
+                    run_in_threadpool(prepare_upload, u, preprocessing, ten_crop=ten_crop, max_pixels=opts.max_pixels)
+                    for u in uploads
+                ),
+                return_exceptions=True,
+            )
+        for p in prepared:
+            if isinstance(p, BaseException):
+                raise p
         x = torch.cat([p[0] for p in prepared])  # (images * crops, 3, S, S)
         probs = await batcher.submit(x)
         if ten_crop:
@@ -436,5 +488,46 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"alexnet serve: note: listening on {host}, reachable from other machines", file=sys.stderr)
-    config = uvicorn.Config(app, host=host, port=actual, log_level=log_level, timeout_keep_alive=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, host=host, port=actual, log_level=log_level)).run(sockets=[sock])
+
+
+def uvicorn_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's config for ``app`` with the app's `ServeOptions` enforced on connections: the h11 protocol with a
+    connection cap and header/body deadlines (`alexnet.serve_guard`), h11's 16 KB limit on a request's headers, and
+    rate-limited error logs. The open-file limit is raised to fit the cap where the hard limit allows."""
+    opts: ServeOptions = app.state.options
+    limits = ConnectionLimits(opts.max_connections, opts.header_timeout_s, opts.body_timeout_s)
+    _fit_open_files(opts.max_connections)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+    install_log_limits()
+    return config
+
+
+def _fit_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit to the connections plus room for the model, logs and the thread pool."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    need = max_connections + 128
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            new = soft
+        if new < need:
+            print(
+                f"alexnet serve: note: the open-file limit ({new}) is below --max-connections + 128 ({need}): "
+                "lower --max-connections or raise the limit (ulimit -n)",
+                file=sys.stderr,
+            )

@@ -6,7 +6,10 @@ Needs the ``[serve]`` extra, as `alexnet.serve` does.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +18,7 @@ from .errors import AlexnetError
 
 try:
     from fastapi import Request
-    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
     from starlette.requests import ClientDisconnect
 except ImportError as e:  # pragma: no cover - alexnet.serve names the extra first
@@ -29,18 +32,39 @@ from .data.decode import decode_image
 from .predict import prepare_image
 from .preprocessing import Preprocessing
 
-__all__ = ["IMAGE_FIELD", "ApiError", "Upload", "image_size", "prepare_upload", "read_images"]
+__all__ = [
+    "IMAGE_FIELD",
+    "MAX_BOUNDARY",
+    "ApiError",
+    "PixelBudget",
+    "Upload",
+    "clean_message",
+    "image_size",
+    "pixel_cost",
+    "prepare_upload",
+    "read_images",
+]
 
 IMAGE_FIELD = "image"  # the multipart field name of an image; repeat it to send several
+MAX_BOUNDARY = 256  # longest multipart boundary python-multipart accepts (RFC 2046: 70)
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def clean_message(text: str) -> str:
+    """An error text fit for a client: Python object reprs (``<_io.BytesIO object at 0x7f...>``, which Pillow
+    puts in its messages) become ``the image``, and the text is one line of at most 300 characters."""
+    text = " ".join(_REPR.sub("the image", text).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class ApiError(Exception):
     """A client error: becomes ``{"error": {"status": status, "message": message}}`` with that status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
+        self.message = clean_message(message)
+        self.headers = headers or {}
 
 
 # --- request bodies -----------------------------------------------------------------------------------------------
@@ -79,8 +103,8 @@ class _MultipartImages:
     def write(self, chunk: bytes) -> None:
         try:
             self._parser.write(chunk)
-        except MultipartParseError as e:
-            raise ApiError(400, f"malformed multipart body ({e})") from None
+        except FormParserError as e:
+            raise ApiError(400, f"malformed multipart body ({clean_message(str(e))})") from None
 
     def _on_part_begin(self) -> None:
         self._headers = {}
@@ -136,7 +160,16 @@ async def read_images(request: Request, max_bytes: int, max_images: int) -> list
         boundary = params.get(b"boundary")
         if not boundary:
             raise ApiError(400, "multipart/form-data without a boundary")
-        multipart = _MultipartImages(boundary, max_images)
+        if len(boundary) > MAX_BOUNDARY:
+            raise ApiError(
+                400,
+                f"multipart boundary of {len(boundary)} characters is over the limit of {MAX_BOUNDARY} "
+                "(RFC 2046 allows 70): send a shorter boundary",
+            )
+        try:
+            multipart = _MultipartImages(boundary, max_images)
+        except FormParserError as e:  # python-multipart's own checks of the boundary
+            raise ApiError(400, f"bad multipart boundary ({clean_message(str(e))})") from None
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         raw = Upload("<request body>")
     elif ctype:
@@ -190,6 +223,53 @@ def image_size(data: bytes, min_size: int) -> tuple[tuple[int, int], tuple[int, 
         return None
 
 
+def pixel_cost(upload: Upload, preprocessing: Preprocessing, max_pixels: int) -> int:
+    """The pixels decoding and resizing ``upload`` will hold, from its header alone (a 413 `ApiError` when one
+    image is over ``max_pixels``); an image whose header Pillow cannot read counts as ``max_pixels``."""
+    try:
+        sizes = image_size(bytes(upload.data[:_HEADER_BYTES]), preprocessing.resize_size)
+        if sizes is None and len(upload.data) > _HEADER_BYTES:
+            sizes = image_size(bytes(upload.data), preprocessing.resize_size)
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, f"{upload.filename}: too many pixels to decode ({e}) (--max-pixels)") from None
+    if sizes is None:
+        return max_pixels
+    width, height = sizes[1]
+    _check_pixels(upload.filename, width, height, preprocessing.resize_size, max_pixels)
+    return int(max(width * height, _resized_pixels(width, height, preprocessing.resize_size)))
+
+
+_HEADER_BYTES = 65536  # enough for the size of a PNG, GIF, BMP or WebP, and of most JPEGs
+
+
+class PixelBudget:
+    """The decoded pixels of the requests being decoded now, against a server-wide ``capacity``: a request
+    that would take the total over it is answered 503 with Retry-After at once, before anything is decoded, so
+    concurrent clients cannot add up what one request may not take (8 PNGs of 7000x7000, 0.4 MB sent, would
+    hold 3 GB decoded). Used from the event loop only, so it needs no lock."""
+
+    def __init__(self, capacity: int, retry_after_s: int = 1) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self.retry_after_s = retry_after_s
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Reserve ``pixels`` for the block, or raise the 503 `ApiError`."""
+        if self.in_use + pixels > self.capacity:
+            raise ApiError(
+                503,
+                f"the server is decoding {self.in_use / 1e6:.0f} megapixels for other requests; this one needs "
+                f"{pixels / 1e6:.0f} more, over --max-inflight-pixels ({self.capacity / 1e6:g}): retry shortly",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        self.in_use += pixels
+        try:
+            yield
+        finally:
+            self.in_use -= pixels
+
+
 def prepare_upload(
     upload: Upload, preprocessing: Preprocessing, *, ten_crop: bool, max_pixels: int
 ) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -214,10 +294,14 @@ def prepare_upload(
 def _check_pixels(name: str, width: int, height: int, resize_size: int, max_pixels: int) -> None:
     """Refuse an image whose decoding, or whose resize to a short side of ``resize_size``, would take more than
     ``max_pixels``: a 1 x 100000 strip is small to send but huge once its short side is scaled up."""
-    resized = width * height * (resize_size / max(1, min(width, height))) ** 2
+    resized = _resized_pixels(width, height, resize_size)
     if width * height > max_pixels or resized > max_pixels:
         raise ApiError(
             413,
             f"{name}: a {width}x{height} image needs {max(width * height, resized) / 1e6:.1f} megapixels to "
             f"decode and resize, over the limit of {max_pixels / 1e6:g} (--max-pixels)",
         )
+
+
+def _resized_pixels(width: int, height: int, resize_size: int) -> float:
+    return width * height * (resize_size / max(1, min(width, height))) ** 2

@@ -221,6 +221,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bytes", type=positive_int, default=20_000_000, help="largest request body in bytes")
     p.add_argument("--max-images", type=positive_int, default=16, help="most images in one request")
     p.add_argument("--max-pixels", type=positive_int, default=50_000_000, help="most decoded pixels per image")
+    p.add_argument(
+        "--max-request-pixels",
+        type=positive_int,
+        default=100_000_000,
+        help="most decoded pixels of all images of one request (413 beyond)",
+    )
+    p.add_argument(
+        "--max-inflight-pixels",
+        type=positive_int,
+        default=200_000_000,
+        help="most decoded pixels of all requests being decoded at once (503 with Retry-After beyond)",
+    )
+    p.add_argument("--max-connections", type=positive_int, default=256, help="most open connections (503 beyond)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request's headers may take")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request's body may take")
     p.add_argument("--max-batch", type=positive_int, default=64, help="most rows in one forward pass")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -234,10 +249,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
     if args.batch_window_ms < 0:
         raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    for flag in ("header_timeout", "body_timeout"):
+        if not getattr(args, flag) > 0:
+            raise AlexnetError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
+    if args.max_inflight_pixels < args.max_request_pixels:
+        raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
     options = ServeOptions(
         max_bytes=args.max_bytes,
         max_images=args.max_images,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_inflight_pixels=args.max_inflight_pixels,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
         device=args.device,
