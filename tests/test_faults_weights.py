@@ -238,9 +238,9 @@ def test_convert_to_npy_refuses_what_the_layout_cannot_express(tmp_path, capsys)
 
 
 def test_npy_differences_name_the_arch_to_load_with():
-    caffenet = W.base.meta_model(get_config("caffenet", lrn_k=1.0))
+    caffenet = W.base.empty_model(get_config("caffenet", lrn_k=1.0))
     assert W.bvlc_import_differences(caffenet, BVLC_PREPROCESSING) == ("caffenet", [])
-    paper = W.base.meta_model(get_config("alexnet2012"))  # k = 2: the importer builds k = 1
+    paper = W.base.empty_model(get_config("alexnet2012"))  # k = 2: the importer builds k = 1
     assert W.bvlc_import_differences(paper, BVLC_PREPROCESSING) == ("alexnet2012", ["lrn_k=1.0 (this model: 2.0)"])
 
 
