@@ -12,7 +12,7 @@ process (the command itself or a DataLoader worker) are reported.
 ``alexnet serve``: from the command to the first answered request (start, import, weights, the first forward),
 measured for the current code only: an earlier code state is measured by running this at that commit.
 
-    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve]
+    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve] [--code CHECKOUT]
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _multipart(path: str) -> tuple[bytes, str]:
     return head + data + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
-def main(images: int = 240, runs: int = 5, serve: bool = False) -> None:
+def main(images: int = 240, runs: int = 5, serve: bool = False, code: str | None = None) -> None:
     import torch
     import torchvision
 
@@ -145,6 +145,8 @@ def main(images: int = 240, runs: int = 5, serve: bool = False) -> None:
 
     cores = os.cpu_count() or 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if code is not None:  # "ours" from another checkout (an earlier commit), for a before/after comparison
+        env["PYTHONPATH"] = str(Path(code).resolve() / "src")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "img"
         make_jpegs(folder, images, seed=1)

@@ -33,7 +33,8 @@ import torch
 import torchvision
 
 from alexnet import create_model
-from alexnet.predict import predict_files, resolve_precision
+from alexnet.predict import predict_files
+from alexnet.runtime import resolve_precision
 from alexnet.weights import load_model
 
 from .model_speed import in_subprocess, machine, peak_rss_mib
@@ -117,14 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         help="whole processes as a user times them (start-up and model load included; benchmarks/predict_process.py)",
     )
     ap.add_argument("--serve", action="store_true", help="with --process: alexnet serve's start to first answer")
+    ap.add_argument("--code", default=None, help="with --process: run 'ours' from this checkout (before/after)")
     args = ap.parse_args(argv)
     if args.process:
         from .predict_process import main as process_main
 
-        process_main(images=args.images if args.images != 256 else 240, runs=args.runs, serve=args.serve)
+        process_main(
+            images=args.images if args.images != 256 else 240, runs=args.runs, serve=args.serve, code=args.code
+        )
         return
     cores = os.cpu_count() or 1
-    auto = resolve_precision("auto", torch.device("cpu"))
+    auto = resolve_precision("auto", torch.device("cpu")).name
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpg"
         make_jpegs(folder, args.images, seed=1)
