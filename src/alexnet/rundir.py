@@ -230,12 +230,13 @@ def write_skipped(out: str | Path, names: Sequence[str]) -> Path:
 
 
 def skipped_summary(names: Sequence[str], out: str | Path, first: int = 3) -> str:
-    """One console line: how many images were skipped, the first few (quoted as in skipped.txt when a name
-    would break the line), and where the full list is."""
-    shown = ", ".join(json.dumps(s) if _needs_quotes(s) else s for s in map(str, names[:first]))
-    more = f", ... ({len(names) - first} more)" if len(names) > first else ""
-    plural = "s" if len(names) != 1 else ""
-    return f"skipped {len(names)} unreadable image{plural}: {shown}{more}; all listed in {Path(out) / SKIPPED}"
+    """One console line: how many images were skipped (an image bad in every epoch counts once per epoch), the
+    first few names (quoted as in skipped.txt when a name would break the line), and where the full list is."""
+    distinct = list(dict.fromkeys(map(str, names)))
+    shown = ", ".join(json.dumps(s) if _needs_quotes(s) else s for s in distinct[:first])
+    more = f", ... ({len(distinct) - first} more)" if len(distinct) > first else ""
+    times = f" ({len(distinct)} distinct)" if len(distinct) != len(names) else ""
+    return f"skipped {len(names)} unreadable images{times}: {shown}{more}; all listed in {Path(out) / SKIPPED}"
 
 
 def read_skipped(out: str | Path) -> list[str]:

@@ -49,6 +49,17 @@ def _key_value(s: str) -> tuple[str, Any]:
         return key, value
 
 
+def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
+    """--out, --resume, --overwrite (the last is never a config key: only typed, it may remove a run)."""
+    S = argparse.SUPPRESS
+    p.add_argument("--out", default=S, help="run folder; one that holds a run is refused without --resume or "
+                   "--overwrite (default: a new folder runs/train, runs/train-2, ...)")  # fmt: skip
+    p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped "
+                   "(--epochs N trains it longer; the settings that define the run cannot change)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", default=S, help="--out holds a run: remove its files (only those a "
+                   "run writes) and start afresh")  # fmt: skip
+
+
 def _add_train_common(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and finetune. Every flag is also a config-file key (dashes as underscores); only
     the flags given override the config file, which overrides the defaults (the paper's recipe)."""
@@ -61,12 +72,7 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         help="image folder (train/ and val/, or class folders), list file, prepared set or 'fashion-mnist'",
     )
     p.add_argument("--config", default=None, help="JSON (or YAML) file of settings; flags override it")
-    p.add_argument("--out", default=S, help="run folder; one that holds a run is refused without --resume or "
-                   "--overwrite (default: a new folder runs/train, runs/train-2, ...)")  # fmt: skip
-    p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped "
-                   "(--epochs N trains it longer; the settings that define the run cannot change)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="--out holds a run: remove its files (only those a "
-                   "run writes) and start afresh")  # fmt: skip
+    _add_run_folder_flags(p)
     g = p.add_argument_group("data")
     g.add_argument("--val-split", type=float, default=S, help="held-out fraction without val/" + d("val_split"))
     g.add_argument("--stats", default=S, help="stats.json from `alexnet stats` (mean, std, PCA eigen-pairs)")
@@ -201,7 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "model_option", None):
         flags["model_options"] = dict(args.model_option)
     config = config_from_sources(flags, config_file=args.config, command=args.command)
-    result = main(config, overwrite=args.overwrite)
+    result = main(config, overwrite=getattr(args, "overwrite", False))
     # the shell's convention for a process a signal stopped: 128 + the signal (SIGINT 130, SIGTERM 143)
     return 128 + result.signal if result.signal else EXIT_OK
 

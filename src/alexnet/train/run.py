@@ -97,7 +97,7 @@ def main(
     try:
         if resume_state is None:
             cfg.out = _out_folder(cfg, info, overwrite)
-        elif changes and info.is_main:
+        elif changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
             print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
         run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
         return run.train()
