@@ -236,7 +236,8 @@ def skipped_summary(names: Sequence[str], out: str | Path, first: int = 3) -> st
     shown = ", ".join(json.dumps(s) if _needs_quotes(s) else s for s in distinct[:first])
     more = f", ... ({len(distinct) - first} more)" if len(distinct) > first else ""
     times = f" ({len(distinct)} distinct)" if len(distinct) != len(names) else ""
-    return f"skipped {len(names)} unreadable images{times}: {shown}{more}; all listed in {Path(out) / SKIPPED}"
+    plural = "s" if len(names) != 1 else ""
+    return f"skipped {len(names)} unreadable image{plural}{times}: {shown}{more}; all listed in {Path(out) / SKIPPED}"
 
 
 def read_skipped(out: str | Path) -> list[str]:

@@ -56,8 +56,8 @@ def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
                    "--overwrite (default: a new folder runs/train, runs/train-2, ...)")  # fmt: skip
     p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped "
                    "(--epochs N trains it longer; the settings that define the run cannot change)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", default=S, help="--out holds a run: remove its files (only those a "
-                   "run writes) and start afresh")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", default=S, help="--out holds a run: remove its files "
+                   "(only those a run writes) and start afresh")  # fmt: skip
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:
