@@ -362,3 +362,30 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous(data, done_run, tmp_pa
     monkeypatch.undo()
     assert train.load_state(run)["epoch"] == 1
     assert train.main(tiny(data, run, epochs=2, resume=str(run))).epochs_done == 2
+
+
+def test_demo_rerun_replaces_its_own_run_only(done_run, tmp_path, monkeypatch):
+    """`make demo` twice reruns the demo in runs/demo; a demo pointed at a training run refuses to touch it."""
+    from test_demo import make_fashion
+
+    from alexnet import demo
+
+    fashion = make_fashion(tmp_path / "fm", n_train=40, n_test=10)
+    calls = []
+
+    def stop_here(*a, overwrite=False, **k):
+        calls.append(overwrite)
+        raise train.TrainError("stop")
+
+    monkeypatch.setattr(train, "main", stop_here)
+    monkeypatch.setattr(demo, "_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    run = copy_run(done_run, tmp_path / "run")
+    for marker in (False, True):
+        if marker:
+            (run / "test_eval.json").write_text("{}")
+        cfg = demo.DemoConfig(out=str(run), data_dir=str(fashion), train_samples=20, val_samples=10,
+                              test_samples=10, download=False)  # fmt: skip
+        with pytest.raises(train.TrainError, match="stop"):
+            demo.run_demo(cfg, log=lambda *a: None)
+    assert calls == [False, True]
