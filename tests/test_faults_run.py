@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import REPO, TINY, make_folder
+from test_train import TINY, make_folder
 
 import alexnet
 from alexnet import rundir, train
@@ -22,6 +22,7 @@ from alexnet.cli import main as cli_main
 from alexnet.data import fileio
 from alexnet.weights import default_preprocessing, load_model, save_model
 
+SRC = Path(alexnet.__file__).resolve().parents[1]  # the code under test, for subprocesses
 TINY_FLAGS = [
     "--arch", "alexnet_owt", "--input-size", "64", "--model-option", "conv_channels=[16,32,32,32,32]",
     "--model-option", "fc_features=64", "--workers", "0", "--val-split", "0.25", "--no-tensorboard",
@@ -132,7 +133,7 @@ atomic_write(Path(sys.argv[1]) / "last.safetensors", lambda tmp: stuck_save({}, 
 
 
 def test_sigkill_in_a_safetensors_save_leaves_only_our_temporaries(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     p = subprocess.Popen(
         [sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -237,7 +238,7 @@ def test_resume_of_a_complete_run_says_so(done_run, capsys):
 
 
 def test_sigterm_mid_epoch_exits_143(data, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(SRC)}
     flags = [f if f != "none" else "log" for f in TINY_FLAGS]
     p = subprocess.Popen([sys.executable, "-m", "alexnet", "train", str(data), "--out", str(tmp_path / "run"), *flags,
                           "--batch-size", "1", "--log-every", "1", "--epochs", "2"],
