@@ -267,7 +267,9 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         f"{mode}: {tc.arch} at {c.input_size}x{c.input_size}, {len(train_ds):,} training images, "
         f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"
     )
-    result = train.main(tc, train_dataset=train_ds, val_dataset=val_ds)
+    # a rerun of the demo replaces the demo's previous run (test_eval.json marks one); any other run is refused
+    rerun = (Path(c.out) / "test_eval.json").is_file()
+    result = train.main(tc, train_dataset=train_ds, val_dataset=val_ds, overwrite=rerun)
     if result.interrupted:
         raise DemoError(f"interrupted; the run so far is in {result.out}")
 

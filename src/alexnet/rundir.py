@@ -19,21 +19,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.fileio import atomic_write_text
+from .data.fileio import atomic_write_text, remove_stale_temps
 from .errors import AlexnetError
 
 __all__ = [
+    "BEST",
     "CONFIG",
     "EVAL",
+    "LAST",
     "METRICS",
     "METRICS_COLUMNS",
+    "PREVIOUS_LAST",
+    "RUN_FILES",
     "SKIPPED",
+    "STATE",
+    "TENSORBOARD",
     "RunDirError",
     "TensorBoardLog",
+    "clear_run",
+    "describe_run",
+    "fresh_run_dir",
     "format_metrics",
     "prepare_run_dir",
     "read_metrics",
     "read_skipped",
+    "skipped_summary",
     "write_config",
     "write_eval",
     "write_metrics",
@@ -41,6 +51,11 @@ __all__ = [
 ]
 
 CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
+TENSORBOARD = "tensorboard"
+# the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
+# cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
+STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
+RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
 METRICS_COLUMNS = (
     "epoch",
     "lr",
@@ -59,12 +74,60 @@ class RunDirError(AlexnetError, ValueError):
 
 
 def prepare_run_dir(out: str | Path) -> Path:
-    """Make the run folder and remove the half-written temporary files of a process killed while saving."""
+    """Make the run folder and remove the half-written temporaries of a process killed while saving (only the
+    ones `alexnet.data.fileio.atomic_write` makes: a user's own ``.notes.tmp`` stays)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: is a file, not a run folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # `atomic_write`'s temporaries
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(out)
     return out
+
+
+def describe_run(out: str | Path) -> str | None:
+    """``"epoch 4 of 4"`` (epochs done of the epochs asked) when ``out`` holds a run (a config.json, metrics.csv
+    or checkpoint), else None."""
+    out = Path(out)
+    if not out.is_dir() or not any((out / name).exists() for name in (CONFIG, METRICS, STATE, LAST)):
+        return None
+    done: Any = 0
+    with contextlib.suppress(RunDirError, OSError, ValueError):
+        rows = read_metrics(out) if (out / METRICS).exists() else []
+        done = rows[-1]["epoch"] if rows else 0
+    total: Any = "?"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        total = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("epochs", "?")
+    return f"epoch {done} of {total}"
+
+
+def clear_run(out: str | Path) -> list[Path]:
+    """Remove the files a run writes (`RUN_FILES`, ``tensorboard/``, our stale temporaries) from ``out`` and
+    nothing else: ``--overwrite`` starts a run afresh in a folder that may hold the user's own files."""
+    import shutil
+
+    out = Path(out)
+    removed = remove_stale_temps(out)
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            removed.append(p)
+    if (out / TENSORBOARD).is_dir():
+        shutil.rmtree(out / TENSORBOARD)
+        removed.append(out / TENSORBOARD)
+    return removed
+
+
+def fresh_run_dir(base: str | Path) -> Path:
+    """``base`` when it holds no run, else the first of ``base-2``, ``base-3``, ... that holds nothing (the
+    default ``--out``: two plain ``alexnet train`` commands never write into one folder)."""
+    base = Path(base)
+    if describe_run(base) is None:
+        return base
+    n = 2
+    while (candidate := base.with_name(f"{base.name}-{n}")).exists():
+        n += 1
+    return candidate
 
 
 def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
@@ -164,6 +227,17 @@ def write_skipped(out: str | Path, names: Sequence[str]) -> Path:
     line; `read_skipped` undoes the quoting."""
     text = "".join(f"{json.dumps(s) if _needs_quotes(s) else s}\n" for s in map(str, names))
     return atomic_write_text(Path(out) / SKIPPED, text)
+
+
+def skipped_summary(names: Sequence[str], out: str | Path, first: int = 3) -> str:
+    """One console line: how many images were skipped (an image bad in every epoch counts once per epoch), the
+    first few names (quoted as in skipped.txt when a name would break the line), and where the full list is."""
+    distinct = list(dict.fromkeys(map(str, names)))
+    shown = ", ".join(json.dumps(s) if _needs_quotes(s) else s for s in distinct[:first])
+    more = f", ... ({len(distinct) - first} more)" if len(distinct) > first else ""
+    times = f" ({len(distinct)} distinct)" if len(distinct) != len(names) else ""
+    plural = "s" if len(names) != 1 else ""
+    return f"skipped {len(names)} unreadable image{plural}{times}: {shown}{more}; all listed in {Path(out) / SKIPPED}"
 
 
 def read_skipped(out: str | Path) -> list[str]:

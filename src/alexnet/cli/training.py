@@ -49,6 +49,17 @@ def _key_value(s: str) -> tuple[str, Any]:
         return key, value
 
 
+def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
+    """--out, --resume, --overwrite (the last is never a config key: only typed, it may remove a run)."""
+    S = argparse.SUPPRESS
+    p.add_argument("--out", default=S, help="run folder; one that holds a run is refused without --resume or "
+                   "--overwrite (default: a new folder runs/train, runs/train-2, ...)")  # fmt: skip
+    p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped "
+                   "(--epochs N trains it longer; the settings that define the run cannot change)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", default=S, help="--out holds a run: remove its files "
+                   "(only those a run writes) and start afresh")  # fmt: skip
+
+
 def _add_train_common(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and finetune. Every flag is also a config-file key (dashes as underscores); only
     the flags given override the config file, which overrides the defaults (the paper's recipe)."""
@@ -61,8 +72,7 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         help="image folder (train/ and val/, or class folders), list file, prepared set or 'fashion-mnist'",
     )
     p.add_argument("--config", default=None, help="JSON (or YAML) file of settings; flags override it")
-    p.add_argument("--out", default=S, help="run folder" + d("out"))
-    p.add_argument("--resume", default=S, metavar="RUN_DIR", help="continue RUN_DIR exactly where it stopped")
+    _add_run_folder_flags(p)
     g = p.add_argument_group("data")
     g.add_argument("--val-split", type=float, default=S, help="held-out fraction without val/" + d("val_split"))
     g.add_argument("--stats", default=S, help="stats.json from `alexnet stats` (mean, std, PCA eigen-pairs)")
@@ -82,7 +92,8 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--on-bad-image", choices=["skip", "fail"], default=S, help="bad images" + d("on_bad_image"))
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default=S, help="architecture (alexnet models)" + d("arch"))
+    g.add_argument("--arch", default=S, help="architecture (alexnet models); default: alexnet2012, or the weights' "
+                   "own when fine-tuning (a .pth or bvlc .npy does not say caffenet from alexnet2012)")  # fmt: skip
     g.add_argument("--input-size", type=positive_int, default=S, help="crop side (default: the architecture's)")
     g.add_argument("--resize-size", type=positive_int, default=S, help="short side before cropping (default: 256)")
     g.add_argument("--dropout", type=float, default=S, help="dropout p (section 4.2)" + d("dropout"))
@@ -136,6 +147,9 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         help="auto: a bar on a terminal, log lines otherwise" + d("progress"),
     )
     g.add_argument("--log-every", type=positive_int, default=S, help="steps per log line" + d("log_every"))
+    g.add_argument("--keep", choices=["all", "last", "best"], default=S, help="checkpoints kept: all (state.pt, last "
+                   "and best weights), last (no best.safetensors), best (only best.safetensors once the run is "
+                   "complete: it cannot be extended)" + d("keep"))  # fmt: skip
     g.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
@@ -188,12 +202,14 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import config_from_sources, main
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "model_option")}
+    skip = ("func", "command", "config", "model_option", "overwrite")
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
     if getattr(args, "model_option", None):
         flags["model_options"] = dict(args.model_option)
     config = config_from_sources(flags, config_file=args.config, command=args.command)
-    result = main(config)
-    return 130 if result.interrupted else EXIT_OK
+    result = main(config, overwrite=getattr(args, "overwrite", False))
+    # the shell's convention for a process a signal stopped: 128 + the signal (SIGINT 130, SIGTERM 143)
+    return 128 + result.signal if result.signal else EXIT_OK
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------

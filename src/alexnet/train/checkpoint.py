@@ -1,13 +1,23 @@
-"""A run's checkpoint: ``state.pt`` holds state dicts and plain values only (so it loads with
-``torch.load(weights_only=True)``), with everything an exact resume needs (pytorch/examples' imagenet habit):
-model, optimizer, scheduler, scaler, epoch, the step reached inside an interrupted epoch, best metric, and every
-RNG a step touches. ``last.safetensors`` beside it holds the same weights for users; both are written atomically.
+"""A run's checkpoint: the pair ``last.safetensors`` (the model's weights, for users and for resuming) and
+``state.pt`` (state dicts and plain values only, so it loads with ``torch.load(weights_only=True)``): everything
+else an exact resume needs (pytorch/examples' imagenet habit): optimizer, scheduler, scaler, epoch, the step
+reached inside an interrupted epoch, best metric, every RNG a step touches, and the digest of the weights it goes
+with. Each tensor is stored once: state.pt refers to last.safetensors' weights instead of repeating them, and
+``best.safetensors`` is a hard link to last.safetensors when the epoch improved (a copy where links fail).
+
+Writing the pair: the previous last.safetensors is kept (a hard link, `rundir.PREVIOUS_LAST`) until the new
+state.pt is in place, so a kill or a full disk between the two writes leaves the previous pair whole; a resume
+takes whichever weights file matches state.pt's digest, and refuses a pair that does not match.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import os
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +27,12 @@ import numpy as np
 import torch
 
 from .. import rundir
-from ..data.fileio import atomic_write
+from ..data.fileio import DiskFullError, atomic_write
 from ..distributed import DistInfo, all_gather
+from ..errors import AlexnetError
 from ..models import AlexNet, AlexNetConfig
 from ..preprocessing import Preprocessing
-from ..weights import check_state_dict, save_model
+from ..weights import check_state_dict, load_model, save_model
 from .config import TrainConfig, TrainError
 from .loop import EpochStats
 
@@ -30,6 +41,7 @@ __all__ = [
     "STATE_VERSION",
     "RunProgress",
     "Trainables",
+    "finish_checkpoints",
     "get_rng_state",
     "load_state",
     "model_from_state",
@@ -40,7 +52,17 @@ __all__ = [
 ]
 
 STATE_FORMAT = "alexnet-train-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: state.pt held the weights too (still read)
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes: what ties state.pt to its weights file."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def get_rng_state(device: torch.device) -> dict[str, Any]:
@@ -84,11 +106,18 @@ def seed_everything(seed: int) -> None:
 
 
 def load_state(run_dir: str | Path) -> dict[str, Any]:
-    """The training state of a run folder (``state.pt``), loaded with ``weights_only=True``."""
-    path = Path(run_dir) / "state.pt"
-    if not Path(run_dir).is_dir():
+    """The training state of a run folder (``state.pt``, loaded with ``weights_only=True``) with the model's
+    weights under ``"model"`` (from the weights file whose digest state.pt records)."""
+    run = Path(run_dir)
+    path = run / rundir.STATE
+    if not run.is_dir():
         raise TrainError(f"{run_dir}: no such run folder to resume")
     if not path.exists():
+        if (run / rundir.BEST).exists() and not (run / rundir.LAST).exists():
+            raise TrainError(
+                f"{run_dir}: kept only best.safetensors (--keep best), so it cannot resume; to train on from it: "
+                f"alexnet finetune --weights {run / rundir.BEST}"
+            )
         raise TrainError(f"{run_dir}: no state.pt to resume from (the run saved no checkpoint yet)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,7 +125,32 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
         raise TrainError(f"{path}: not a readable training state ({str(e).splitlines()[0] if str(e) else e})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainError(f"{path}: not an alexnet training state")
+    if "model" not in state:
+        state["model"] = _paired_weights(run, state)
     return state
+
+
+def _paired_weights(run: Path, state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights state.pt goes with: last.safetensors, or the previous one kept while a new pair was being
+    written (a kill or a full disk between the two writes; it is put back as last.safetensors)."""
+    want = str(state.get("weights", {}).get("digest", ""))
+    for name in (rundir.LAST, rundir.PREVIOUS_LAST):
+        p = run / name
+        if not p.exists():
+            continue
+        try:
+            weights = load_model(p)[0].state_dict()
+        except AlexnetError:
+            continue
+        if weights_digest(weights) == want:
+            if name == rundir.PREVIOUS_LAST:
+                os.replace(p, run / rundir.LAST)
+            return weights
+    where = f"epoch {state.get('epoch')}, step {state.get('step', 0)}"
+    raise TrainError(
+        f"{run / rundir.STATE} ({where}) does not match {run / rundir.LAST} (the weights of another checkpoint, or "
+        f"none): this pair cannot resume exactly; start a new run from the weights with alexnet finetune --weights"
+    )
 
 
 def model_from_state(state: Mapping[str, Any], cfg: TrainConfig) -> tuple[AlexNet, Preprocessing, set[str]]:
@@ -143,6 +197,7 @@ class RunProgress:
 def _build_state(
     t: Trainables, progress: RunProgress, epoch_done: int, stats: EpochStats | None, rngs: list[Any], world: int
 ) -> dict[str, Any]:
+    weights = {k: v.detach().cpu() for k, v in t.model.state_dict().items()}
     return {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
@@ -150,7 +205,7 @@ def _build_state(
         "model_config": t.model.config.to_dict(),
         "preprocessing": t.pre.to_dict(),
         "new_layers": sorted(t.new_layers),
-        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+        "weights": {"file": rundir.LAST, "digest": weights_digest(weights)},  # not repeated here
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
         "scaler": t.scaler.state_dict() if t.scaler is not None else {},
@@ -172,16 +227,49 @@ def save_checkpoint(
     stats: EpochStats | None,
     info: DistInfo,
     device: torch.device,
+    *,
+    best: bool = False,
 ) -> None:
-    """Checkpoint after ``epoch_done`` whole epochs (+ ``stats.steps`` of the next when interrupted). Every rank
-    takes part (each one's RNG state is gathered); the first writes."""
+    """Checkpoint after ``epoch_done`` whole epochs (+ ``stats.steps`` of the next when interrupted); ``best``:
+    these weights are also the run's best (best.safetensors). Every rank takes part (each one's RNG state is
+    gathered); the first writes. A full disk: a `TrainError` naming the file (the previous pair is intact)."""
     rngs = all_gather(get_rng_state(device), info)
     if not info.is_main:
         return
     state = _build_state(t, progress, epoch_done, stats, rngs, info.world_size)
-    # last.safetensors for users; state.pt (written last) holds the same weights for an exact resume.
-    save_model(t.model, t.pre, out / "last.safetensors", arch=t.arch)
-    atomic_write(out / "state.pt", lambda tmp: torch.save(state, tmp))
+    last, previous = out / rundir.LAST, out / rundir.PREVIOUS_LAST
+    try:
+        if last.exists():  # kept until the new state.pt is in place: the previous pair stays whole meanwhile
+            previous.unlink(missing_ok=True)
+            _link_or_copy(last, previous)
+        save_model(t.model, t.pre, last, arch=t.arch)
+        if best:
+            atomic_write(out / rundir.BEST, lambda tmp: _link_or_copy(last, Path(tmp)))
+        atomic_write(out / rundir.STATE, lambda tmp: torch.save(state, tmp))
+    except DiskFullError as e:
+        raise TrainError(
+            f"no space left on the device while writing {e.path}; the previous checkpoint is intact"
+        ) from None
+    previous.unlink(missing_ok=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy of the tensors), or a copy where links are refused."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def finish_checkpoints(out: Path, keep: str) -> None:
+    """What a complete run keeps (``--keep``): all (state.pt, last and best), last (no best.safetensors), best
+    (only best.safetensors: the run can no longer be extended)."""
+    drop = {"all": (), "last": (rundir.BEST,), "best": (rundir.STATE, rundir.LAST)}[keep]
+    if keep == "best" and not (out / rundir.BEST).exists():
+        return  # no best weights (no epoch finished): keep what there is
+    for name in (*drop, rundir.PREVIOUS_LAST):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def restore_progress(

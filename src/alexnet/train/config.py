@@ -17,9 +17,14 @@ from ..errors import AlexnetError
 from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
 
 __all__ = [
+    "DEFAULT_OUT",
+    "KEEP_MODES",
+    "RESUMABLE_SETTINGS",
+    "RUN_DEFINING_SETTINGS",
     "TrainConfig",
     "TrainError",
     "check_config",
+    "check_resume",
     "config_from_sources",
     "load_config_file",
     "normalize_config",
@@ -39,10 +44,10 @@ class TrainConfig:
     # data
     data: str = ""  # anything `alexnet.data.datasets.open_dataset` reads (image folder, list file, prepared set)
     val_split: float = 0.0  # fraction held out for validation when the data has no validation split of its own
-    out: str = "runs/train"  # the run folder (config.json, metrics.csv, checkpoints)
+    out: str | None = None  # the run folder (config.json, metrics.csv, checkpoints); None = a new runs/train[-N]
     stats: str | None = None  # stats.json from `alexnet stats`: mean/std and PCA eigen-pairs of the training set
     # model (from scratch)
-    arch: str = "alexnet2012"  # registered architecture (`alexnet models`)
+    arch: str | None = None  # registered architecture (`alexnet models`); None = alexnet2012, or the weights' own
     input_size: int | None = None  # crop side; None = the architecture's (227 for alexnet2012, 224 for alexnet_owt)
     resize_size: int | None = None  # short side before cropping; None = 256 (scaled by input_size/224 below 224)
     model_options: dict[str, Any] = field(default_factory=dict)  # further AlexNetConfig overrides (study switches)
@@ -50,7 +55,7 @@ class TrainConfig:
     init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
     # fine-tuning
     weights: str | None = None  # start from these weights (any `load_model` source); required by finetune
-    trust_pickle: bool = False  # allow a pickled .npy (bvlc_alexnet.npy) to be loaded
+    trust_pickle: bool = False  # allow a pickled .npy (bvlc_alexnet.npy): the command line or API only
     train_layers: list[str] | None = None  # layers that learn (paper names); None = all; the rest are frozen
     reinit: list[str] = field(default_factory=list)  # layers re-initialised before training (fc8 always, if resized)
     new_layer_lr_mult: float = 1.0  # learning-rate multiplier of re-initialised layers
@@ -81,12 +86,33 @@ class TrainConfig:
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log | none
     log_every: int = 50  # steps between plain log lines
     tensorboard: bool = True  # write TensorBoard events when torch.utils.tensorboard imports
+    keep: str = "all"  # checkpoints kept: all (state.pt, last, best) | last (no best) | best (best only at the end)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+DEFAULT_OUT = "runs/train"  # the default run folder's base name (`alexnet.rundir.fresh_run_dir` numbers it)
+KEEP_MODES = ("all", "last", "best")
+
+# What ``--resume`` compares with the run's config.json. A run is defined by its data split, model, starting
+# weights and recipe: changing one of these mid-run would silently be ignored (the restored model, optimizer and
+# schedule carry the old values) or would train on images the old split held out. They are refused.
+RUN_DEFINING_SETTINGS = (
+    "val_split", "stats", "arch", "input_size", "resize_size", "model_options", "dropout", "init", "weights",
+    "train_layers", "reinit", "new_layer_lr_mult", "cache_features", "batch_size", "lr", "momentum",
+    "weight_decay", "schedule", "lr_factor", "plateau_patience", "max_lr_drops", "step_size", "augment", "lighting",
+    "seed",
+)  # fmt: skip
+# What may change on resume (honoured, printed and recorded in config.json): how long and where the run computes,
+# and how it reports. ``data`` may move (its classes are checked); ``out`` is always the resumed folder.
+RESUMABLE_SETTINGS = (
+    "data", "epochs", "device", "precision", "channels_last", "compile", "decode_on_device", "workers",
+    "on_bad_image", "progress", "log_every", "tensorboard", "keep",
+)  # fmt: skip
+
 _CHOICES = {
+    "keep": KEEP_MODES,
     "schedule": ("plateau", "step"),
     "precision": options.PRECISIONS,
     "on_bad_image": ("skip", "fail"),
@@ -240,16 +266,57 @@ def config_from_sources(
             raise TrainError(f"{resume}: no such run folder to resume")
         if not saved_path.exists():
             raise TrainError(f"{resume}: not a run folder (no config.json)")
-        layers.append(load_config_file(saved_path))
+        saved = load_config_file(saved_path)
+        saved.pop("trust_pickle", None)  # trust is given anew on each command line (a resume loads no weights)
+        layers.append(saved)
         names.append(str(saved_path))
     if config_file is not None:
-        layers.append(load_config_file(config_file))
+        from_file = load_config_file(config_file)
+        if from_file.pop("trust_pickle", False):
+            raise TrainError(
+                f"{config_file}: trust_pickle is taken from the command line only (--trust-pickle), never from a "
+                "config file; remove it from the file"
+            )
+        layers.append(from_file)
         names.append(str(config_file))
     layers.append(dict(flags))
     names.append("flags")
     cfg = resolve_config(*layers, source_names=names)
+    if resume and "out" not in flags:
+        cfg.out = str(resume)  # the resumed folder, as this command names it (the saved path may be relative)
     if command == "finetune" and cfg.weights is None:
         raise TrainError("finetune needs --weights (torchvision, a .safetensors, .pth or .npy file)")
     if not cfg.data:
         raise TrainError("no data: give a data folder, list file or prepared set")
     return cfg
+
+
+def _flag(name: str, value: Any) -> str:
+    return f"--{name.replace('_', '-')} {json.dumps(value) if isinstance(value, dict | list) else value}"
+
+
+def check_resume(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: str | Path) -> list[str]:
+    """Compare a resumed run's ``cfg`` with the run's own config.json (``saved``): a `TrainError` listing, in one
+    line, every `RUN_DEFINING_SETTINGS` value that differs; else the `RESUMABLE_SETTINGS` that changed, as
+    ``"epochs 4 (was 2)"`` for the log. An ``arch`` of None means the run's."""
+    defaults = TrainConfig()
+    refused = []
+    for name in RUN_DEFINING_SETTINGS:
+        mine, theirs = getattr(cfg, name), saved.get(name, getattr(defaults, name))
+        if name == "arch" and mine is None:
+            continue
+        if name in ("train_layers", "reinit") and theirs is not None:
+            theirs = _layer_list(theirs, name)
+        if mine != theirs:
+            refused.append(f"{_flag(name, mine)} differs from the run's {theirs}")
+    if refused:
+        raise TrainError(
+            f"{run_dir}: {'; '.join(refused)}: these define the run and cannot change when it resumes; drop them "
+            "(or start a new run with another --out)"
+        )
+    changed = []
+    for name in RESUMABLE_SETTINGS:
+        mine, theirs = getattr(cfg, name), saved.get(name, getattr(defaults, name))
+        if mine != theirs:
+            changed.append(f"{name} {mine} (was {theirs})")
+    return changed

@@ -22,6 +22,7 @@ from .. import options, rundir, runtime
 from ..distributed import (
     DistInfo,
     EpochSampler,
+    all_gather,
     eval_sampler,
     gather_lists,
     reduce_max,
@@ -33,18 +34,18 @@ from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
 from ..models import AlexNet
 from ..preprocessing import Preprocessing
-from ..weights import save_model
 from . import inputs, setup
 from .checkpoint import (
     RunProgress,
     Trainables,
+    finish_checkpoints,
     load_state,
     model_from_state,
     restore_progress,
     save_checkpoint,
     seed_everything,
 )
-from .config import TrainConfig, TrainError, check_config, normalize_config
+from .config import DEFAULT_OUT, TrainConfig, TrainError, check_config, check_resume, load_config_file, normalize_config
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
 
 __all__ = ["TrainResult", "main"]
@@ -60,6 +61,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     interrupted: bool = False
     skipped: int = 0
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run, or arrived after its end
 
 
 def main(
@@ -67,6 +69,7 @@ def main(
     *,
     train_dataset: Any | None = None,
     val_dataset: Any | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or fine-tune) as ``config`` says and write the run folder; returns a `TrainResult`.
 
@@ -74,23 +77,86 @@ def main(
     ``(uint8 (3, S, S) image, label)`` already cropped to the input size, attributes ``classes``/``targets``),
     used instead of opening ``config.data``. One whose ``transform`` attribute is None gets the run's
     `Preprocessing.geometry` (training or evaluation).
+
+    A folder that already holds a run is refused unless ``config.resume`` continues it or ``overwrite`` (never a
+    config key: only the caller's explicit word) starts it afresh; ``config.out`` None picks a new folder.
+    A resumed run refuses settings that define it when they differ from its config.json (`check_resume`).
     """
     cfg = normalize_config(config)
     check_config(cfg)
     runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
     resume_state = load_state(cfg.resume) if cfg.resume else None
-    if resume_state is not None and Path(cfg.resume).resolve() != Path(cfg.out).resolve():
-        cfg.out = str(cfg.resume)  # a resumed run continues in its own folder
+    changes = _resume_settings(cfg) if resume_state is not None else []
+    if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
+        return _complete(cfg, resume_state)
     try:
         device = runtime.resolve_device(cfg.device)
     except AlexnetError as e:
         raise TrainError(str(e)) from None
     info = setup_distributed(device)
     try:
-        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset)
+        if resume_state is None:
+            cfg.out = _out_folder(cfg, info, overwrite)
+        elif changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
+            print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
+        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
         return run.train()
     finally:
         shutdown_distributed(info)
+
+
+def _resume_settings(cfg: TrainConfig) -> list[str]:
+    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal its config.json's
+    (else `TrainError`); returns the others that changed."""
+    run_dir = Path(cfg.resume)
+    saved_path = run_dir / rundir.CONFIG
+    saved = load_config_file(saved_path) if saved_path.exists() else {}
+    if cfg.out is not None and cfg.out != saved.get("out") and Path(cfg.out).resolve() != run_dir.resolve():
+        raise TrainError(
+            f"--out {cfg.out}: a resumed run continues in its own folder {run_dir}; drop --out (to start a new run "
+            f"from its weights: alexnet finetune --weights {run_dir / rundir.LAST} --out {cfg.out})"
+        )
+    cfg.out = str(cfg.resume)
+    if cfg.arch is None:
+        cfg.arch = saved.get("arch")
+    return check_resume(cfg, saved, run_dir)
+
+
+def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
+    """A resumed run that has already trained ``cfg.epochs`` epochs: say so and how to extend it."""
+    out, done, best = Path(cfg.out), int(state["epoch"]), float(state["best_metric"])
+    print(
+        f"{out} is complete: {done} of {cfg.epochs} epochs done. To train longer: alexnet train --resume {out} "
+        f"--epochs {max(done, cfg.epochs) + 1} (or more)",
+        flush=True,
+    )
+    rows = rundir.read_metrics(out) if (out / rundir.METRICS).exists() else []
+    return TrainResult(out, done, None if math.isinf(best) else best, rows)
+
+
+def _out_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool) -> str:
+    """The folder of a new run, decided by the first process (all take its word): ``cfg.out``, which must not
+    hold a run unless ``overwrite`` (its run files are then removed when the run opens), or a fresh
+    ``runs/train[-N]``."""
+    decision: tuple[str, str | None] = ("", None)
+    if info.is_main:
+        if cfg.out is None:
+            decision = (str(rundir.fresh_run_dir(DEFAULT_OUT)), None)
+        else:
+            held = rundir.describe_run(cfg.out)
+            refusal = None
+            if held is not None and not overwrite:
+                refusal = (
+                    f"{cfg.out} holds a run, {held}: continue it with --resume {cfg.out}, or choose another --out, "
+                    "or pass --overwrite to start it afresh"
+                )
+            elif Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+                refusal = f"--out {cfg.out}: is a file, not a folder; choose another --out"
+            decision = (cfg.out, refusal)
+    out, refusal = all_gather(decision, info)[0]
+    if refusal:
+        raise TrainError(refusal)
+    return out
 
 
 # --- the steps before the first epoch ------------------------------------------------------------------------------
@@ -100,11 +166,13 @@ def _model(
     """The model and its preprocessing: from the resumed state, the weights (fine-tuning), or fresh."""
     if resume_state is not None:
         return model_from_state(resume_state, cfg)
+    if cfg.arch is None and cfg.weights is None:
+        cfg.arch = "alexnet2012"
     classes = inputs.class_names(train_dataset) if train_dataset is not None else inputs.peek_classes(cfg)
     inputs.check_classes(classes, cfg.data)
     model, pre, new_layers = setup.build_model(cfg, classes)
-    if cfg.weights is not None:
-        cfg.arch = setup.guess_arch_name(model)  # fine-tuning: the architecture is the weights' own
+    if cfg.arch is None:  # from scratch: alexnet2012; fine-tuning: the weights' own (the file's, or as guessed)
+        cfg.arch = setup.guess_arch_name(model) if cfg.weights is not None else "alexnet2012"
     return model, pre, new_layers
 
 
@@ -234,6 +302,8 @@ def _assemble(
     resume_state: Mapping[str, Any] | None,
     train_dataset: Any | None,
     val_dataset: Any | None,
+    *,
+    overwrite: bool = False,
 ) -> _Run:
     """Every step before the first epoch, in order (the order fixes what the seeded RNG draws)."""
     env = _env(cfg, info, device)
@@ -260,7 +330,7 @@ def _assemble(
         run.state = restore_progress(resume_state, t, run.out, info, device)
     else:
         run.state.skipped = data.skipped
-    run.open()
+    run.open(overwrite=overwrite)
     return run
 
 
@@ -330,10 +400,13 @@ class _Run:
         self.restore_signals: Callable[[], None] = lambda: None
         self.tb: rundir.TensorBoardLog | None = None
 
-    def open(self) -> None:
-        """The run folder with this run's config.json, the loaders, TensorBoard and the signal handlers."""
+    def open(self, *, overwrite: bool = False) -> None:
+        """The run folder with this run's config.json (``overwrite``: the files of the run it held removed
+        first), the loaders, TensorBoard and the signal handlers."""
         cfg, info = self.cfg, self.env.info
         if info.is_main:
+            if overwrite:
+                rundir.clear_run(self.out)
             rundir.prepare_run_dir(self.out)
             rundir.write_config(self.out, cfg.to_dict())
         self.loader, self.val_loader = inputs.run_loaders(
@@ -355,6 +428,11 @@ class _Run:
             if self.tb is not None:
                 self.tb.close()
         s = self.state
+        if self.env.info.is_main:
+            if s.skipped:
+                print(rundir.skipped_summary(s.skipped, self.out), flush=True)
+            if not interrupted and s.metrics and s.metrics[-1]["epoch"] >= self.cfg.epochs:
+                finish_checkpoints(self.out, self.cfg.keep)
         return TrainResult(
             out=self.out,
             epochs_done=s.metrics[-1]["epoch"] if s.metrics else 0,
@@ -362,10 +440,12 @@ class _Run:
             metrics=s.metrics,
             interrupted=interrupted,
             skipped=len(s.skipped),
+            signal=self.stop.signum if self.stop.requested else None,
         )
 
-    def save(self, epoch_done: int, stats: EpochStats | None) -> None:
-        save_checkpoint(self.out, self.t, self.state, epoch_done, stats, self.env.info, self.env.device)
+    def save(self, epoch_done: int, stats: EpochStats | None, *, best: bool = False) -> None:
+        save_checkpoint(self.out, self.t, self.state, epoch_done, stats, self.env.info, self.env.device,
+                        best=best and self.cfg.keep != "last")  # fmt: skip
 
     def write_skipped(self) -> None:
         if self.env.info.is_main:
@@ -401,13 +481,11 @@ class _Run:
                 autocast=self.env.precision, channels_last=self.channels_last,
             )  # fmt: skip
 
-    def record(self, row: dict[str, Any], improved: bool, val: EvalResult | None) -> None:
-        """metrics.csv, eval.json, best.safetensors when the epoch improved, TensorBoard, the epoch's line."""
+    def record(self, row: dict[str, Any], val: EvalResult | None) -> None:
+        """metrics.csv, eval.json, TensorBoard, the epoch's line (best.safetensors comes with the checkpoint)."""
         self.state.metrics.append(row)
         if not self.env.info.is_main:
             return
-        if improved:
-            save_model(self.t.model, self.t.pre, self.out / "best.safetensors", arch=self.t.arch)
         if val is not None:
             rundir.write_eval(self.out, row["epoch"], val.to_dict(list(self.t.pre.class_names or [])))
         rundir.write_metrics(self.out, self.state.metrics)
@@ -435,10 +513,14 @@ class _Run:
         improved = err < s.best_err
         if improved:
             s.best_err, s.best_epoch = err, epoch
-        self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), improved, val)
+        self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), val)
         self.write_skipped()
-        self.save(epoch, None)
+        self.save(epoch, None, best=improved)
         if self.stop.requested:  # a signal between the last step and here: the epoch is whole, stop now
+            if epoch == self.cfg.epochs:
+                if is_main:
+                    print(f"stopped after the last epoch: the run is complete ({epoch} of {epoch} epochs in {out})")
+                return False
             if is_main:
                 print(f"interrupted after epoch {epoch}; saved. Continue with: alexnet train --resume {out}")
             return True

@@ -76,7 +76,9 @@ def build_model(cfg: TrainConfig, class_names: Sequence[str]) -> tuple[AlexNet, 
             )
         return model, pre, set()  # every layer is fresh; "new layers" (own lr multiplier) is a fine-tuning notion
 
-    loaded, pre = load_model(cfg.weights, allow_pickle=cfg.trust_pickle)
+    # --arch as predict honours it (a bvlc .npy or .pth does not say caffenet from alexnet2012); a file that names
+    # another architecture refuses it
+    loaded, pre = load_model(cfg.weights, arch=cfg.arch, allow_pickle=cfg.trust_pickle)
     old_cfg = loaded.config.to_dict()
     new_cfg = {**old_cfg, "num_classes": n, "dropout": cfg.dropout, **cfg.model_options}
     if cfg.input_size is not None:

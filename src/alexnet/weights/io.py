@@ -276,7 +276,7 @@ def _check_metadata(
     check_class_names(pre, config.num_classes, source)
     saved_arch = meta.get("arch", "custom")
     if arch is not None and arch != saved_arch and saved_arch != "custom":
-        raise WeightsError(f"{path}: holds {saved_arch} weights, not {arch}")
+        raise WeightsError(f"{path}: holds {saved_arch} weights, not {arch}; drop --arch {arch}")
     if num_classes is not None and num_classes != config.num_classes:
         raise WeightsError(
             f"{path}: fc8 has {config.num_classes} classes, {num_classes} were asked for; to train a new "
