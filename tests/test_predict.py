@@ -152,3 +152,30 @@ def test_low_precision_agrees_with_fp32_on_top1(small, tmp_path, precision):
     assert next(model.parameters()).dtype == torch.float32  # the weights were cast on a copy
     with pytest.raises(AlexnetError, match="unknown precision"):
         classify(model, pre, images[:1], precision="fp8")
+
+
+def test_the_program_flushes_its_answer_before_its_fast_exit(tmp_path):
+    """`alexnet predict` ends without the interpreter's teardown (`alexnet.cli.run`): the whole answer must still
+    reach a pipe, and the exit code must still say whether every file was classified."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    weights = tmp_path / "w.safetensors"
+    alexnet.save_model(
+        alexnet.create_model("alexnet2012", num_classes=4, input_size=67, adaptive_pool=True),
+        Preprocessing(input_size=67, resize_size=76, class_names=["a", "b", "c", "d"]),
+        weights,
+    )
+    for i in range(40):
+        Image.new("RGB", (90, 70), (i * 5, 10, 200 - i)).save(tmp_path / f"{i:02d}.png")
+    cmd = [sys.executable, "-m", "alexnet", "predict", "--weights", str(weights), "--precision", "fp32", "--json"]
+    ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert len(json.loads(ok.stdout)) == 40  # all of it, through a pipe
+    bad = subprocess.run([*cmd, str(tmp_path / "00.png"), str(tmp_path / "missing.jpg")], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and "missing.jpg: no such file" in bad.stderr
+    assert len(json.loads(bad.stdout)) == 2

@@ -35,7 +35,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of fc8")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_models)
+    p.set_defaults(func=_cmd_models, fast_exit=True)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -91,7 +91,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
     p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, fast_exit=True)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -152,7 +152,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         help="write a .npy even when the bvlc layout cannot express the model (it then loads as another model)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_convert)
+    p.set_defaults(func=_cmd_convert, fast_exit=True)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -186,7 +186,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=_cmd_export, fast_exit=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
