@@ -116,12 +116,7 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise AlexnetError(f"{path}: is a folder; name the file to write, e.g. {path / 'out'}{path.suffix}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise AlexnetError(f"{path}: {parent} is a file, not a folder")
-            break
-    return path
+    return _check_parents(path)
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -129,6 +124,11 @@ def check_output_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AlexnetError(f"{path}: is a file, not a folder; choose another output folder")
+    return _check_parents(path)
+
+
+def _check_parents(path: Path) -> Path:
+    """``path``, unless its nearest existing parent is a file (nothing could be written under it)."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -26,6 +26,7 @@ __all__ = [
     "check_state_dict",
     "assign_state",
     "empty_model",
+    "hub_file",
     "check_tensor_values",
     "config_from_metadata",
     "preprocessing_from_metadata",
@@ -149,6 +150,16 @@ def one_line(e: BaseException) -> str:
     """An exception's message on one line of at most 300 characters, for a `WeightsError`."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def hub_file(url: str, model_dir: str | Path | None = None) -> Path:
+    """Where a download of ``url`` is cached: torch hub's ``<hub dir>/checkpoints/<file name>`` (or ``model_dir``),
+    which is also where to place it by hand when offline."""
+    import os
+    from urllib.parse import urlparse
+
+    folder = Path(model_dir) if model_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    return folder / os.path.basename(urlparse(url).path)
 
 
 def empty_model(config: AlexNetConfig) -> AlexNet:

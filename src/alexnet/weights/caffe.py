@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from ..models import AlexNet, create_model
 from ..preprocessing import BVLC_PREPROCESSING, Preprocessing
-from .base import check_state_dict, imagenet_classes
+from .base import check_state_dict, hub_file, imagenet_classes
 from .caffe_net import WEIGHT_LAYERS, CaffeLayer, CaffeNetSpec, caffe_layers, parse_caffe_net
 from .caffe_proto import CaffeError, read_binaryproto, read_caffemodel, read_prototxt
 
@@ -272,11 +271,11 @@ class CaffeZooWeights:
 
     @property
     def file_name(self) -> str:
-        return os.path.basename(urlparse(self.url).path)
+        return hub_file(self.url).name
 
     def cache_path(self, model_dir: str | Path | None = None) -> Path:
         """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
-        return Path(model_dir if model_dir is not None else Path(torch.hub.get_dir()) / "checkpoints") / self.file_name
+        return hub_file(self.url, model_dir)
 
 
 _ZOO = "https://github.com/BVLC/caffe/raw/master/models"

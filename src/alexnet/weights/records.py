@@ -3,17 +3,13 @@ and its published accuracy. `PRETRAINED` maps every name `load_model` accepts as
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-
-import torch
 
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
-from .base import imagenet_classes
+from .base import hub_file, imagenet_classes
 
 __all__ = ["PRETRAINED", "PretrainedWeights"]
 
@@ -40,11 +36,11 @@ class PretrainedWeights:
     @property
     def file_name(self) -> str:
         """The file name in the URL; for hub downloads it carries the sha256 prefix (``name-<sha256[:8]>.pth``)."""
-        return os.path.basename(urlparse(self.url).path)
+        return hub_file(self.url).name
 
     def cache_path(self, model_dir: str | Path | None = None) -> Path:
         """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
-        return Path(model_dir if model_dir is not None else Path(torch.hub.get_dir()) / "checkpoints") / self.file_name
+        return hub_file(self.url, model_dir)
 
 
 def _pretrained_records() -> dict[str, PretrainedWeights]:
