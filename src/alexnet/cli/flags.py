@@ -40,7 +40,12 @@ WEIGHTS_HELP = (
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Defaults shown in ``--help``, except None: a None default means "chosen at run time", which the help says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def positive_int(s: str) -> int:
