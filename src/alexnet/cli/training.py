@@ -73,7 +73,14 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", default=None, help="JSON (or YAML) file of settings; flags override it")
     _add_run_folder_flags(p)
-    g = p.add_argument_group("data")
+    _add_data_group(p.add_argument_group("data"), d)
+    _add_model_group(p.add_argument_group("model"), d)
+    _add_recipe_group(p.add_argument_group("recipe (section 5)"), d)
+    _add_engineering_group(p.add_argument_group("engineering"), d)
+
+
+def _add_data_group(g: argparse._ArgumentGroup, d: Any) -> None:
+    S = argparse.SUPPRESS
     g.add_argument("--val-split", type=float, default=S, help="held-out fraction without val/" + d("val_split"))
     g.add_argument("--stats", default=S, help="stats.json from `alexnet stats` (mean, std, PCA eigen-pairs)")
     g.add_argument(
@@ -91,7 +98,10 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         f"(here {default_workers()})",
     )
     g.add_argument("--on-bad-image", choices=["skip", "fail"], default=S, help="bad images" + d("on_bad_image"))
-    g = p.add_argument_group("model")
+
+
+def _add_model_group(g: argparse._ArgumentGroup, d: Any) -> None:
+    S = argparse.SUPPRESS
     g.add_argument("--arch", default=S, help="architecture (alexnet models); default: alexnet2012, or the weights' "
                    "own when fine-tuning (a .pth or bvlc .npy does not say caffenet from alexnet2012)")  # fmt: skip
     g.add_argument("--input-size", type=positive_int, default=S, help="crop side (default: the architecture's)")
@@ -106,7 +116,10 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any AlexNetConfig field, e.g. lrn=false or groups=1 (repeatable)",
     )
-    g = p.add_argument_group("recipe (section 5)")
+
+
+def _add_recipe_group(g: argparse._ArgumentGroup, d: Any) -> None:
+    S = argparse.SUPPRESS
     g.add_argument("--epochs", type=positive_int, default=S, help="epochs" + d("epochs"))
     g.add_argument("--batch-size", type=positive_int, default=S, help="global batch" + d("batch_size"))
     g.add_argument("--lr", type=float, default=S, help="learning rate" + d("lr"))
@@ -123,7 +136,10 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-lr-drops", type=int, default=S, help="most plateau drops" + d("max_lr_drops"))
     g.add_argument("--step-size", type=positive_int, default=S, help="iterations per step" + d("step_size"))
     g.add_argument("--seed", type=seed_int, default=S, help="random seed" + d("seed"))
-    g = p.add_argument_group("engineering")
+
+
+def _add_engineering_group(g: argparse._ArgumentGroup, d: Any) -> None:
+    S = argparse.SUPPRESS
     g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:N" + d("device"))
     g.add_argument(
         "--precision",
@@ -290,6 +306,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
+    _print_demo(r)
+    return EXIT_OK
+
+
+def _print_demo(r: Any) -> None:
+    """The demo's summary: a few classified test images, the figures, where everything is, what to try next."""
     print()
     print("A few test images, top-3:")
     for e in r.examples:
@@ -316,7 +338,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "  alexnet finetune path/to/your/images --weights torchvision --train-layers fc6,fc7,fc8 --reinit fc8 "
         "--val-split 0.1 --out runs/mine"
     )
-    return EXIT_OK
 
 
 # --- ablate ---------------------------------------------------------------------------------------------------------
