@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.device_decode import materialize
-from .distributed import eval_sampler, setup_distributed, shutdown_distributed
+from .distributed import DistInfo, eval_sampler, setup_distributed, shutdown_distributed
 from .errors import AlexnetError
 from .options import check_workers, resolve_progress
 from .progress import track
@@ -453,7 +453,7 @@ def evaluate_dataset(
 
 
 def _evaluate_on(
-    model: nn.Module, pre: Preprocessing, ds: Any, label: str, opts: EvalOptions, dev: torch.device, info: Any
+    model: nn.Module, pre: Preprocessing, ds: Any, label: str, opts: EvalOptions, dev: torch.device, info: DistInfo
 ) -> EvalResult:
     """Check the classes, build the loader and the inference model, evaluate."""
     from .data.datasets import make_loader

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AlexnetError
 from ..options import PRECISIONS, PROGRESS_MODES, check_workers, default_workers, max_workers
+
+if TYPE_CHECKING:  # the parser imports no torch; the weights package does
+    from ..weights import WeightsSource
 
 __all__ = [
     "EXIT_ERROR",
@@ -132,7 +135,7 @@ def add_weights_flags(
     )
 
 
-def weights_spec(args: argparse.Namespace) -> Any:
+def weights_spec(args: argparse.Namespace) -> WeightsSource | None:
     """The one reading of the weights flags, as an `alexnet.weights.WeightsSource`: ``--weights`` or the
     positional form (not both), ``--arch``, ``--trust-pickle``, and a Caffe model's ``--prototxt``, ``--mean``
     (a file, or three numbers B,G,R), ``--labels``. None when no weights were given."""

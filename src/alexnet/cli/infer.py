@@ -15,6 +15,7 @@ from .flags import (
     positive_int,
     print_json,
     weights_spec,
+    workers_int,
 )
 
 __all__ = ["add_commands"]
@@ -84,7 +85,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: the CPUs, at most 8)")
+    p.add_argument(
+        "--workers", type=workers_int, default=None, help="decoding threads (default: the CPUs, at most 8; 0: the CPUs)"
+    )
     add_runtime_flags(
         p,
         precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
