@@ -60,3 +60,64 @@ def test_jpeg_decode_equals_torchvision_without_importing_it(tmp_path, mode, sub
 
         expected = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     assert torch.equal(decode_image(data), expected)
+
+
+def _jpeg(shape: tuple[int, ...], mode: str, **save: object) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(shape))
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    smooth = ((x * 3 + y * 5) % 256).astype(np.uint8)  # photo-like gradients plus noise: every DCT band used
+    arr = np.clip(smooth[..., None] + rng.integers(0, 40, (*shape[:2], 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr if mode == "RGB" else arr[..., 0], mode).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "hw, mode, save",
+    [
+        ((375, 500), "RGB", {"quality": 90}),
+        ((37, 50), "RGB", {"quality": 90}),  # smaller than min_size: full scale
+        ((777, 1001), "RGB", {"quality": 85, "subsampling": 0}),  # draft at 1/2 for 256, sizes not multiples of 8
+        ((1100, 2100), "RGB", {"quality": 75, "subsampling": 1, "progressive": True}),  # 1/4
+        ((2100, 2300), "L", {"quality": 80}),  # 1/8, grayscale
+    ],
+)
+@pytest.mark.parametrize("min_size", [None, 256, 227])
+def test_simplejpeg_decodes_the_pixels_and_scales_of_pillow(monkeypatch, hw, mode, save, min_size):
+    """The fast decoder (simplejpeg) gives the pixels and the draft scale of the Pillow path it replaces."""
+    import io
+
+    from PIL import Image
+
+    from alexnet.data import decode
+
+    if decode.simplejpeg is None:
+        pytest.skip("simplejpeg is not installed: Pillow decodes every JPEG")
+    data = _jpeg(hw, mode, **save)
+    fast = decode.decode_image(data, min_size=min_size)
+    monkeypatch.setattr(decode, "simplejpeg", None)
+    slow = decode.decode_image(data, min_size=min_size)
+    assert fast.shape == slow.shape and torch.equal(fast, slow)
+    with Image.open(io.BytesIO(data)) as im:
+        if min_size:
+            im.draft("RGB", (min_size, min_size))
+        assert fast.shape[1:] == (im.size[1], im.size[0])
+    s = decode.draft_scale(hw[1], hw[0], min_size)
+    assert fast.shape[1:] == (-(-hw[0] // s), -(-hw[1] // s))
+    assert s == ({37: 1, 375: 1, 777: 2, 1100: 4, 2100: 8}[hw[0]] if min_size else 1)
+
+
+def test_a_corrupt_jpeg_still_gets_the_one_line_error_with_simplejpeg():
+    from alexnet.data.decode import decode_image
+
+    data = bytearray(_jpeg((375, 500), "RGB", quality=90))
+    data[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # entropy-coded data zeroed: libjpeg warns
+    data = bytes(data[: len(data) * 3 // 4])  # and cut short
+    with pytest.raises(BadImageError, match="^<bytes>: ") as e:
+        decode_image(data)
+    assert "\n" not in str(e.value)

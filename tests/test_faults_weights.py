@@ -203,6 +203,19 @@ def test_nan_or_inf_weights_are_refused_in_every_format(tmp_path, value):
     _one_line_error(e, "features.", "NaN or infinite")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_finite_check_is_exact_where_a_sum_is_not(dtype):
+    """The check reads a sum first: values whose sum overflows are still finite weights, and an infinity
+    cancelled by another (sum NaN) or a lone NaN among large values is still refused."""
+    big = torch.finfo(dtype).max
+    W.check_tensor_values({"w": torch.full((4, 4), big, dtype=dtype)}, "x")  # the sum overflows: still accepted
+    W.check_tensor_values({"w": torch.tensor([big, -big, 1.0], dtype=dtype)}, "x")
+    for bad in ([float("inf"), float("-inf")], [big, float("nan")], [0.0, float("inf")]):
+        with pytest.raises(WeightsError) as e:
+            W.check_tensor_values({"w": torch.tensor(bad, dtype=dtype)}, "x")
+        _one_line_error(e, "w holds", "NaN or infinite")
+
+
 def test_class_names_of_the_wrong_length_are_refused(tmp_path, no_build, monkeypatch):
     _, good = _saved(tmp_path)
     bad = _rewrite(good, tmp_path / "bad.safetensors", preprocessing={"class_names": ["a", "b"]})

@@ -220,12 +220,15 @@ class ServedModel:
     """The model as the server runs it: on its device, in its precision (a cast copy of the weights for bf16/fp16,
     as predict runs it), with the class names and facts /v1/model reports."""
 
-    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, name: str, opts: ServeOptions) -> None:
+    def __init__(
+        self, model: torch.nn.Module, preprocessing: Preprocessing, name: str, opts: ServeOptions, *, own: bool = False
+    ) -> None:
         self.name, self.preprocessing, self.options = name, preprocessing, opts
         self.device = resolve_device(opts.device)
         self.precision: Precision = resolve_precision(opts.precision, self.device)
         self.model = model
-        self.net = self.precision.inference_model(model, self.device)  # model itself (eval, on device) for fp32
+        # model itself (eval, on device) for fp32; else a cast copy, or the model cast in place when it is ours
+        self.net = self.precision.inference_model(model, self.device, copy=not own)
         self.num_classes = _num_classes(self.net, preprocessing, self.device, self.precision)
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
@@ -279,14 +282,16 @@ def create_app(
     *,
     name: str = "alexnet",
     options: ServeOptions | None = None,
+    own_model: bool = False,
 ) -> FastAPI:
     """The ASGI app serving ``model``: the page at ``/``, the API under ``/v1``, ``/healthz``, ``/openapi.json``.
 
     Tests and embedding programs call this directly (with uvicorn or any ASGI server); ``serve`` adds loading and
-    listening.
+    listening. The caller's ``model`` is left as it is (a bf16/fp16 server runs a cast copy) unless ``own_model``
+    says the app may cast it in place (``serve``, which loaded it: no second copy of the weights).
     """
     opts = options or ServeOptions()
-    served = ServedModel(model, preprocessing, name, opts)
+    served = ServedModel(model, preprocessing, name, opts, own=own_model)
     batcher = Batcher(served.forward, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1000.0)
 
     @asynccontextmanager
@@ -475,7 +480,7 @@ def serve(
     """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for."""
     model, preprocessing = load_model(weights, arch=arch, allow_pickle=allow_pickle)
     name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
-    app = create_app(model, preprocessing, name=name, options=options)
+    app = create_app(model, preprocessing, name=name, options=options, own_model=True)
     served: ServedModel = app.state.served
     sock = bind(host, port)
     actual = sock.getsockname()[1]

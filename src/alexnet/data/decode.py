@@ -1,8 +1,9 @@
 """The one place that decodes images into RGB uint8 tensors of shape (3, H, W).
 
-JPEGs go through Pillow's libjpeg-turbo (no torchvision import: a command that only classifies starts faster),
-in ``draft`` mode, which makes libjpeg-turbo decode at 1/2, 1/4 or 1/8 scale in the DCT domain, when the caller
-needs no more than that (``min_size``). Other formats go through Pillow. EXIF orientation is applied, and CMYK,
+Plain RGB and grayscale JPEGs go through simplejpeg's libjpeg-turbo straight into a numpy array, with the GIL
+released (no torchvision import: a command that only classifies starts faster), at 1/2, 1/4 or 1/8 scale in the
+DCT domain when the caller needs no more than that (``min_size``), the scales and pixels of Pillow's ``draft``
+mode. Without simplejpeg, and for every other JPEG and format, Pillow decodes. EXIF orientation is applied, and CMYK,
 grayscale, palette, alpha and 16-bit images become RGB. Anything unreadable raises `BadImageError`, whose one-line
 message names the file, so that datasets can skip and count it.
 """
@@ -21,7 +22,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import AlexnetError
 
-__all__ = ["MAX_FILE_BYTES", "BadImageError", "decode_image", "jpeg_header", "read_bytes"]
+try:  # libjpeg-turbo into numpy with the GIL released: half the time of Pillow's decode and copy, bit for bit
+    import simplejpeg
+except ImportError:  # a platform without its wheels: Pillow decodes every JPEG, same pixels
+    simplejpeg = None
+
+__all__ = ["MAX_FILE_BYTES", "BadImageError", "decode_image", "draft_scale", "jpeg_header", "read_bytes"]
 
 # The largest image file read: a bound on what one file may cost (a link to /dev/zero or a huge file named .jpg
 # must not fill the memory). Far above any photo; a 16-bit 64-megapixel TIFF is 384 MB, so this may be raised.
@@ -73,6 +79,10 @@ def read_bytes(source: str | Path, label: str | None = None, *, max_bytes: int |
 def decode_image(source: str | Path | bytes, *, min_size: int | None = None, name: str | None = None) -> torch.Tensor:
     """Decode ``source`` (a path or the file's bytes) to an RGB uint8 tensor (3, H, W).
 
+    The tensor is a (3, H, W) view of H x W x 3 memory (channels last), as decoders write pixels: copying it to
+    (3, H, W) memory would cost more than the resize that follows (torch's uint8 resize reads channels-last
+    memory natively), so callers that need a layout ask for it (``.contiguous()``).
+
     ``min_size``: the caller only needs the short side to be at least this many pixels (the paper resizes the
     short side to 256, section 2), so a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale in the
     DCT domain, which skips most of the inverse DCT and colour conversion work.
@@ -88,7 +98,7 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
             _check_jpeg_length(data, w, h, label)
             limit = Image.MAX_IMAGE_PIXELS
             if components in (1, 3) and (limit is None or w * h <= limit):
-                fast = _decode_jpeg_fast(data, orientation, min_size)
+                fast = _decode_jpeg_fast(data, (w, h), orientation, min_size)
                 if fast is not None:
                     return fast
     try:
@@ -106,7 +116,7 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
         raise BadImageError(f"{label}: not a readable image ({_one_line(e)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(f"{label}: too many pixels ({_one_line(e)})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # writable, for torch; channels-last memory as above
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -184,23 +194,47 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return 1
 
 
-def _decode_jpeg_fast(data: bytes, orientation: int, min_size: int | None) -> torch.Tensor | None:
-    """A plain RGB or grayscale JPEG (its header read by `jpeg_header`) through Pillow's libjpeg-turbo, at 1/2,
-    1/4 or 1/8 scale in the DCT domain when ``min_size`` allows (``draft``), without the EXIF and mode handling
-    of the general path (the header gave the orientation). Bit for bit the pixels of torchvision's
+def _decode_jpeg_fast(
+    data: bytes, size: tuple[int, int], orientation: int, min_size: int | None
+) -> torch.Tensor | None:
+    """A plain RGB or grayscale JPEG (its header read by `jpeg_header`) through simplejpeg's libjpeg-turbo (or
+    Pillow's), at 1/2, 1/4 or 1/8 scale in the DCT domain when ``min_size`` allows (``draft``), without the EXIF
+    and mode handling of the general path (the header gave the orientation). Bit for bit the pixels of torchvision's
     ``decode_jpeg`` (tested), without importing torchvision. None when the data does not decode: the general path
     then words the error."""
+    arr = _simplejpeg(data, *size, min_size) if simplejpeg is not None else None
+    if arr is None:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if min_size is not None:
+                    im.draft("RGB", (min_size, min_size))
+                im.load()
+                arr = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # writable, for torch
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            return None
+    img = torch.from_numpy(arr).permute(2, 0, 1)  # a view of the decoder's H x W x 3 buffer: no copy
+    return _orient(img, orientation) if orientation != 1 else img
+
+
+def draft_scale(w: int, h: int, min_size: int | None) -> int:
+    """The DCT-domain scale divisor (1, 2, 4 or 8) that Pillow's ``draft`` mode picks for a ``w`` x ``h`` JPEG whose
+    short side must stay at least ``min_size``: the decoded image is ``ceil(w / s)`` x ``ceil(h / s)``."""
+    if not min_size:
+        return 1
+    scale = min(w // min_size, h // min_size)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)  # 1 too for an image smaller than min_size
+
+
+def _simplejpeg(data: bytes, w: int, h: int, min_size: int | None) -> np.ndarray | None:
+    """(H, W, 3) uint8 by simplejpeg at Pillow's draft scale, or None (Pillow then decodes, or words the error).
+    ``strict``: a JPEG libjpeg only warns about goes to Pillow, which decides as it always has."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if min_size is not None:
-                im.draft("RGB", (min_size, min_size))
-            im.load()
-            arr = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # writable, for torch
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        s = draft_scale(w, h, min_size)
+        want = (-(-h // s), -(-w // s))
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=want[0], min_width=want[1], strict=True)
+    except (ValueError, OSError):
         return None
-    img = torch.from_numpy(arr).permute(2, 0, 1)
-    img = _orient(img, orientation) if orientation != 1 else img
-    return img.contiguous()
+    return arr if arr.shape[:2] == want else None  # a scale Pillow would not pick: let Pillow decode
 
 
 def _orient(img: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -90,12 +90,20 @@ def check_tensor_values(state: Mapping[str, torch.Tensor], source: str) -> None:
                 f"{source}: {k} holds {str(v.dtype).removeprefix('torch.')} values, not floating point weights: "
                 "the file is corrupt or not weights of this model"
             )
-        if v.numel() and not bool(torch.isfinite(v).all()):
+        if v.numel() and not _all_finite(v):
             bad = int((~torch.isfinite(v)).sum())
             raise WeightsError(
                 f"{source}: {k} holds {bad} NaN or infinite values: the weights are corrupt (a diverged run?); "
                 "use an earlier checkpoint"
             )
+
+
+def _all_finite(v: torch.Tensor) -> bool:
+    """Whether every value of ``v`` is finite. A finite sum proves it (a NaN or an infinity makes the sum NaN or
+    infinite) in one reading pass without a mask the size of the tensor: 0.01 s for AlexNet's 61M weights
+    against 0.22 s for ``isfinite(v).all()``, most of the load time of a .pth (docs/BENCHMARKS.md). Only a sum
+    that overflowed, or a tensor that truly holds NaN, takes the exact test."""
+    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
 
 
 def config_from_metadata(text: Any, source: str) -> AlexNetConfig:
