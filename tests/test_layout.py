@@ -158,3 +158,30 @@ def test_the_parser_imports_no_torch(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"building the parser imported {out.stdout.strip()}"
+
+
+def test_predict_imports_neither_torchvision_nor_protobuf(tmp_path):
+    """What `alexnet predict` and `alexnet serve` import is what they wait for at start-up (docs/BENCHMARKS.md):
+    torchvision (training transforms) and protobuf (Caffe files) are not on the path."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import alexnet
+    from alexnet.weights import TORCHVISION_PREPROCESSING, Preprocessing, save_model
+
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_owt", num_classes=3, conv_channels=(8, 8, 8, 8, 8), fc_features=16)
+    pre = Preprocessing.from_dict({**TORCHVISION_PREPROCESSING.to_dict(), "class_names": ["a", "b", "c"]})
+    weights = save_model(model, pre, tmp_path / "m.safetensors")
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(tmp_path / "p.jpg", quality=90)
+    code = (
+        "import sys\n"
+        "from alexnet.cli import main\n"
+        f"code = main(['predict', '--weights', {str(weights)!r}, {str(tmp_path / 'p.jpg')!r}, '--json'])\n"
+        "heavy = sorted(m for m in ('torchvision', 'google.protobuf', 'alexnet.train.run') if m in sys.modules)\n"
+        "print('HEAVY', code, ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY 0", out.stdout

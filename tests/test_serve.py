@@ -491,3 +491,7 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     assert [tuple(p) for p in res["predictions"]] == [tuple(ClassScore._fields)] * 2
     with pytest.raises(AlexnetError, match="unknown precision 'fp64'"):
         serve_mod.ServeOptions(precision="fp64")
+    # `alexnet serve` owns the model it loaded: cast in place, no second copy of the weights
+    bf16 = serve_mod.ServeOptions(device="cpu", precision="bf16")
+    served = serve_mod.create_app(model, pre, options=bf16, own_model=True).state.served
+    assert served.net is model and next(model.parameters()).dtype == torch.bfloat16

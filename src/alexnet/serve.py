@@ -476,9 +476,12 @@ def serve(
     allow_pickle: bool = False,
     options: ServeOptions | None = None,
     log_level: str = "info",
+    loaded: tuple[torch.nn.Module, Preprocessing] | None = None,
 ) -> None:
-    """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for."""
-    model, preprocessing = load_model(weights, arch=arch, allow_pickle=allow_pickle)
+    """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for.
+    ``loaded``: the model and preprocessing of ``weights`` when the caller has read them already (``alexnet
+    serve``: `alexnet.weights.load_for_inference`); the model is the server's own either way (cast in place)."""
+    model, preprocessing = loaded or load_model(weights, arch=arch, allow_pickle=allow_pickle)
     name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
     app = create_app(model, preprocessing, name=name, options=options, own_model=True)
     served: ServedModel = app.state.served

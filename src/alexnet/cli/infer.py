@@ -100,14 +100,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import expand_inputs, predict_files
     from ..runtime import resolve_device, resolve_precision
+    from ..weights import load_for_inference
 
     device = resolve_device(args.device)
     files = expand_inputs(args.inputs)
     if not files:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
-    model, pre = weights_spec(args).load()  # predict's --weights defaults to torchvision
     precision = resolve_precision(args.precision, device)
-    model = precision.inference_model(model, device, copy=False)  # the command's own model: cast, not copied
+    model, pre = load_for_inference(weights_spec(args), device, precision)  # --weights defaults to torchvision
     results = []
     for r in predict_files(
         model,
@@ -246,17 +246,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    _check_serve_flags(args)
+    from ..runtime import resolve_device, resolve_precision
     from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
+    from ..weights import load_for_inference
 
-    if not 0 <= args.port <= 65535:
-        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
-    if args.batch_window_ms < 0:
-        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
-    for flag in ("header_timeout", "body_timeout"):
-        if not getattr(args, flag) > 0:
-            raise AlexnetError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
-    if args.max_inflight_pixels < args.max_request_pixels:
-        raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
+    spec = weights_spec(args)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    loaded = load_for_inference(spec, device, precision)  # the server's own model: cast in place, not copied
     options = ServeOptions(
         max_bytes=args.max_bytes,
         max_images=args.max_images,
@@ -268,9 +266,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
-        device=args.device,
-        precision=args.precision,
+        device=str(device),
+        precision=precision.name,
     )
-    spec = weights_spec(args)
-    serve(spec, host=args.host, port=args.port, options=options, log_level=args.log_level)
+    serve(spec, host=args.host, port=args.port, options=options, log_level=args.log_level, loaded=loaded)
     return EXIT_OK
+
+
+def _check_serve_flags(args: argparse.Namespace) -> None:
+    """One-line errors for serve's flags, before anything is imported or read."""
+    if not 0 <= args.port <= 65535:
+        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
+    if args.batch_window_ms < 0:
+        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    for flag in ("header_timeout", "body_timeout"):
+        if not getattr(args, flag) > 0:
+            raise AlexnetError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
+    if args.max_inflight_pixels < args.max_request_pixels:
+        raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")

@@ -10,7 +10,7 @@ Knows nothing of training.
 
 from ..data.fileio import atomic_write
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
-from .base import WeightsError, check_state_dict, check_tensor_values, guess_arch, imagenet_classes
+from .base import CaffeError, WeightsError, check_state_dict, check_tensor_values, guess_arch, imagenet_classes
 from .bvlc import (
     BVLC_CONVERSIONS,
     bvlc_import_differences,
@@ -20,12 +20,11 @@ from .bvlc import (
     read_bvlc_npy,
     state_dict_to_bvlc,
 )
-from .caffe import CAFFE_ZOO, CaffeZooWeights, load_caffe, load_caffe_zoo
-from .caffe_proto import CaffeError
 from .io import (
     SAVE_FORMATS,
     WeightsSource,
     export_pth,
+    load_for_inference,
     load_model,
     save_model,
     save_notes,
@@ -34,7 +33,7 @@ from .io import (
 )
 from .onnx import export_onnx, verify_onnx
 from .pretrained import load_pretrained, pretrained_record
-from .records import PRETRAINED, PretrainedWeights
+from .records import CAFFE_ZOO, PRETRAINED, CaffeZooWeights, PretrainedWeights
 
 __all__ = [
     "BVLC_CONVERSIONS",
@@ -63,6 +62,7 @@ __all__ = [
     "load_bvlc_npy",
     "load_caffe",
     "load_caffe_zoo",
+    "load_for_inference",
     "load_model",
     "load_pretrained",
     "pretrained_record",
@@ -74,3 +74,12 @@ __all__ = [
     "verify_onnx",
     "weights_format",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The Caffe readers on first use: they import protobuf (20 ms), which predict and serve do not need."""
+    if name in ("load_caffe", "load_caffe_zoo"):
+        from . import caffe
+
+        return getattr(caffe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "PTH_METADATA_KEY",
+    "CaffeError",
     "WeightsError",
     "check_class_names",
     "check_state_dict",
@@ -48,6 +49,10 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 class WeightsError(AlexnetError, ValueError):
     """A weights file that cannot be used as asked; the message is one line for the user."""
+
+
+class CaffeError(WeightsError):
+    """A Caffe file that cannot be used as asked; the message is one line for the user."""
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,10 @@ import torch
 
 from ..models import AlexNet, create_model
 from ..preprocessing import BVLC_PREPROCESSING, Preprocessing
-from .base import check_state_dict, hub_file, imagenet_classes
+from .base import CaffeError, check_state_dict, imagenet_classes
 from .caffe_net import WEIGHT_LAYERS, CaffeLayer, CaffeNetSpec, caffe_layers, parse_caffe_net
-from .caffe_proto import CaffeError, read_binaryproto, read_caffemodel, read_prototxt
+from .caffe_proto import read_binaryproto, read_caffemodel, read_prototxt
+from .records import CAFFE_ZOO, ILSVRC_2012_MEAN_BGR, CaffeZooWeights
 
 __all__ = [
     "CaffeError",
@@ -51,9 +51,6 @@ CAFFE_CONVERSIONS: tuple[tuple[str, str], ...] = (
     ("layers without a bias (bias_term: false)", "a zero bias"),
     ("everything else", "unchanged (float32; double_data blobs are cast to float32)"),
 )
-
-# Caffe's ilsvrc_2012_mean.binaryproto averaged over its 256x256 pixels, BGR (Caffe's 00-classification example).
-ILSVRC_2012_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 
 # --- blobs --------------------------------------------------------------------------------------------------------
@@ -249,68 +246,6 @@ def _class_names(labels: str | Path | Sequence[str] | None, num_classes: int) ->
         raise CaffeError(f"{labels if isinstance(labels, (str, Path)) else 'labels'}: {len(names)} class names for "
                          f"a net with {num_classes} classes")  # fmt: skip
     return names
-
-
-# --- the zoo's records --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CaffeZooWeights:
-    """A Caffe model zoo AlexNet: where its caffemodel is published with the sha1 of the zoo's readme, and how it
-    is fed. Data, not code (like `alexnet.weights.PretrainedWeights`)."""
-
-    name: str  # the name for --weights
-    url: str  # caffemodel_url of the zoo's readme
-    sha1: str  # sha1 of the zoo's readme, checked after download
-    arch: str  # alexnet2012 / caffenet, as its deploy prototxt says
-    num_classes: int
-    prototxt_url: str  # its deploy.prototxt (the caffemodel holds the same layers; not needed to load)
-    labels: str  # where its class names come from
-    mean_bgr: tuple[float, float, float] = ILSVRC_2012_MEAN_BGR  # the per-channel mean it was trained with
-    acc1: float | None = None
-    acc5: float | None = None
-    notes: str = ""
-
-    @property
-    def file_name(self) -> str:
-        return hub_file(self.url).name
-
-    def cache_path(self, model_dir: str | Path | None = None) -> Path:
-        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
-        return hub_file(self.url, model_dir)
-
-
-_ZOO = "https://github.com/BVLC/caffe/raw/master/models"
-_ILSVRC_AUX = "caffe's data/ilsvrc12 (get_ilsvrc_aux.sh: http://dl.caffe.berkeleyvision.org/caffe_ilsvrc12.tar.gz)"
-CAFFE_ZOO: dict[str, CaffeZooWeights] = {
-    r.name: r
-    for r in (
-        CaffeZooWeights(
-            "bvlc_alexnet", "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
-            "9116a64c0fbe4459d18f4bb6b56d647b63920377", "alexnet2012", 1000,
-            f"{_ZOO}/bvlc_alexnet/deploy.prototxt", "ImageNet-1k, torchvision's names (synset_words.txt's order)",
-            acc1=57.1, acc5=80.2, notes="the paper's AlexNet as BVLC trained it (iteration 360,000)",
-        ),
-        CaffeZooWeights(
-            "bvlc_reference_caffenet", "http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
-            "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46", "caffenet", 1000,
-            f"{_ZOO}/bvlc_reference_caffenet/deploy.prototxt",
-            "ImageNet-1k, torchvision's names (synset_words.txt's order)",
-            acc1=57.4, acc5=80.4, notes="pooling before LRN (iteration 310,000)",
-        ),
-        CaffeZooWeights(
-            "rcnn-ilsvrc13", "http://dl.caffe.berkeleyvision.org/bvlc_reference_rcnn_ilsvrc13.caffemodel",
-            "bdd8abb885819cba5e2fe1eb36235f2319477e64", "caffenet", 200,
-            f"{_ZOO}/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt", f"det_synset_words.txt of {_ILSVRC_AUX}",
-            notes="R-CNN's ILSVRC13 detector: the SVMs as a 200-way fc-rcnn layer, scores for region crops",
-        ),
-        CaffeZooWeights(
-            "finetune-flickr-style", "http://dl.caffe.berkeleyvision.org/finetune_flickr_style.caffemodel",
-            "443ad95a61fb0b5cd3cee55951bcc1f299186b5e", "caffenet", 20,
-            f"{_ZOO}/finetune_flickr_style/deploy.prototxt",
-            "caffe's examples/finetune_flickr_style/style_names.txt",
-            notes="CaffeNet fine-tuned on 80,000 Flickr Style images (fc8_flickr); test accuracy 91.6 %",
-        ),
-    )
-}  # fmt: skip
 
 
 def _sha1(path: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.message import DecodeError, Message
 
-from .base import WeightsError
+from .base import CaffeError
 
 __all__ = [
     "CaffeError",
@@ -31,10 +31,6 @@ __all__ = [
     "read_prototxt",
     "read_binaryproto",
 ]
-
-
-class CaffeError(WeightsError):
-    """A Caffe file that cannot be used as asked; the message is one line for the user."""
 
 
 _F = descriptor_pb2.FieldDescriptorProto

@@ -19,7 +19,7 @@ import torch
 from ..data.fileio import atomic_write
 from ..models import AlexNet, AlexNetConfig
 from ..preprocessing import Preprocessing
-from ..runtime import unwrap_model
+from ..runtime import Precision, unwrap_model
 from .base import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -38,13 +38,13 @@ from .base import (
     unwrap_state_dict,
 )
 from .bvlc import bvlc_import_differences, export_npy, load_bvlc_npy
-from .caffe import CAFFE_ZOO, load_caffe, load_caffe_zoo
 from .pretrained import load_pretrained
-from .records import PRETRAINED
+from .records import CAFFE_ZOO, PRETRAINED
 
 __all__ = [
     "SAVE_FORMATS",
     "export_pth",
+    "load_for_inference",
     "load_model",
     "save_model",
     "save_notes",
@@ -76,6 +76,15 @@ class WeightsSource:
         return load_model(self, **overrides)
 
 
+def load_for_inference(
+    source: str | Path | WeightsSource, device: torch.device, precision: Precision
+) -> tuple[AlexNet, Preprocessing]:
+    """`load_model`, then the model made ready the way predict and serve run it: eval mode, on ``device``, its
+    weights cast once, in place, to ``precision`` (no second copy of 61M weights: the command owns the model)."""
+    model, pre = load_model(source)
+    return precision.inference_model(model, device, copy=False), pre
+
+
 def load_model(
     source: str | Path | WeightsSource,
     *,
@@ -105,6 +114,8 @@ def load_model(
         return load_pretrained(name, arch=arch, num_classes=num_classes, allow_pickle=allow_pickle)
     zoo = name.removeprefix("caffe:")
     if zoo in CAFFE_ZOO and (name.startswith("caffe:") or name not in PRETRAINED):
+        from .caffe import load_caffe_zoo  # protobuf is imported only for Caffe files
+
         return _fits(load_caffe_zoo(zoo, labels=labels, arch=arch), num_classes, name)
     path = Path(source)
     if not path.exists():
@@ -117,6 +128,8 @@ def load_model(
             raise WeightsError(
                 f"{path}: a .caffemodel needs its deploy net definition: pass --prototxt deploy.prototxt"
             )
+        from .caffe import load_caffe
+
         return _fits(load_caffe(path, prototxt, mean=mean, labels=labels, arch=arch), num_classes, name)
     if caffe_only:
         raise WeightsError(f"{path}: --prototxt, --mean and --labels are for .caffemodel weights")

@@ -11,7 +11,7 @@ from typing import Any
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
 from .base import hub_file, imagenet_classes
 
-__all__ = ["PRETRAINED", "PretrainedWeights"]
+__all__ = ["CAFFE_ZOO", "ILSVRC_2012_MEAN_BGR", "PRETRAINED", "CaffeZooWeights", "PretrainedWeights"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,69 @@ def _pretrained_records() -> dict[str, PretrainedWeights]:
 
 
 PRETRAINED: dict[str, PretrainedWeights] = _pretrained_records()
+
+
+# Caffe's ilsvrc_2012_mean.binaryproto averaged over its 256x256 pixels, BGR (Caffe's 00-classification example).
+ILSVRC_2012_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+
+
+# --- the zoo's records --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaffeZooWeights:
+    """A Caffe model zoo AlexNet: where its caffemodel is published with the sha1 of the zoo's readme, and how it
+    is fed. Data, not code (like `alexnet.weights.PretrainedWeights`)."""
+
+    name: str  # the name for --weights
+    url: str  # caffemodel_url of the zoo's readme
+    sha1: str  # sha1 of the zoo's readme, checked after download
+    arch: str  # alexnet2012 / caffenet, as its deploy prototxt says
+    num_classes: int
+    prototxt_url: str  # its deploy.prototxt (the caffemodel holds the same layers; not needed to load)
+    labels: str  # where its class names come from
+    mean_bgr: tuple[float, float, float] = ILSVRC_2012_MEAN_BGR  # the per-channel mean it was trained with
+    acc1: float | None = None
+    acc5: float | None = None
+    notes: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return hub_file(self.url).name
+
+    def cache_path(self, model_dir: str | Path | None = None) -> Path:
+        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
+        return hub_file(self.url, model_dir)
+
+
+_ZOO = "https://github.com/BVLC/caffe/raw/master/models"
+_ILSVRC_AUX = "caffe's data/ilsvrc12 (get_ilsvrc_aux.sh: http://dl.caffe.berkeleyvision.org/caffe_ilsvrc12.tar.gz)"
+CAFFE_ZOO: dict[str, CaffeZooWeights] = {
+    r.name: r
+    for r in (
+        CaffeZooWeights(
+            "bvlc_alexnet", "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+            "9116a64c0fbe4459d18f4bb6b56d647b63920377", "alexnet2012", 1000,
+            f"{_ZOO}/bvlc_alexnet/deploy.prototxt", "ImageNet-1k, torchvision's names (synset_words.txt's order)",
+            acc1=57.1, acc5=80.2, notes="the paper's AlexNet as BVLC trained it (iteration 360,000)",
+        ),
+        CaffeZooWeights(
+            "bvlc_reference_caffenet", "http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
+            "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46", "caffenet", 1000,
+            f"{_ZOO}/bvlc_reference_caffenet/deploy.prototxt",
+            "ImageNet-1k, torchvision's names (synset_words.txt's order)",
+            acc1=57.4, acc5=80.4, notes="pooling before LRN (iteration 310,000)",
+        ),
+        CaffeZooWeights(
+            "rcnn-ilsvrc13", "http://dl.caffe.berkeleyvision.org/bvlc_reference_rcnn_ilsvrc13.caffemodel",
+            "bdd8abb885819cba5e2fe1eb36235f2319477e64", "caffenet", 200,
+            f"{_ZOO}/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt", f"det_synset_words.txt of {_ILSVRC_AUX}",
+            notes="R-CNN's ILSVRC13 detector: the SVMs as a 200-way fc-rcnn layer, scores for region crops",
+        ),
+        CaffeZooWeights(
+            "finetune-flickr-style", "http://dl.caffe.berkeleyvision.org/finetune_flickr_style.caffemodel",
+            "443ad95a61fb0b5cd3cee55951bcc1f299186b5e", "caffenet", 20,
+            f"{_ZOO}/finetune_flickr_style/deploy.prototxt",
+            "caffe's examples/finetune_flickr_style/style_names.txt",
+            notes="CaffeNet fine-tuned on 80,000 Flickr Style images (fc8_flickr); test accuracy 91.6 %",
+        ),
+    )
+}  # fmt: skip
