@@ -121,3 +121,19 @@ def test_a_corrupt_jpeg_still_gets_the_one_line_error_with_simplejpeg():
     with pytest.raises(BadImageError, match="^<bytes>: ") as e:
         decode_image(data)
     assert "\n" not in str(e.value)
+
+
+def test_the_normalizer_is_torchvisions_arithmetic_bit_for_bit_and_leaves_its_input():
+    from torchvision.transforms import functional as TF
+
+    from alexnet.data.geometry import Normalizer
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    img = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    want = torch.stack([TF.normalize(TF.convert_image_dtype(i, torch.float32), mean, std) for i in img])
+    assert torch.equal(Normalizer(mean, std)(img), want)
+    assert torch.equal(Normalizer(mean, std)(img[0]), want[0])
+    x = img.float()
+    before = x.clone()
+    Normalizer(mean, std, value_scale=255.0)(x)  # a float input is not modified in place
+    assert torch.equal(x, before)
