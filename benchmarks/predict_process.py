@@ -9,10 +9,13 @@ Both read the SAME random torchvision weights (tv.pth). Each case runs in a fres
 and ours, after one warm-up of each (page cache); the median wall time and the peak resident set of the largest
 process (the command itself or a DataLoader worker) are reported.
 
-``alexnet serve``: from the command to the first answered request (start, import, weights, the first forward),
-measured for the current code only: an earlier code state is measured by running this at that commit.
+``alexnet serve``: from the command to the first answered request (start, import, weights, the first forward).
 
-    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve] [--code CHECKOUT]
+``--before CHECKOUT`` runs a second ``ours`` from that checkout (an earlier commit, e.g. a ``git worktree``) in the
+same rounds, so that before and after are measured side by side under the same load; ``--code CHECKOUT`` runs
+``ours`` itself from another checkout.
+
+    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve] [--code CHECKOUT] [--before CHECKOUT]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BASELINE_FOLDER = """
 import sys, torch, torchvision
@@ -76,13 +80,14 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return float(seconds), int(kib) / 1024
 
 
-def compare(cases: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Median wall time and peak memory per case: a warm-up each, then ``runs`` rounds alternating the cases."""
-    for cmd in cases.values():
+def compare(cases: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> dict[str, dict[str, Any]]:
+    """Median wall time and peak memory per case (a command and its environment): a warm-up each, then ``runs``
+    rounds alternating the cases."""
+    for cmd, env in cases.values():
         timed(cmd, env)
     seen: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
     for _ in range(runs):
-        for name, cmd in cases.items():
+        for name, (cmd, env) in cases.items():
             seen[name].append(timed(cmd, env))
     return {
         k: {"seconds": statistics.median(s for s, _ in v), "peak_mib": max(m for _, m in v), "all": [s for s, _ in v]}
@@ -136,7 +141,29 @@ def _multipart(path: str) -> tuple[bytes, str]:
     return head + data + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
-def main(images: int = 240, runs: int = 5, serve: bool = False, code: str | None = None) -> None:
+def _env(code: str | None) -> dict[str, str]:
+    """The environment of a run of ``ours``: this checkout's, or ``code``'s sources first on the path."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if code is not None:
+        env["PYTHONPATH"] = str(Path(code).resolve() / "src")
+    return env
+
+
+def _report(label: str, r: dict[str, dict[str, Any]]) -> None:
+    b = r["baseline"]
+    parts = [f"baseline {b['seconds']:.2f} s ({b['peak_mib']:.0f} MiB)"]
+    for name in ("before", "ours"):
+        if name in r:
+            o = r[name]
+            parts.append(f"{name} {o['seconds']:.2f} s ({o['peak_mib']:.0f} MiB, {o['seconds'] / b['seconds']:.2f} of "
+                         f"the baseline's time, {b['seconds'] / o['seconds']:.2f}x)")  # fmt: skip
+    print(f"{label}: " + "; ".join(parts), flush=True)
+    print("  runs: " + "; ".join(f"{k} {[round(s, 2) for s in v['all']]}" for k, v in r.items()))
+
+
+def main(
+    images: int = 240, runs: int = 5, serve: bool = False, code: str | None = None, before: str | None = None
+) -> None:
     import torch
     import torchvision
 
@@ -144,9 +171,7 @@ def main(images: int = 240, runs: int = 5, serve: bool = False, code: str | None
     from .pipeline import make_jpegs
 
     cores = os.cpu_count() or 1
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if code is not None:  # "ours" from another checkout (an earlier commit), for a before/after comparison
-        env["PYTHONPATH"] = str(Path(code).resolve() / "src")
+    env, env_before = _env(code), _env(before) if before is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "img"
         make_jpegs(folder, images, seed=1)
@@ -162,16 +187,20 @@ def main(images: int = 240, runs: int = 5, serve: bool = False, code: str | None
             (f"{images} JPEGs (500x375 q90)", str(folder), "b_folder.py", [str(cores)]),
             ("one photo", photo, "b_photo.py", []),
         ):
-            cases = {
-                "baseline": [sys.executable, str(Path(tmp) / script), target, weights, *extra],
-                "ours": [*ours, target],
-            }
-            r = compare(cases, runs, env)
-            b, o = r["baseline"], r["ours"]
-            print(f"{label}: baseline {b['seconds']:.2f} s ({b['peak_mib']:.0f} MiB), ours {o['seconds']:.2f} s "
-                  f"({o['peak_mib']:.0f} MiB): {b['seconds'] / o['seconds']:.2f}x", flush=True)  # fmt: skip
-            print(f"  runs: baseline {[round(s, 2) for s in b['all']]}, ours {[round(s, 2) for s in o['all']]}")
+            cases = {"baseline": ([sys.executable, str(Path(tmp) / script), target, weights, *extra], env)}
+            if env_before is not None:
+                cases["before"] = ([*ours, target], env_before)
+            cases["ours"] = ([*ours, target], env)
+            _report(label, compare(cases, runs))
         if serve:
-            firsts = [serve_first_answer(weights, photo, env) for _ in range(max(1, runs))]
-            print(f"alexnet serve, start to first answer: median {statistics.median(firsts):.2f} s "
-                  f"(runs {[round(s, 2) for s in firsts]})")  # fmt: skip
+            envs = {"before": env_before, "ours": env} if env_before is not None else {"ours": env}
+            firsts: dict[str, list[float]] = {k: [] for k in envs}
+            for _ in range(max(1, runs)):
+                for k, e in envs.items():
+                    firsts[k].append(serve_first_answer(weights, photo, e))
+            for k, v in firsts.items():
+                print(f"alexnet serve ({k}), start to first answer: median {statistics.median(v):.2f} s "
+                      f"(runs {[round(s, 2) for s in v]})")  # fmt: skip
+            if env_before is not None:
+                ratio = statistics.median(firsts["ours"]) / statistics.median(firsts["before"])
+                print(f"alexnet serve: ours takes {ratio:.2f} of before's time")

@@ -17,7 +17,7 @@ its peak resident set (VmHWM) and, for the baseline's DataLoader, the largest wo
 threads of the one process).
 
     python -m benchmarks predict [--images 256] [--runs 3] [--batch 32] [--agree-images 512]
-    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve]   (whole processes)
+    python -m benchmarks predict --process [--images 240] [--runs 5] [--serve] [--before CHECKOUT]
 """
 
 from __future__ import annotations
@@ -118,13 +118,20 @@ def main(argv: list[str] | None = None) -> None:
         help="whole processes as a user times them (start-up and model load included; benchmarks/predict_process.py)",
     )
     ap.add_argument("--serve", action="store_true", help="with --process: alexnet serve's start to first answer")
-    ap.add_argument("--code", default=None, help="with --process: run 'ours' from this checkout (before/after)")
+    ap.add_argument("--code", default=None, help="with --process: run 'ours' from this checkout")
+    ap.add_argument(
+        "--before", default=None, help="with --process: also run this checkout (an earlier commit), alternating"
+    )
     args = ap.parse_args(argv)
     if args.process:
         from .predict_process import main as process_main
 
         process_main(
-            images=args.images if args.images != 256 else 240, runs=args.runs, serve=args.serve, code=args.code
+            images=args.images if args.images != 256 else 240,
+            runs=args.runs,
+            serve=args.serve,
+            code=args.code,
+            before=args.before,
         )
         return
     cores = os.cpu_count() or 1
