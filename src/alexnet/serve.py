@@ -8,7 +8,8 @@ Why it is built this way:
   decoding in the thread pool, so the event loop only moves bytes.
 - The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the precision
   `alexnet.runtime.resolve_precision` resolves (``auto``: bf16 where the device computes it natively), through
-  `Precision.inference_model` (a cast copy of the weights; the caller's model is untouched).
+  `Precision.inference_model`: a cast copy of a caller's model (left untouched), or, for the model ``alexnet
+  serve`` loaded itself, that model cast in place (`alexnet.weights.load_for_inference`: no second copy).
 - A prediction has the command line's vocabulary (``alexnet predict --json``): per image ``file`` and
   ``predictions``, per class ``index``, ``name`` and ``prob``.
 - Bad input is the client's fault, so it gets a 4xx with a JSON body ``{"error": {"status", "message"}}``, never a
