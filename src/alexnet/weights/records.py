@@ -14,8 +14,23 @@ from .base import hub_file, imagenet_classes
 __all__ = ["CAFFE_ZOO", "ILSVRC_2012_MEAN_BGR", "PRETRAINED", "CaffeZooWeights", "PretrainedWeights"]
 
 
+class HubFile:
+    """What a record published at ``url`` knows of its file: its name and where torch hub caches it."""
+
+    url: str
+
+    @property
+    def file_name(self) -> str:
+        """The file name in the URL; for hub downloads it carries the sha256 prefix (``name-<sha256[:8]>.pth``)."""
+        return hub_file(self.url).name
+
+    def cache_path(self, model_dir: str | Path | None = None) -> Path:
+        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
+        return hub_file(self.url, model_dir)
+
+
 @dataclass(frozen=True)
-class PretrainedWeights:
+class PretrainedWeights(HubFile):
     """Where a set of pretrained weights comes from and how it must be fed: data, not code (STYLE 3; cf.
     torchvision's ``Weights`` and timm's ``PretrainedCfg``). ``load_model(name)`` reads the record of ``name``:
     a ``pth`` record is downloaded once through torch hub; an ``npy`` record is a pickle, fetched by hand and read
@@ -32,15 +47,6 @@ class PretrainedWeights:
     accuracy_source: str = ""  # where those figures were published
     config_overrides: Mapping[str, Any] = field(default_factory=dict)  # AlexNetConfig fields the weights need
     notes: str = ""
-
-    @property
-    def file_name(self) -> str:
-        """The file name in the URL; for hub downloads it carries the sha256 prefix (``name-<sha256[:8]>.pth``)."""
-        return hub_file(self.url).name
-
-    def cache_path(self, model_dir: str | Path | None = None) -> Path:
-        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
-        return hub_file(self.url, model_dir)
 
 
 def _pretrained_records() -> dict[str, PretrainedWeights]:
@@ -84,7 +90,7 @@ ILSVRC_2012_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 # --- the zoo's records --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CaffeZooWeights:
+class CaffeZooWeights(HubFile):
     """A Caffe model zoo AlexNet: where its caffemodel is published with the sha1 of the zoo's readme, and how it
     is fed. Data, not code (like `alexnet.weights.PretrainedWeights`)."""
 
@@ -99,14 +105,6 @@ class CaffeZooWeights:
     acc1: float | None = None
     acc5: float | None = None
     notes: str = ""
-
-    @property
-    def file_name(self) -> str:
-        return hub_file(self.url).name
-
-    def cache_path(self, model_dir: str | Path | None = None) -> Path:
-        """Where the file is cached (torch hub's ``<hub dir>/checkpoints``), i.e. where to place it by hand."""
-        return hub_file(self.url, model_dir)
 
 
 _ZOO = "https://github.com/BVLC/caffe/raw/master/models"
