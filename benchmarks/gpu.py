@@ -21,9 +21,11 @@ Figures are also written as JSON to ``$OUT/gpu.json`` when OUT is set, after eac
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     tmp = Path(tempfile.mkdtemp(prefix="alexnet-gpu-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the JPEGs and prepared set are scratch, never kept
     n_img = 64 if smoke else 8192
     make_jpegs(tmp / "jpegs", n_img, workers=1 if smoke else args.workers)
     files = sorted((tmp / "jpegs").rglob("*.jpg"))
