@@ -9,12 +9,12 @@ import functools
 import hashlib
 import http.server
 import json
-import socket
 import threading
 
 import numpy as np
 import pytest
 import torch
+from _builders import closed_port
 from google.protobuf import text_format
 
 from alexnet.models import get_config
@@ -392,12 +392,6 @@ def test_zoo_records_are_data():
     assert all(len(r.sha1) == 40 for r in C.CAFFE_ZOO.values())
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path):
     root = tmp_path / "www"
@@ -434,7 +428,7 @@ def test_zoo_download_is_sha1_checked(served, tmp_path, capsys):
 
 
 def test_zoo_offline_error_names_url_and_path(tmp_path):
-    rec = dataclasses.replace(C.CAFFE_ZOO["bvlc_alexnet"], url=f"http://127.0.0.1:{_closed_port()}/x.caffemodel")
+    rec = dataclasses.replace(C.CAFFE_ZOO["bvlc_alexnet"], url=f"http://127.0.0.1:{closed_port()}/x.caffemodel")
     with pytest.raises(CaffeError) as e:
         C.load_caffe_zoo(rec, model_dir=tmp_path, progress=False)
     msg = _one_line(e)

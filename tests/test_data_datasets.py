@@ -1,12 +1,11 @@
 """Data sets (folder, list file, Fashion-MNIST, prepared), the loader's bad-image handling, and stats."""
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 import torch
+from _builders import write_idx
 from PIL import Image
 
 from alexnet.cli import main
@@ -138,21 +137,15 @@ def test_loader_skips_batches_and_keeps_workers():
     assert len(pids) == 2  # the same two worker processes served both passes
 
 
-def _idx(arr, path, gz):
-    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    data = header + arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if gz else data)
-
-
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_idx(tmp_path, gz):
     rng = np.random.default_rng(0)
     sfx = ".gz" if gz else ""
     imgs = rng.integers(0, 256, (7, 28, 28))
-    _idx(imgs, tmp_path / f"train-images-idx3-ubyte{sfx}", gz)
-    _idx(np.arange(7) % 10, tmp_path / f"train-labels-idx1-ubyte{sfx}", gz)
-    _idx(imgs[:3], tmp_path / f"t10k-images-idx3-ubyte{sfx}", gz)
-    _idx(np.array([9, 8, 7]), tmp_path / f"t10k-labels-idx1-ubyte{sfx}", gz)
+    write_idx(tmp_path / f"train-images-idx3-ubyte{sfx}", imgs, gz=gz)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{sfx}", np.arange(7) % 10, gz=gz)
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{sfx}", imgs[:3], gz=gz)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{sfx}", np.array([9, 8, 7]), gz=gz)
     assert D.find_fashion_mnist(tmp_path) == tmp_path
     ds = D.open_dataset("fashion-mnist", data_dir=tmp_path)
     assert len(ds) == 7 and ds.classes[9] == "Ankle boot" and ds.targets == list(range(7))

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from _builders import jpeg_bytes
 from PIL import Image
 
 from alexnet.data.decode import BadImageError, decode_image
@@ -103,17 +104,6 @@ def test_bad_files_name_the_file(tmp_path):
         decode_image(tmp_path)
 
 
-def _jpeg_bytes(mode="RGB", size=(40, 30), orientation=None, progressive=False, exif_tags=None):
-    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    exif = Image.Exif()
-    for tag, value in (exif_tags or {}).items():
-        exif[tag] = value
-    if orientation is not None:
-        exif[0x0112] = orientation
-    kw = {"exif": exif.tobytes()} if (orientation is not None or exif_tags) else {}
-    return _save(im.convert(mode), "JPEG", quality=90, progressive=progressive, **kw)
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -129,7 +119,7 @@ def _jpeg_bytes(mode="RGB", size=(40, 30), orientation=None, progressive=False, 
 def test_jpeg_header_reads_what_pillow_reads(kw):
     from alexnet.data.decode import jpeg_header
 
-    data = _jpeg_bytes(**kw)
+    data = jpeg_bytes(**kw)
     with Image.open(io.BytesIO(data)) as im:
         expected = (*im.size, len(im.getbands()), im.getexif().get(0x0112, 1))
     assert jpeg_header(data) == expected
@@ -138,12 +128,12 @@ def test_jpeg_header_reads_what_pillow_reads(kw):
 def test_jpeg_header_gives_up_on_anything_odd():
     from alexnet.data.decode import jpeg_header
 
-    good = _jpeg_bytes()
+    good = jpeg_bytes()
     assert jpeg_header(good[:40]) is None  # cut inside the header
     assert jpeg_header(b"\xff\xd8\xff\xe0\x00") is None
     assert jpeg_header(b"\x89PNG\r\n\x1a\n") is None
     bad_exif = (
-        _jpeg_bytes(orientation=3)
+        jpeg_bytes(orientation=3)
         .replace(b"Exif\x00\x00MM", b"Exif\x00\x00XX")
         .replace(b"Exif\x00\x00II", b"Exif\x00\x00XX")
     )

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 
-import numpy as np
 import pytest
 import torch
 import torchvision
+from _builders import make_fashion
 
 from alexnet import cli, demo
 from alexnet.data import datasets
-
-
-def _idx(path, arr: np.ndarray) -> None:
-    """Write ``arr`` (uint8) as a gzipped idx file, the format Fashion-MNIST ships in."""
-    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def make_fashion(folder, n_train: int = 300, n_test: int = 100, seed: int = 0):
-    """Ten classes that a small network can tell apart: a bright square at a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stem, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        rng.shuffle(labels)
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            r, q = divmod(int(c), 5)
-            images[i, 4 + 12 * r : 12 + 12 * r, 1 + 5 * q : 6 + 5 * q] = 250
-        _idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
-        _idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
-    return folder
 
 
 @pytest.fixture(scope="module")

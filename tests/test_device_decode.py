@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _builders import assert_same_metrics, assert_same_weights, jpeg_bytes, tiny_config
 from PIL import Image
-from test_train import assert_same_metrics, assert_same_weights, tiny_config
 
 from alexnet import train
 from alexnet.data import datasets as D
@@ -19,25 +19,13 @@ from alexnet.data.device_decode import EncodedBatch, EncodedJpeg, materialize, p
 from alexnet.weights import load_model
 
 
-def _jpeg(mode: str = "RGB", size=(48, 40), exif_orientation: int | None = None, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    im = Image.fromarray(arr).resize(size).convert(mode)
-    buf = io.BytesIO()
-    kw = {}
-    if exif_orientation is not None:
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        kw["exif"] = exif.tobytes()
-    im.save(buf, "JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
 def test_plain_jpeg_tells_which_files_the_device_decodes():
-    assert plain_jpeg(_jpeg("RGB")) and plain_jpeg(_jpeg("L"))
-    assert plain_jpeg(_jpeg("RGB", exif_orientation=1))
-    assert not plain_jpeg(_jpeg("RGB", exif_orientation=6))  # rotated: decode_image applies EXIF, nvJPEG does not
-    assert not plain_jpeg(_jpeg("CMYK"))
+    assert plain_jpeg(jpeg_bytes("RGB", (48, 40))) and plain_jpeg(jpeg_bytes("L", (48, 40)))
+    assert plain_jpeg(jpeg_bytes("RGB", (48, 40), orientation=1))
+    assert not plain_jpeg(
+        jpeg_bytes("RGB", (48, 40), orientation=6)
+    )  # rotated: decode_image applies EXIF, nvJPEG does not
+    assert not plain_jpeg(jpeg_bytes("CMYK", (48, 40)))
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, "PNG")
     assert not plain_jpeg(png.getvalue())
@@ -51,11 +39,11 @@ def _folder(root: Path, bad: bool = False) -> Path:
         d.mkdir(parents=True)
         for i in range(6):
             mode = "L" if i == 1 else "RGB"
-            (d / f"{i}.jpg").write_bytes(_jpeg(mode, exif_orientation=6 if i == 2 else None, seed=10 * c + i))
+            (d / f"{i}.jpg").write_bytes(jpeg_bytes(mode, (48, 40), orientation=6 if i == 2 else None, seed=10 * c + i))
         arr = np.full((40, 44, 3), 60 * c, dtype=np.uint8)
         Image.fromarray(arr).save(d / "z.png")
     if bad:
-        good = _jpeg(seed=99)
+        good = jpeg_bytes(size=(48, 40), seed=99)
         (root / "class0" / "truncated.jpg").write_bytes(good[: len(good) // 3])
         (root / "class1" / "fake.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
@@ -106,7 +94,7 @@ def test_bad_files_are_skipped_and_named_or_fail(tmp_path):
         assert torch.equal(a, b) and torch.equal(ya, yb)
     # a file whose header passes but whose data the decoders refuse is dropped with its label
     enc = EncodedBatch(
-        [EncodedJpeg(torch.frombuffer(bytearray(_jpeg()), dtype=torch.uint8)),
+        [EncodedJpeg(torch.frombuffer(bytearray(jpeg_bytes(size=(48, 40))), dtype=torch.uint8)),
          EncodedJpeg(torch.frombuffer(bytearray(b"\xff\xd8\xff\xdb" + b"\x00" * 64), dtype=torch.uint8))],
         ["a.jpg", "b.jpg"], pre.geometry(False), seed=1,
     )  # fmt: skip
@@ -141,7 +129,7 @@ def test_mixed_sizes_are_cropped_in_groups_equal_to_per_image(tmp_path, monkeypa
     for n, size in enumerate(sizes * 2):
         d = root / f"class{n % 2}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"{n:02d}.jpg").write_bytes(_jpeg("L" if n == 3 else "RGB", size=size, seed=n))
+        (d / f"{n:02d}.jpg").write_bytes(jpeg_bytes("L" if n == 3 else "RGB", size, seed=n))
     pre = Preprocessing(input_size=32, resize_size=36)
     ds = D.open_dataset(root, transform=pre.geometry(True))
     monkeypatch.setattr(device_decode, "GROUP_ON_CPU", True)  # as on a GPU

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _evalkit import CLASSES, RESIZE, image_folder, saved_weights, tiny_model, tiny_preprocessing
+from _builders import CLASSES, RESIZE, image_folder, saved_weights, tiny_model, tiny_preprocessing
 from torch import nn
 
 import alexnet

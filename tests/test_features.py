@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _evalkit import INPUT, image_folder, png_size, saved_weights, tiny_model
+from _builders import INPUT, image_folder, png_size, saved_weights, tiny_model
 
 from alexnet.cli import main
 from alexnet.features import (

@@ -185,3 +185,27 @@ def test_predict_imports_neither_torchvision_nor_protobuf(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY 0", out.stdout
+
+
+# --- the tests' own layout (issue 23, item 4) ----------------------------------------------------------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def _test_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {m.split(".")[-1] for m in names if m.startswith(("tests.", "test_")) or m.startswith("test_")}
+
+
+def test_no_test_module_imports_another():
+    """Shared builders live in tests/_builders.py; a test module importing another runs that module's fixtures
+    and module-level set-up in the wrong place, and hides where a builder lives."""
+    offenders = {p.name: sorted(_test_imports(p)) for p in sorted(TESTS.glob("test_*.py")) if _test_imports(p)}
+    assert offenders == {}
+
+
+def test_every_test_file_is_named_after_a_module_or_a_concern():
+    """test_<module>[_<aspect>].py: the faults of a module sit beside its other tests (test_weights_faults.py next
+    to test_weights.py), so a newcomer finds every test of a module by its name."""
+    assert sorted(p.name for p in TESTS.glob("test_faults*.py")) == []

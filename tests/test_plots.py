@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _evalkit import METRICS_HEADER, image_folder, png_size, run_folder
+from _builders import METRICS_HEADER, image_folder, png_size, run_folder
 
 import alexnet
 from alexnet.cli import main

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _builders import assert_same_metrics, assert_same_weights, check_sigint_resume, make_folder, tiny_config
 from torchvision.transforms import v2
 
 import alexnet
@@ -15,7 +16,6 @@ from alexnet.data import prepared_loader as PL
 from alexnet.data import transforms as T
 from alexnet.data.device_decode import materialize
 from alexnet.data.prepare import prepare
-from tests.test_train import assert_same_metrics, assert_same_weights, make_folder, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +187,6 @@ def test_evaluate_crops_on_the_device_the_same(tmp_path, monkeypatch):
 def test_sigint_mid_epoch_with_reader_threads_resumes_exactly(tmp_path):
     """Ctrl-C while reader threads work ahead: the step finishes, the state is saved, the process exits, and the
     resumed run equals an uninterrupted one."""
-    from tests.test_train import check_sigint_resume
-
     make_folder(tmp_path / "src", classes=3, per_class=8, size=80)
     prepare(tmp_path / "src", tmp_path / "prep", size=73, progress=False)
     check_sigint_resume(tmp_path / "prep", tmp_path, workers=2)

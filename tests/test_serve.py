@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _builders import make_weights, start_server
 from PIL import Image
 
 import alexnet
@@ -33,48 +34,6 @@ from alexnet import serve as serve_mod  # noqa: E402  (after the importorskip ab
 NUM_CLASSES = 11
 MAX_BYTES = 4_000_000
 MAX_IMAGES = 4
-
-
-def make_weights(path: Path) -> Path:
-    """A real AlexNet (torchvision's layout, adaptive pool), narrowed so that CPU tests stay fast.
-
-    He-normal weights and zero biases: with the stock inits a random narrow net answers nearly the same for every
-    input, and the tests need answers that tell images (and crops) apart."""
-    torch.manual_seed(0)
-    model = alexnet.create_model(
-        "alexnet_owt",
-        num_classes=NUM_CLASSES,
-        conv_channels=(16, 32, 48, 32, 32),
-        fc_features=64,
-        input_size=64,
-    )
-    for layer in model.named_layers().values():
-        torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-        torch.nn.init.zeros_(layer.bias)
-    pre = alexnet.Preprocessing(input_size=64, resize_size=72, class_names=[f"class {i}" for i in range(NUM_CLASSES)])
-    return alexnet.save_model(model, pre, path)
-
-
-def start_server(weights: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """Run ``alexnet serve`` on a free loopback port; return the process and its base URL."""
-    cmd = [sys.executable, "-m", "alexnet", "serve", "--weights", str(weights), "--port", "0", "--log-level", "warning"]
-    proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)/", log.read_text())
-        if m:
-            url = m.group(1)
-            while time.monotonic() < deadline:  # the line comes before uvicorn's startup (warm-up) completes
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        return proc, url
-                except httpx.TransportError:
-                    time.sleep(0.05)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"alexnet serve did not start:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -397,18 +356,33 @@ def test_without_the_serve_extra_the_error_names_the_extra(monkeypatch, capsys):
 
 
 # --- inference off the event loop ---------------------------------------------------------------------------------
+class _Gate:
+    """What the test and every copy of `_SlowModel` share (the server runs a cast copy of its model): the calls
+    made, a forward pass running, and the release of the held passes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running, self.release = threading.Event(), threading.Event()
+        self.release.set()  # the server's warm-up pass runs through
+
+    def __deepcopy__(self, memo: dict) -> _Gate:
+        return self
+
+
 class _SlowModel(torch.nn.Module):
-    """The tiny model behind a 0.8 s forward pass, counting its calls: a stand-in for a big model on a slow CPU."""
+    """The tiny model behind a forward pass that lasts until the test releases it: a stand-in for a big model on a
+    slow CPU, whose length no machine's load can change."""
 
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
         self.inner = inner
         self.config = inner.config
-        self.calls = 0
+        self.gate = _Gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        time.sleep(0.8)
+        self.gate.calls += 1
+        self.gate.running.set()
+        assert self.gate.release.wait(300), "the test never released the forward pass"
         return self.inner(x)
 
 
@@ -427,30 +401,35 @@ def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, refer
             assert thread.is_alive(), "uvicorn did not start"
             time.sleep(0.02)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        calls_before = model.calls  # the warm-up pass
+        gate = model.gate
+        calls_before = gate.calls  # the warm-up pass
+        gate.running.clear()
+        gate.release.clear()  # from now on a forward pass holds until released
         blobs = [image_bytes(200 + i) for i in range(6)]
         answers: dict[int, httpx.Response] = {}
 
         def post(i: int) -> None:  # odd clients ask for 10-crop and top-3: mixed requests share a pass
             params = {"ten_crop": "true", "topk": 3} if i % 2 else {}
             files = {"image": ("x.jpg", blobs[i])}
-            answers[i] = httpx.post(f"{url}/v1/predict", files=files, params=params, timeout=30)
+            answers[i] = httpx.post(f"{url}/v1/predict", files=files, params=params, timeout=300)
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(len(blobs))]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # the first batch is in its forward pass now
-        t0 = time.perf_counter()
-        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-        assert time.perf_counter() - t0 < 0.3  # the event loop is free while the model runs
+        assert gate.running.wait(120), "no forward pass started"
+        # the first batch is held in its forward pass: the event loop must answer anyway
+        assert httpx.get(f"{url}/healthz", timeout=120).status_code == 200
+        assert not gate.release.is_set() and gate.calls - calls_before == 1
+        gate.release.set()
         for t in threads:
             t.join()
         for i, b in enumerate(blobs):
             assert answers[i].status_code == 200, answers[i].text
             check_predictions(answers[i].json()["predictions"], reference(b, ten_crop=bool(i % 2)), 3 if i % 2 else 5)
         # six concurrent clients, at most two passes (one may start before the others arrive)
-        assert model.calls - calls_before <= 2
+        assert 1 <= gate.calls - calls_before <= 2
     finally:
+        model.gate.release.set()
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()

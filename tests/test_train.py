@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _builders import (  # noqa: I001 (the tests' own helpers)
+    TINY,
+    assert_same_metrics,
+    assert_same_weights,
+    check_sigint_resume,
+    make_folder,
+    read_metrics,
+    state_dict_of,
+    tiny_config,
+    tiny_train_flags,
+)
 
 import alexnet
 from alexnet import train
@@ -22,64 +28,6 @@ from alexnet.models import CONV_LAYERS, LAYER_NAMES
 from alexnet.weights import default_preprocessing, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"conv_channels": [16, 32, 32, 32, 32], "fc_features": 64}  # alexnet_owt's layout, a few thousand weights
-TIMING = ("images_per_s", "seconds")
-
-
-def make_folder(root: Path, *, classes: int = 3, per_class: int = 8, size: int = 40, seed: int = 0) -> Path:
-    """Class folders of small PNGs whose colour says the class (learnable in a few epochs)."""
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        d = root / f"class{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            a = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-            a[..., c % 3] += 150
-            if c >= 3:
-                a[: size // 2] = 255 - a[: size // 2]
-            Image.fromarray(a).save(d / f"{i:03d}.png")
-    return root
-
-
-def tiny_config(data: Path, out: Path, **kw) -> train.TrainConfig:
-    base = dict(
-        data=str(data),
-        out=str(out),
-        arch="alexnet_owt",
-        input_size=64,
-        model_options=dict(TINY),
-        batch_size=8,
-        epochs=2,
-        workers=0,
-        progress="none",
-        tensorboard=False,
-        val_split=0.25,
-    )
-    base.update(kw)
-    return train.resolve_config(base)
-
-
-def read_metrics(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_model(path)[0].state_dict()
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-
-
-def assert_same_metrics(a: Path, b: Path) -> None:
-    ra, rb = read_metrics(a), read_metrics(b)
-    assert len(ra) == len(rb)
-    for x, y in zip(ra, rb):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
 
 
 @pytest.fixture(scope="module")
@@ -183,45 +131,11 @@ def test_loader_workers_do_not_change_the_result(data, tmp_path):
     assert_same_metrics(tmp_path / "w0", tmp_path / "w2")
 
 
-def _cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, cwd=REPO, text=True, **kw)
-
-
-def _tiny_flags(data: Path, out: Path) -> list[str]:
-    return [
-        "train", str(data), "--out", str(out), "--arch", "alexnet_owt", "--input-size", "64",
-        "--model-option", "conv_channels=[16,32,32,32,32]", "--model-option", "fc_features=64", "--workers", "0",
-        "--val-split", "0.25", "--no-tensorboard",
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigint_mid_epoch_saves_and_resumes_exactly(data, tmp_path, workers):
     """SIGINT finishes the step, saves, exits; the resumed run equals an uninterrupted one (with loader workers
     too: the resumed epoch's batches draw their augmentation from the same per-batch seeds)."""
     check_sigint_resume(data, tmp_path, workers)
-
-
-def check_sigint_resume(data: Path, tmp_path: Path, workers: int) -> None:
-    """Train 2 epochs uninterrupted; train again through the CLI, SIGINT at epoch 1 step 4, resume: both equal."""
-    kw = dict(epochs=2, batch_size=2, lr=0.02, workers=workers)
-    train.main(tiny_config(data, tmp_path / "full", **kw))
-    p = _cli([*_tiny_flags(data, tmp_path / "cut"), "--epochs", "2", "--batch-size", "2", "--lr", "0.02",
-              "--progress", "log", "--log-every", "1", "--workers", str(workers)],
-             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    for line in p.stdout:
-        if line.startswith("epoch 1 step 4/"):
-            p.send_signal(signal.SIGINT)
-            break
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert "interrupted at epoch 1" in out and "Traceback" not in err
-    state = train.load_state(tmp_path / "cut")
-    assert state["epoch"] == 0 and state["step"] >= 4
-    train.main(tiny_config(data, tmp_path / "cut", **kw, resume=str(tmp_path / "cut")))
-    assert_same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
-    assert_same_metrics(tmp_path / "full", tmp_path / "cut")
 
 
 _SLOW_WRITE = r"""
@@ -338,7 +252,10 @@ def test_feature_cache_equals_plain_path(data, pretrained, tmp_path):
     kw = dict(weights=str(pretrained), train_layers=["fc6", "fc7", "fc8"], augment=False, epochs=3, lr=0.05)
     train.main(tiny_config(data, tmp_path / "plain", **kw))
     train.main(tiny_config(data, tmp_path / "cache", **kw, cache_features=True))
-    a, b = weights(tmp_path / "plain" / "last.safetensors"), weights(tmp_path / "cache" / "last.safetensors")
+    a, b = (
+        state_dict_of(tmp_path / "plain" / "last.safetensors"),
+        state_dict_of(tmp_path / "cache" / "last.safetensors"),
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "cache")
@@ -385,7 +302,10 @@ def test_feature_cache_through_frozen_fc6_equals_plain_path(data, tmp_path):
     finally:
         train.setup.compute_features = original
     assert calls == [(2, 64), (2, 64)]  # train and val caches hold fc6's 64 outputs, not conv5's 32*6*6
-    a, b = weights(tmp_path / "plain" / "last.safetensors"), weights(tmp_path / "cache" / "last.safetensors")
+    a, b = (
+        state_dict_of(tmp_path / "plain" / "last.safetensors"),
+        state_dict_of(tmp_path / "cache" / "last.safetensors"),
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert torch.equal(a["classifier.0.weight"], model.fc6.weight)  # fc6 frozen on both paths
@@ -414,19 +334,20 @@ def _cli_error(capsys, args: list[str]) -> str:
 
 
 def _tiny_args(data: Path, out: Path) -> list[str]:
-    return _tiny_flags(data, out) + ["--progress", "none", "--epochs", "1"]
+    return tiny_train_flags(data, out) + ["--progress", "none", "--epochs", "1"]
 
 
 def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = _cli_error(capsys, _tiny_args(tmp_path / "empty", tmp_path / "run"))
-    assert "alexnet train: error:" in err
+    empty = tmp_path / "empty"
+    assert err == f"alexnet train: error: {empty}: no class sub-folders (expected {empty}/<class>/<image>)"
 
 
 def test_one_class_only(tmp_path, capsys):
     make_folder(tmp_path / "one", classes=1)
     err = _cli_error(capsys, _tiny_args(tmp_path / "one", tmp_path / "run"))
-    assert "class" in err and "2" in err
+    assert err == f"alexnet train: error: {tmp_path / 'one'}: found 1 class; training a classifier needs at least 2"
 
 
 class _Labelled(torch.utils.data.Dataset):

@@ -8,34 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _builders import TINY, make_folder
 
 from alexnet import train
 from alexnet.weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"conv_channels": [16, 32, 32, 32, 32], "fc_features": 64}
-
-
-def _folder(root: Path, per_class: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for c in range(3):
-        d = root / f"class{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class[c] if isinstance(per_class, list) else per_class):
-            a = rng.integers(0, 60, (40, 40, 3)).astype(np.uint8)
-            a[..., c] += 150
-            Image.fromarray(a).save(d / f"{i:03d}.png")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_process_gloo_equals_one_process(tmp_path):
     data = tmp_path / "data"
-    _folder(data / "train", 8, seed=0)  # 24 images: 3 global batches of 8 = 2 ranks x 4
-    _folder(data / "val", [3, 2, 2], seed=1)  # 7 images: an uneven split over 2 ranks (4 + 3)
+    make_folder(data / "train", per_class=8, seed=0)  # 24 images: 3 global batches of 8 = 2 ranks x 4
+    make_folder(data / "val", per_class=[3, 2, 2], seed=1)  # 7 images: an uneven split over 2 ranks (4 + 3)
     common = dict(arch="alexnet_owt", input_size=64, model_options=TINY, batch_size=8, epochs=2, workers=0,
                   augment=False, dropout=0.0, lr=0.02, progress="none", tensorboard=False)  # fmt: skip
     train.main(train.resolve_config({**common, "data": str(data), "out": str(tmp_path / "one")}))

@@ -7,12 +7,12 @@ import functools
 import hashlib
 import http.server
 import shutil
-import socket
 import threading
 
 import numpy as np
 import pytest
 import torch
+from _builders import closed_port
 from bvlc_reference import BVLC_MEAN_BGR, forward, random_bvlc_layers, write_py2_npy
 
 import alexnet
@@ -191,12 +191,6 @@ def test_pth_bad_files(tmp_path):
 
 
 # --- torchvision's weights through torch hub -------------------------------------------------------------------
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """An HTTP server on 127.0.0.1 serving a torchvision-layout state dict named as torch hub expects:
@@ -245,7 +239,7 @@ def test_torchvision_download_through_hub(served, tmp_path, monkeypatch, capsys)
         assert torch.equal(model.state_dict()[k], v)
     assert pre.input_size == 224 and len(pre.class_names) == 1000  # the record's preprocessing
     # a second load reads the cache: the server is no longer needed
-    monkeypatch.setitem(W.PRETRAINED, "torchvision", _record(f"http://127.0.0.1:{_closed_port()}/{name}"))
+    monkeypatch.setitem(W.PRETRAINED, "torchvision", _record(f"http://127.0.0.1:{closed_port()}/{name}"))
     model2, _ = alexnet.load_model("torchvision")
     assert torch.equal(model2.fc8.weight, model.fc8.weight)
     with pytest.raises(WeightsError, match="these are alexnet_owt weights, not caffenet"):
@@ -261,7 +255,7 @@ def test_torchvision_hash_mismatch(served, tmp_path):
 
 def test_torchvision_offline_error_names_url_and_cache_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    url = f"http://127.0.0.1:{_closed_port()}/alexnet-owt-7be5be79.pth"
+    url = f"http://127.0.0.1:{closed_port()}/alexnet-owt-7be5be79.pth"
     monkeypatch.setitem(W.PRETRAINED, "torchvision", dataclasses.replace(W.PRETRAINED["torchvision"], url=url))
     cache = tmp_path / "home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     with pytest.raises(WeightsError) as e:

@@ -404,7 +404,7 @@ def test_eight_huge_pngs_leave_the_server_memory_flat(tmp_path):
     """The issue's attack against a real server: the 0.4 MB request took it from 2.35 to 5.6 GB; now a 413, and the
     server's peak memory (VmHWM) grows by less than 100 MB."""
     import httpx
-    from test_serve import make_weights, start_server
+    from _builders import make_weights, start_server
 
     weights = make_weights(tmp_path / "w.safetensors")
     proc, url = start_server(weights, tmp_path / "log.txt")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY, make_folder
+from _builders import TINY, make_fashion, make_folder
 
 import alexnet
 from alexnet import rundir, train
@@ -367,8 +367,6 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous(data, done_run, tmp_pa
 
 def test_demo_rerun_replaces_its_own_run_only(done_run, tmp_path, monkeypatch):
     """`make demo` twice reruns the demo in runs/demo; a demo pointed at a training run refuses to touch it."""
-    from test_demo import make_fashion
-
     from alexnet import demo
 
     fashion = make_fashion(tmp_path / "fm", n_train=40, n_test=10)
