@@ -25,6 +25,9 @@ import alexnet
 from alexnet.weights import Preprocessing, save_model
 
 REPO = Path(__file__).resolve().parents[1]
+# How long a child process may take before a test calls it hung: far beyond what a slow or busy machine needs (the
+# default suite must pass on a loaded 2-core box), so that only a real hang trips it.
+HANG_S = 1800
 
 CLASSES = ["cat", "dog", "fox"]
 INPUT, RESIZE = 64, 72  # about the smallest input alexnet_owt's pooling accepts, kept tiny for 2-core CI
@@ -235,7 +238,7 @@ def check_sigint_resume(data: Path, tmp_path: Path, workers: int) -> None:
         if line.startswith("epoch 1 step 4/"):
             p.send_signal(signal.SIGINT)
             break
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 130, err
     assert "interrupted at epoch 1" in out and "Traceback" not in err
     state = _train().load_state(tmp_path / "cut")
@@ -288,7 +291,7 @@ def start_server(weights: Path, log: Path, *extra: str) -> tuple[subprocess.Pope
 
     cmd = [sys.executable, "-m", "alexnet", "serve", "--weights", str(weights), "--port", "0", "--log-level", "warning"]
     proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
         m = re.search(r"on (http://127\.0\.0\.1:\d+)/", log.read_text())
         if m:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _builders import HANG_S
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "alexnet"
@@ -155,7 +156,7 @@ def test_the_parser_imports_no_torch(argv):
         "heavy = sorted(m for m in ('torch', 'torchvision', 'numpy', 'alexnet.train.run') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"building the parser imported {out.stdout.strip()}"
 
@@ -182,7 +183,7 @@ def test_predict_imports_neither_torchvision_nor_protobuf(tmp_path):
         "heavy = sorted(m for m in ('torchvision', 'google.protobuf', 'alexnet.train.run') if m in sys.modules)\n"
         "print('HEAVY', code, ','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY 0", out.stdout
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from _builders import HANG_S
 from PIL import Image
 
 import alexnet
@@ -172,10 +173,10 @@ def test_the_program_flushes_its_answer_before_its_fast_exit(tmp_path):
     for i in range(40):
         Image.new("RGB", (90, 70), (i * 5, 10, 200 - i)).save(tmp_path / f"{i:02d}.png")
     cmd = [sys.executable, "-m", "alexnet", "predict", "--weights", str(weights), "--precision", "fp32", "--json"]
-    ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
     assert ok.returncode == 0, ok.stderr
     assert len(json.loads(ok.stdout)) == 40  # all of it, through a pipe
     bad = subprocess.run([*cmd, str(tmp_path / "00.png"), str(tmp_path / "missing.jpg")], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+                         text=True, timeout=HANG_S)  # fmt: skip
     assert bad.returncode == 1 and "missing.jpg: no such file" in bad.stderr
     assert len(json.loads(bad.stdout)) == 2

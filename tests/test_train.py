@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from _builders import (  # noqa: I001 (the tests' own helpers)
+    HANG_S,
     TINY,
     assert_same_metrics,
     assert_same_weights,
@@ -163,7 +164,7 @@ def test_sigkill_while_writing_checkpoint_keeps_previous(data, tmp_path):
     p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, str(data), str(run)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "WRITING"  # epoch 3 is inside torch.save of state.pt
     p.kill()
-    p.wait(timeout=30)
+    p.wait(timeout=HANG_S)
     assert list(run.glob(".state.pt.*.tmp"))  # the half-written file was beside, never over, the checkpoint
     assert (run / "state.pt").read_bytes() == before
     state = train.load_state(run)

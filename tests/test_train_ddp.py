@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import TINY, make_folder
+from _builders import HANG_S, TINY, make_folder
 
 from alexnet import train
 from alexnet.weights import load_model
@@ -32,7 +32,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "alexnet", "train", str(data), "--config", str(cfg), "--out", str(tmp_path / "two")]  # fmt: skip
-    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-3000:]
 
     state = train.load_state(tmp_path / "two")

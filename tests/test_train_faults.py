@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import TINY, make_fashion, make_folder
+from _builders import HANG_S, TINY, make_fashion, make_folder
 
 import alexnet
 from alexnet import rundir, train
@@ -139,7 +139,7 @@ def test_sigkill_in_a_safetensors_save_leaves_only_our_temporaries(tmp_path):
     )
     assert p.stdout.readline().strip() == "WRITING"
     p.kill()
-    p.wait(timeout=30)
+    p.wait(timeout=HANG_S)
     left = [q.name for q in tmp_path.iterdir()]
     assert left and all(fileio.is_temp_name(n) for n in left), left  # .tmpAbC123 is inside our folder
     rundir.prepare_run_dir(tmp_path)
@@ -247,7 +247,7 @@ def test_sigterm_mid_epoch_exits_143(data, tmp_path):
         if line.startswith("epoch 1 step 2/"):
             p.send_signal(signal.SIGTERM)
             break
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=HANG_S)
     assert p.returncode == 143, err
     assert "interrupted at epoch 1" in out and "Traceback" not in err
 
