@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet import ablate, ablate_report, train
+from alexnet import ablate, ablate_data, ablate_report, ablate_stats, train
 from alexnet.data.datasets import Subset
 
 TINY_NET = {"conv_channels": [8, 16, 16, 16, 16], "fc_features": 32}
@@ -71,10 +71,36 @@ def test_unknown_variant_is_one_line_listing_the_valid_ones(capsys):
     assert err.count("\n") == 1 and "valid variants: full, no-lrn" in err
 
 
-def test_too_few_images_is_one_line(tmp_path):
+def test_too_few_images_says_the_minimum(tmp_path):
     data = make_folder(tmp_path / "data", per_class=2)
-    with pytest.raises(ablate.AblationError, match="leave none to train on"):
+    with pytest.raises(ablate.AblationError) as e:
         ablate.run_ablation(tiny(data, tmp_path / "abl", val_samples=500), log=lambda s: None)
+    assert str(e.value) == (
+        f"{data}: 6 training images, but 500 validation + 6 test (held out: the data has no test split) + 1 to "
+        "train on need at least 507; lower --train-samples/--val-samples/--test-samples or use more images"
+    )
+    assert not (tmp_path / "abl").exists()
+
+
+def test_counts_become_shares_of_a_small_folder():
+    fit, Counts = ablate_data.fit_counts, ablate_data.Counts
+    unset = Counts(-1, -1, -1)
+    cpu, long = ablate.SCALES["cpu"], ablate.SCALES["cpu-long"]
+    # Fashion-MNIST: 60,000 training images and a test split of 10,000: the scale's counts as they are
+    assert fit(cpu, unset, pool=60000, test_split=10000) == Counts(6000, 500, 1000)
+    assert fit(long, unset, pool=60000, test_split=10000) == Counts(0, 1000, 10000)  # all test images
+    # a folder of 300 (no test split): 20% held out to test, 10% to validate, the rest to train
+    assert fit(cpu, unset, pool=300, test_split=None) == Counts(210, 30, 60)
+    assert fit(cpu, unset, pool=80, test_split=None) == Counts(56, 8, 16)
+    # counts the user gives are taken as they are
+    assert fit(cpu, Counts(20, 5, 10), pool=80, test_split=None) == Counts(20, 5, 10)
+    assert fit(cpu, Counts(-1, -1, 0), pool=60000, test_split=10000) == Counts(6000, 500, 10000)
+    with pytest.raises(ablate.AblationError) as e:
+        fit(cpu, Counts(100, -1, -1), pool=80, test_split=None, data="mine")
+    assert str(e.value) == (
+        "mine: 80 training images, but 8 validation + 16 test (held out: the data has no test split) + 100 to "
+        "train on need at least 124; lower --train-samples/--val-samples/--test-samples or use more images"
+    )
 
 
 def test_interval_arithmetic():
