@@ -280,8 +280,8 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
     log(
         f"ablate: {len(settings.variants)} variants x {len(settings.seeds)} seeds {settings.seeds} = {len(plans)} "
         f"runs at scale {config.scale}: {len(splits.train):,} training images, {len(splits.val):,} validation, "
-        f"{len(splits.test):,} test ({splits.test_source}), {settings.epochs} epochs, {settings.scale.input_size}x"
-        f"{settings.scale.input_size}, batch {settings.batch_size}, lr {settings.scale.lr}"
+        f"{len(splits.test):,} test ({splits.test_source}), {ablate_report.plural(settings.epochs, 'epoch')}, "
+        f"{settings.scale.input_size}x{settings.scale.input_size}, batch {settings.batch_size}, lr {settings.scale.lr}"
     )
     records, spent, done_here = [], 0.0, 0
     for k, plan in enumerate(plans, 1):

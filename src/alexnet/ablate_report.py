@@ -38,6 +38,7 @@ from .ablate_stats import (
 )
 
 __all__ = [
+    "plural",
     "t_quantile",
     "t_interval",
     "verdict",
@@ -220,7 +221,7 @@ def _top5(iv: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+    return f"{p:.2g}"
 
 
 def _mc(row: dict[str, Any]) -> str:
@@ -270,8 +271,9 @@ def _figure1_text(fig: dict[str, Any] | None) -> str:
     )
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``4 epochs``, ``4 classes``: the report's sentences are made from the run's numbers."""
+    return f"{n:,} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
 def cannot_show(meta: dict[str, Any]) -> str:
@@ -282,14 +284,14 @@ def cannot_show(meta: dict[str, Any]) -> str:
     parts = []
     if epochs < 30:
         parts.append(
-            f"{_plural(epochs, 'epoch')} on {_plural(int(meta['train_samples']), 'training image')}"
+            f"{plural(epochs, 'epoch')} on {plural(int(meta['train_samples']), 'training image')}"
             + (f" at {size}x{size}" if size else "")
             + " are far from convergence (the paper: 90 epochs on 1.2 million images): overfitting, which dropout "
             "and augmentation fight, shows only in long runs"
         )
     parts.append(
         f"one test image is {100.0 / max(1, test):.2g} points, and the standard error of a 20% error rate on "
-        f"{_plural(test, 'test image')} is {se:.1f} points: one seed cannot tell differences below about "
+        f"{plural(test, 'test image')} is {se:.1f} points: one seed cannot tell differences below about "
         f"{2 * se:.1f} points (the per-image test, which pairs the images, sees smaller ones)"
     )
     if n_seeds == 1:
@@ -305,18 +307,20 @@ def cannot_show(meta: dict[str, Any]) -> str:
         )
     if meta.get("note"):
         parts.append(meta["note"])
+    if "fashion" in str(meta.get("data", "")).lower():
+        parts.append("Fashion-MNIST is not ImageNet: ten classes of 28x28 grey images, upscaled")
     return "; ".join(parts)
 
 
 def _describe(meta: dict[str, Any]) -> str:
     """What the run did, from its settings."""
-    classes = f", {_plural(int(meta['num_classes']), 'class')}" if meta.get("num_classes") else ""
+    classes = f", {plural(int(meta['num_classes']), 'class')}" if meta.get("num_classes") else ""
     size = f", {meta['input_size']}x{meta['input_size']}" if meta.get("input_size") else ""
     val = f", {meta['val_samples']:,} validation" if meta.get("val_samples") is not None else ""
     return (
-        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {_plural(int(meta['train_samples']), 'training image')}"
-        f"{val}, {_plural(int(meta['test_samples']), 'test image')} ({meta['test_source']}), "
-        f"{_plural(int(meta['epochs']), 'epoch')}{size}{classes}."
+        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {plural(int(meta['train_samples']), 'training image')}"
+        f"{val}, {plural(int(meta['test_samples']), 'test image')} ({meta['test_source']}), "
+        f"{plural(int(meta['epochs']), 'epoch')}{size}{classes}."
     )
 
 
@@ -403,7 +407,8 @@ def plot_differences(rows: list[dict[str, Any]], path: Path, top5: bool = True) 
     ax.set_yticks(range(len(shown)), [r["variant"] for r in shown])
     ax.invert_yaxis()
     ax.set_xlabel("test error, variant minus full (points); x: the paper's figure")
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to plot when every pair diverged
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -127,7 +127,7 @@ SCALES: dict[str, Scale] = {
         0.01,
         "step",
         0,
-        "67x67 inputs and He initialisation are the demo's, not the paper's; Fashion-MNIST is not ImageNet",
+        "67x67 inputs and He initialisation are the demo's, not the paper's",
         cost="8 variants x 3 seeds: about 40 minutes on 2 quiet cores (measured 2026-12-01)",
     ),  # fmt: skip
     "cpu-long": Scale(
@@ -140,7 +140,7 @@ SCALES: dict[str, Scale] = {
         0.01,
         "step",
         0,
-        "67x67 inputs and He initialisation are the demo's, not the paper's; Fashion-MNIST is not ImageNet",
+        "67x67 inputs and He initialisation are the demo's, not the paper's",
         cost="8 variants x 2 seeds of 177,000 training images and 110,000 test forwards each: about 1h15m at "
         "750 training images/s, 2h10m at 435 (estimate, not run)",
     ),  # fmt: skip
@@ -154,8 +154,7 @@ SCALES: dict[str, Scale] = {
         0.01,
         "plateau",
         8,
-        "Fashion-MNIST is not ImageNet: ten grey classes at 28x28 upscaled; the paper's figures are for 1000 "
-        "classes of colour photographs",
+        "the paper's figures are for 1000 classes of colour photographs",
         cost="8 variants x 3 seeds of 90 epochs on 55,000 images at 227x227: about 119 million training images "
         "(estimate, docs/ABLATIONS.md)",
     ),  # fmt: skip
