@@ -283,6 +283,9 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
         f"{len(splits.test):,} test ({splits.test_source}), {ablate_report.plural(settings.epochs, 'epoch')}, "
         f"{settings.scale.input_size}x{settings.scale.input_size}, batch {settings.batch_size}, lr {settings.scale.lr}"
     )
+    s = settings.scale
+    if not config.report_only and config.epochs is None and len(splits.val) == s.val_samples and s.cost:
+        log(f"ablate: expected cost at scale {config.scale}'s own counts (docs/ABLATIONS.md): {s.cost}")
     records, spent, done_here = [], 0.0, 0
     for k, plan in enumerate(plans, 1):
         record, action = _existing(plan)
