@@ -11,10 +11,11 @@ the records into ``ablation.json``, a Markdown table (mean difference from ``ful
 seeds, the paper's figure beside it), pictures and an HTML section.
 
 Nothing is tuned per variant: one learning rate, schedule, initialisation and budget for all. The CPU scale (the
-demo's: 67x67 inputs, a 6,000-image subset, a few epochs, He initialisation) fits a 2-core machine in about half
-an hour; it cannot show what needs long runs (overfitting without dropout or augmentation, differences below the
-seed-to-seed noise). ``--scale full`` is for a GPU: 227x227, the whole training set, the paper's 90 epochs and
-its plateau schedule.
+demo's: 67x67 inputs, a 6,000-image subset, a few epochs, He initialisation) fits a 2-core machine in about 40
+minutes; it cannot show what needs long runs (overfitting without dropout or augmentation, differences below the
+seed-to-seed noise). ``cpu-long`` trains on the whole training set and tests on every test image; ``--scale full``
+is for a GPU: 227x227, the whole training set, the paper's 90 epochs and its plateau schedule. On smaller data the
+scale's counts become shares of what is there (`alexnet.ablate_data.fit_counts`).
 
 Imports nothing heavy at module level, so `add_arguments` needs no torch (the package's ``__init__`` still
 imports it today).
