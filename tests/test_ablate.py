@@ -180,6 +180,12 @@ def test_rerun_skips_finished_and_resumes_stopped(tmp_path):
     # a rerun with other settings never mixes its runs into these
     with pytest.raises(ablate.AblationError, match="other settings"):
         ablate.run_ablation(tiny(data, out, variants=["full"], epochs=3), log=lambda s: None)
+    with pytest.raises(ablate.AblationError) as e:  # nor one on other images
+        ablate.run_ablation(tiny(data, out, variants=["full"], test_samples=3), log=lambda s: None)
+    assert str(e.value) == (
+        f"{out}: made with another split (train 15, now 18); use the same --train-samples/--val-samples/"
+        "--test-samples, another --out, or delete that folder"
+    )
 
 
 def test_tanh_curves_and_figure1(tmp_path):

@@ -270,12 +270,13 @@ def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
 
 def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -> AblationResult:
     """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``."""
-    from . import ablate_report
+    from . import ablate_data, ablate_report
 
     t0 = time.perf_counter()
     settings = resolve_settings(config)
     out = Path(config.out)
     splits = load_splits(config, settings)
+    ablate_data.check_split(out, splits, config.split_seed)
     stats = _stats_file(splits, out)
     plans = plan_runs(config, settings, train_size=len(splits.train), stats=stats)
     log(

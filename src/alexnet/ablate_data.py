@@ -3,13 +3,17 @@ what the data holds), and the split itself, drawn once so that every variant and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .ablate_variants import AblationError, Scale
 from .errors import AlexnetError
 
-__all__ = ["Counts", "Splits", "fit_counts", "load_splits"]
+__all__ = ["Counts", "Splits", "fit_counts", "load_splits", "check_split"]
+
+SPLIT_FILE = "split.json"
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,25 @@ def load_splits(data: str, scale: Scale, asked: Counts, split_seed: int = 0) -> 
         source=str(data),
         test_source=test_source,
     )
+
+
+def check_split(out: Path, splits: Splits, split_seed: int) -> None:
+    """Record the split's counts in ``out/split.json`` on the first run; on a rerun refuse other counts (the
+    finished runs were trained and tested on other images, and would be mixed into the table)."""
+    from .data.fileio import atomic_write_text
+
+    mine = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+            "test_source": splits.test_source, "split_seed": split_seed}  # fmt: skip
+    path = Path(out) / SPLIT_FILE
+    if path.is_file():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        diff = [k for k in mine if theirs.get(k) != mine[k]]
+        if diff:
+            k = diff[0]
+            raise AblationError(
+                f"{out}: made with another split ({k} {theirs.get(k)!r}, now {mine[k]!r}); use the same "
+                "--train-samples/--val-samples/--test-samples, another --out, or delete that folder"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(mine, indent=2) + "\n")
