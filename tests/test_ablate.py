@@ -311,6 +311,12 @@ def test_report_keeps_diverged_runs_out_and_pools_mcnemar():
     assert "seed 0: ReLU 1,000 images, tanh 6,000 images (ratio 6.00)" in md
     assert "seed 1: ReLU 1,000 images, tanh not reached (ratio above 9.00: tanh not there after 9,000 images)" in md
     assert "with 3 seeds the t-interval is mean +- 4.3 sd / sqrt(3)" in md
+    for r in records:  # records made before step curves: Figure 1 in epochs, as then
+        r.pop("images_seen")
+        r["epochs_to_threshold"] = {"full": 2, "tanh": 5}.get(r["variant"])
+    old = ablate_report.markdown(rows, ablate_report.relu_tanh(records), meta)
+    assert "epochs to 25% training error: seed 0: ReLU 2, tanh 5; seed 1: ReLU 2, tanh 5;" in old
+    assert "median ratio tanh/ReLU 2.50 (the paper: about 6)." in old
 
 
 def test_a_run_whose_loss_explodes_is_reported_as_diverged(tmp_path, monkeypatch):

@@ -245,9 +245,22 @@ def _images(n: int | None) -> str:
     return "not reached" if not n else f"{n:,} images"
 
 
+def _figure1_epochs(fig: dict[str, Any]) -> str:
+    """Figure 1 in epochs, for records made before step curves existed."""
+    cells = "; ".join(
+        f"seed {p['seed']}: ReLU {p['epochs_relu'] or 'not reached'}, tanh {p['epochs_tanh'] or 'not reached'}"
+        for p in fig["pairs"]
+    )
+    ratio = fig["median_epoch_ratio"]
+    tail = f"median ratio tanh/ReLU {ratio:.2f} (the paper: about 6)" if ratio else "no ratio: a run never got there"
+    return f"Figure 1 analogue, epochs to {fig['threshold']:.0%} training error: {cells}; {tail}."
+
+
 def _figure1_text(fig: dict[str, Any] | None) -> str:
     if fig is None:
         return "Figure 1 (ReLU against tanh): no finished pair of `full` and `tanh` runs."
+    if not any(p.get("seen_relu") for p in fig["pairs"]):
+        return _figure1_epochs(fig)
     t = fig["threshold"]
     cells = []
     for p in fig["pairs"]:
