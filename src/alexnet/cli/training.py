@@ -364,7 +364,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         choices=tuple(SCALES),
         default="cpu",
         help="cpu: 67x67, 6,000 images, 4 epochs (a CPU, ~40 min); cpu-long: 67x67, the whole training set, all "
-        "test images, 3 epochs (a CPU, 1-2 h); full: 227x227, the whole set, 90 epochs (a GPU)",
+        "test images, 3 epochs (a CPU, 1-3 h); full: 227x227, the whole set, 90 epochs (a GPU)",
     )
     counts = "default: the scale's, at most a share of what the data holds"
     p.add_argument("--train-samples", type=nonneg_int, default=None, help=f"training images, 0 = all left; {counts}")
