@@ -23,8 +23,18 @@ LAYERS = [
     ["preprocessing", "weights"],
     ["distributed", "rundir"],
     ["evaluate", "predict", "features"],
-    ["train", "plots", "report", "ablate_report"],
-    ["demo", "serve", "serve_upload", "serve_batch", "serve_guard", "ablate", "ablate_variants"],
+    ["train", "plots", "report", "ablate_report", "ablate_stats"],
+    [
+        "demo",
+        "serve",
+        "serve_upload",
+        "serve_batch",
+        "serve_guard",
+        "ablate",
+        "ablate_variants",
+        "ablate_data",
+        "ablate_runs",
+    ],
     ["cli", "__main__"],
 ]
 # data/ knows nothing of models or weights (DESIGN.md): it sits below them and may not reach up.

@@ -11,10 +11,11 @@ the records into ``ablation.json``, a Markdown table (mean difference from ``ful
 seeds, the paper's figure beside it), pictures and an HTML section.
 
 Nothing is tuned per variant: one learning rate, schedule, initialisation and budget for all. The CPU scale (the
-demo's: 67x67 inputs, a 6,000-image subset, a few epochs, He initialisation) fits a 2-core machine in about half
-an hour; it cannot show what needs long runs (overfitting without dropout or augmentation, differences below the
-seed-to-seed noise). ``--scale full`` is for a GPU: 227x227, the whole training set, the paper's 90 epochs and
-its plateau schedule.
+demo's: 67x67 inputs, a 6,000-image subset, a few epochs, He initialisation) fits a 2-core machine in about 40
+minutes; it cannot show what needs long runs (overfitting without dropout or augmentation, differences below the
+seed-to-seed noise). ``cpu-long`` trains on the whole training set and tests on every test image; ``--scale full``
+is for a GPU: 227x227, the whole training set, the paper's 90 epochs and its plateau schedule. On smaller data the
+scale's counts become shares of what is there (`alexnet.ablate_data.fit_counts`).
 
 Imports nothing heavy at module level, so `add_arguments` needs no torch (the package's ``__init__`` still
 imports it today).
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ablate_data import Counts, Splits
+from .ablate_runs import RUN_RECORD, train_and_record
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
-from .errors import AlexnetError
 
 __all__ = [
     "AblationError",
@@ -53,8 +54,6 @@ __all__ = [
     "plan_runs",
     "run_ablation",
 ]
-
-RUN_RECORD = "ablate_run.json"  # written into a run folder once it is trained and evaluated: "finished"
 
 
 @dataclass
@@ -90,22 +89,9 @@ class Settings:
     seeds: list[int]
     scale: Scale
     epochs: int
-    train_samples: int
-    val_samples: int
-    test_samples: int
+    asked: Counts  # the counts the user gave, -1 where the scale decides (`alexnet.ablate_data.fit_counts`)
     workers: int
     batch_size: int
-
-
-@dataclass
-class Splits:
-    """The data every run shares: training subset, validation share, held-out test images."""
-
-    train: Any
-    val: Any
-    test: Any
-    source: str
-    test_source: str  # where the test images come from (the test split, or a share held out of the training set)
 
 
 @dataclass(frozen=True)
@@ -147,9 +133,11 @@ def resolve_settings(config: AblationConfig) -> Settings:
         seeds=list(range(config.seeds)),
         scale=s,
         epochs=pick(config.epochs, s.epochs, "epochs", 1),
-        train_samples=pick(config.train_samples, s.train_samples, "train_samples", 0),
-        val_samples=pick(config.val_samples, s.val_samples, "val_samples", 1),
-        test_samples=pick(config.test_samples, s.test_samples, "test_samples", 0),
+        asked=Counts(
+            train=-1 if config.train_samples is None else pick(config.train_samples, 0, "train_samples", 0),
+            val=-1 if config.val_samples is None else pick(config.val_samples, 1, "val_samples", 1),
+            test=-1 if config.test_samples is None else pick(config.test_samples, 0, "test_samples", 0),
+        ),
         workers=pick(config.workers, s.workers, "workers", 0),
         batch_size=pick(config.batch_size, s.batch_size, "batch_size", 1),
     )
@@ -203,63 +191,11 @@ def variant_train_config(
     return dataclasses.replace(tc, **v.train)
 
 
-def _take(targets: list[int], n: int, seed: int) -> tuple[list[int], list[int]]:
-    """(the rest, about ``n`` positions drawn class by class, seeded); n == 0 or n >= len: all are taken."""
-    from .data import datasets
-
-    if n == 0 or n >= len(targets):
-        return [], list(range(len(targets)))
-    return datasets.stratified_split(targets, n / len(targets), seed)
-
-
-def _open(data: str, split: str) -> Any:
-    """One split of ``data`` (Fashion-MNIST's idx folder or anything `open_dataset` reads); None if it has none."""
-    from .data import datasets
-
-    try:
-        ds = datasets.open_dataset(data, split=split)
-    except AlexnetError:
-        if split == "train":
-            raise
-        return None
-    return ds if len(ds) else None
-
-
 def load_splits(config: AblationConfig, settings: Settings) -> Splits:
-    """The training subset, validation share and test images, drawn once with ``split_seed``: the same for every
-    variant and seed. Test images come from the data's test split (Fashion-MNIST's 10,000, a ``val/`` folder),
-    else from a stratified share held out of the training data."""
-    from .data import datasets
+    """The data every run shares, drawn once with ``split_seed`` (`alexnet.ablate_data.load_splits`)."""
+    from . import ablate_data
 
-    pool = _open(config.data, "train")
-    test_base, test_source = _open(config.data, "test"), "test split"
-    if test_base is None:
-        rest, test_idx = _take(pool.targets, settings.test_samples or max(1, len(pool) // 10), config.split_seed + 2)
-        test_source = "held out of the training data"
-        test_base = _open(config.data, "train")
-    else:
-        rest = list(range(len(pool)))
-        n = settings.test_samples or len(test_base)
-        test_idx = list(range(min(n, len(test_base))))
-    # the validation share and the training subset come from what is left
-    rest2, val_pos = _take([pool.targets[i] for i in rest], settings.val_samples, config.split_seed + 1)
-    val_idx = [rest[i] for i in val_pos]
-    left = [rest[i] for i in rest2]
-    train_pos = _take([pool.targets[i] for i in left], settings.train_samples, config.split_seed)[1]
-    train_idx = [left[i] for i in train_pos]
-    if not train_idx or not val_idx:
-        raise AblationError(
-            f"{config.data}: {len(pool):,} images leave none to train on after {len(val_idx):,} validation and "
-            f"{len(test_idx):,} test images ({test_source}); use more images"
-        )
-    val_base = _open(config.data, "train")  # its own object: train.main gives each view its geometry
-    return Splits(
-        train=datasets.Subset(pool, train_idx),
-        val=datasets.Subset(val_base, val_idx),
-        test=datasets.Subset(test_base, test_idx),
-        source=str(config.data),
-        test_source=test_source,
-    )
+    return ablate_data.load_splits(str(config.data), settings.scale, settings.asked, config.split_seed)
 
 
 def _stats_file(splits: Splits, out: Path) -> str:
@@ -318,101 +254,6 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _curve(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per epoch: training error and loss (means over the epoch, dropout and augmentation on), validation
-    error, and the training seconds so far (Figure 1's axes)."""
-    total, out = 0.0, []
-    for r in metrics:
-        total += float(r["seconds"])
-        val = float(r["val_acc1"])
-        out.append(
-            {
-                "epoch": int(r["epoch"]),
-                "train_error": 1.0 - float(r["train_acc1"]) / 100.0,
-                "train_loss": float(r["train_loss"]),
-                "val_error": None if math.isnan(val) else 1.0 - val / 100.0,
-                "seconds": total,
-            }
-        )
-    return out
-
-
-def _to_threshold(curve: list[dict[str, float]], threshold: float) -> tuple[int | None, float | None]:
-    """(epochs, training seconds) until the epoch's training error first is at or below ``threshold``."""
-    for p in curve:
-        if p["train_error"] <= threshold:
-            return p["epoch"], p["seconds"]
-    return None, None
-
-
-def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 error of the run's final weights on the test images: centre crop, and the softmax averaged
-    over the ten patches (section 4.1)."""
-    from .evaluate import evaluate_dataset
-    from .weights import load_model
-
-    model, pre = load_model(folder / "last.safetensors")
-    out = {}
-    for name, ten in (("centre", False), ("ten_crop", True)):
-        splits.test.transform = pre.geometry(False, ten_crop=ten)
-        ev = evaluate_dataset(
-            model, splits.test, preprocessing=pre, ten_crop=ten, batch_size=128, workers=workers, device=device,
-            channels_last=True, collect=False,
-        )  # fmt: skip
-        out[name] = {"top1_error": ev.top1_error, "top5_error": ev.top5_error, "loss": ev.loss}
-    splits.test.transform = None
-    out["num_samples"] = ev.num_samples
-    return out
-
-
-def _prune(folder: Path) -> None:
-    """A finished, evaluated run needs no resume state: keep last.safetensors (the evaluated weights), drop the
-    rest (a 60M-parameter run writes about 1 GB of checkpoints)."""
-    for name in ("state.pt", "best.safetensors"):
-        (folder / name).unlink(missing_ok=True)
-
-
-def _train_and_record(plan: RunPlan, splits: Splits, config: AblationConfig, settings: Settings) -> dict[str, Any]:
-    """Train (or resume) one run, evaluate it, write its record into the run folder."""
-    from . import train
-    from .data.fileio import atomic_write_text
-    from .runtime import resolve_device
-
-    tc = plan.train_config
-    if (plan.folder / "state.pt").is_file():
-        tc = dataclasses.replace(tc, resume=str(plan.folder))
-    splits.train.transform = None  # each run gives the views its own geometry (no-augment: the centre crop)
-    splits.val.transform = None
-    result = train.main(tc, train_dataset=splits.train, val_dataset=splits.val)
-    if result.interrupted:
-        raise AblationError(
-            f"stopped during {plan.variant} seed {plan.seed}; run the same command again to resume from {plan.folder}"
-        )
-    curve = _curve(result.metrics)
-    epochs_to, seconds_to = _to_threshold(curve, config.threshold)
-    ev = _evaluate(plan.folder, splits, resolve_device(config.device), settings.workers)
-    record = {
-        "variant": plan.variant,
-        "seed": plan.seed,
-        "folder": str(plan.folder),
-        "centre": ev["centre"],
-        "ten_crop": ev["ten_crop"],
-        "test_samples": ev["num_samples"],
-        "final_train_loss": curve[-1]["train_loss"],
-        "final_train_error": curve[-1]["train_error"],
-        "threshold": config.threshold,
-        "epochs_to_threshold": epochs_to,
-        "seconds_to_threshold": seconds_to,
-        "train_seconds": curve[-1]["seconds"],
-        "curve": curve,
-        "train_config": plan.train_config.to_dict(),
-    }
-    atomic_write_text(plan.folder / RUN_RECORD, json.dumps(record, indent=2) + "\n")
-    if not config.keep_checkpoints:
-        _prune(plan.folder)
-    return record
-
-
 def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
     """(the finished run's record or None, what to do: skip / resume / train)."""
     record_path = plan.folder / RUN_RECORD
@@ -429,20 +270,24 @@ def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
 
 def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -> AblationResult:
     """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``."""
-    from . import ablate_report
+    from . import ablate_data, ablate_report
 
     t0 = time.perf_counter()
     settings = resolve_settings(config)
     out = Path(config.out)
     splits = load_splits(config, settings)
+    ablate_data.check_split(out, splits, config.split_seed)
     stats = _stats_file(splits, out)
     plans = plan_runs(config, settings, train_size=len(splits.train), stats=stats)
     log(
         f"ablate: {len(settings.variants)} variants x {len(settings.seeds)} seeds {settings.seeds} = {len(plans)} "
         f"runs at scale {config.scale}: {len(splits.train):,} training images, {len(splits.val):,} validation, "
-        f"{len(splits.test):,} test ({splits.test_source}), {settings.epochs} epochs, {settings.scale.input_size}x"
-        f"{settings.scale.input_size}, batch {settings.batch_size}, lr {settings.scale.lr}"
+        f"{len(splits.test):,} test ({splits.test_source}), {ablate_report.plural(settings.epochs, 'epoch')}, "
+        f"{settings.scale.input_size}x{settings.scale.input_size}, batch {settings.batch_size}, lr {settings.scale.lr}"
     )
+    s = settings.scale
+    if not config.report_only and config.epochs is None and len(splits.val) == s.val_samples and s.cost:
+        log(f"ablate: expected cost at scale {config.scale}'s own counts (docs/ABLATIONS.md): {s.cost}")
     records, spent, done_here = [], 0.0, 0
     for k, plan in enumerate(plans, 1):
         record, action = _existing(plan)
@@ -455,15 +300,13 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
         eta = f"about {_fmt_s(spent / done_here * len(left))} left" if done_here else "time left known after one run"
         log(f"{head}: {action} ({_fmt_s(time.perf_counter() - t0)} elapsed, {eta})")
         t_run = time.perf_counter()
-        record = _train_and_record(plan, splits, config, settings)
+        record = train_and_record(
+            plan.variant, plan.seed, plan.train_config, splits, threshold=config.threshold, device=config.device,
+            workers=settings.workers, keep=config.keep_checkpoints,
+        )  # fmt: skip
         spent += time.perf_counter() - t_run
         done_here += 1
-        c, t = record["centre"], record["ten_crop"]
-        log(
-            f"{head}: test top-1 error {c['top1_error']:.2%} (ten patches {t['top1_error']:.2%}), top-5 "
-            f"{c['top5_error']:.2%}; final training error {record['final_train_error']:.2%}; "
-            f"{_fmt_s(time.perf_counter() - t_run)}"
-        )
+        log(f"{head}: {_run_line(record)}; {_fmt_s(time.perf_counter() - t_run)}")
         records.append(record)
     meta = _meta(config, settings, splits, time.perf_counter() - t0)
     meta["runs_finished"] = f"{len(records)} of {len(plans)}"
@@ -474,6 +317,16 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
     log(written.table)
     log(f"ablate: done in {_fmt_s(time.perf_counter() - t0)}; {', '.join(str(p) for p in written.files.values())}")
     return AblationResult(out, records, written.summary, written.table, written.files, time.perf_counter() - t0)
+
+
+def _run_line(record: dict[str, Any]) -> str:
+    if record["diverged"]:
+        return f"diverged ({record['diverged']}): kept out of the means"
+    c, t = record["centre"], record["ten_crop"]
+    return (
+        f"test top-1 error {c['top1_error']:.2%} (ten patches {t['top1_error']:.2%}), top-5 {c['top5_error']:.2%}; "
+        f"final training error {record['final_train_error']:.2%}"
+    )
 
 
 def _variant_info(names: list[str]) -> dict[str, dict[str, Any]]:
@@ -501,6 +354,9 @@ def _meta(config: AblationConfig, settings: Settings, splits: Splits, seconds: f
         "scale": config.scale,
         "scale_settings": dataclasses.asdict(settings.scale),
         "epochs": settings.epochs,
+        "input_size": settings.scale.input_size,
+        "batch_size": settings.batch_size,
+        "num_classes": splits.num_classes,
         "seeds": settings.seeds,
         "variants": settings.variants,
         "threshold": config.threshold,
@@ -510,7 +366,7 @@ def _meta(config: AblationConfig, settings: Settings, splits: Splits, seconds: f
         "test_samples": len(splits.test),
         "test_source": splits.test_source,
         "model_options": config.model_options,
-        "cannot_show": settings.scale.cannot_show,
+        "note": settings.scale.note,
         "seconds": seconds,
     }
 
@@ -520,8 +376,10 @@ def _command(config: AblationConfig) -> str:
     if list(config.variants) != list(VARIANTS):
         parts += ["--variants", ",".join(config.variants)]
     parts += ["--seeds", str(config.seeds), "--scale", config.scale]
-    if config.epochs is not None:
-        parts += ["--epochs", str(config.epochs)]
+    for flag, value in (("--epochs", config.epochs), ("--train-samples", config.train_samples),
+                        ("--val-samples", config.val_samples), ("--test-samples", config.test_samples)):  # fmt: skip
+        if value is not None:
+            parts += [flag, str(value)]
     return " ".join(parts)
 
 

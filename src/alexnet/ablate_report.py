@@ -2,11 +2,18 @@
 
 Every figure is a paired difference: variant minus ``full`` with the same seed (the same initial draw where the
 shapes agree, the same data order and split), in percentage points of error, averaged over the seeds, with a
-two-sided 95% Student t-interval (mean +- t(0.975, n-1) * sd / sqrt(n)). With one seed there is no spread to
-estimate and the interval cannot be computed. A direction "agrees" with the paper when the whole interval lies on
-the paper's side of zero, "disagrees" when it lies on the other side, and "cannot tell" when it holds zero.
+two-sided 95% Student t-interval (mean +- t(0.975, n-1) * sd / sqrt(n)) cut to [-100, +100], the range a
+difference of error rates can take. With one seed there is no spread to estimate and the interval cannot be
+computed. A direction "agrees" with the paper when the whole interval lies on the paper's side of zero,
+"disagrees" when it lies on the other side, and "cannot tell" when it holds zero. Beside it, McNemar's exact test
+on the test images the two models classify differently, pooled over the seeds (`alexnet.ablate_stats`).
 
-Works from plain records (dicts), so the files can be rebuilt from ``ablation.json`` alone (`rebuild`).
+A run that diverged (loss not finite, or training error near chance after the first epoch) is counted and named,
+and kept out of every mean: it measures an accident of that seed, not the idea the variant takes away.
+
+Every sentence about the run (counts, epochs, seeds, what the scale cannot show) is made from the run's own
+settings in ``meta``. Works from plain records (dicts), so the files can be rebuilt from ``ablation.json`` alone
+(`rebuild`), older records included (fields added since are optional).
 """
 
 from __future__ import annotations
@@ -20,12 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .ablate_stats import (
+    BOUND,
+    discordant,
+    mcnemar_exact,
+    t_interval,
+    t_quantile,
+    unpack_bits,
+    verdict,
+)
+
 __all__ = [
+    "plural",
     "t_quantile",
     "t_interval",
     "verdict",
+    "mcnemar_exact",
     "summarize",
     "relu_tanh",
+    "cannot_show",
     "markdown",
     "plot_differences",
     "plot_relu_tanh",
@@ -35,65 +55,60 @@ __all__ = [
     "html_section",
 ]
 
-# t(0.975, df) for df = 1..30 (two-sided 95%); beyond, a Cornish-Fisher expansion around the normal's 1.96.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 _METRICS = (("top1", "centre", "top1_error"), ("top5", "centre", "top5_error"))
 
 
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def t_interval(values: list[float]) -> dict[str, Any]:
-    """Mean and 95% t-interval of ``values``; low/high are None with fewer than two values."""
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "low": None, "high": None, "sd": None}
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"n": 1, "mean": mean, "low": None, "high": None, "sd": None}
-    sd = statistics.stdev(values)
-    half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "sd": sd}
-
-
-def verdict(interval: dict[str, Any], expect: int) -> str:
-    """Whether the interval of a difference sides with the paper (``expect`` the sign it claims)."""
-    if interval["n"] == 0:
-        return "no runs"
-    if interval["low"] is None:
-        return "interval cannot be computed (1 seed)"
-    if expect == 0:
-        return "no sign claimed"
-    if interval["low"] > 0 or interval["high"] < 0:
-        return "agrees" if (interval["low"] > 0) == (expect > 0) else "disagrees"
-    return "cannot tell"
+def _ok(r: dict[str, Any]) -> bool:
+    """A run that counts: finished, evaluated, not diverged."""
+    return not r.get("diverged") and r.get("centre") is not None
 
 
 def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(r["variant"], int(r["seed"])): r for r in records}
+    return {(r["variant"], int(r["seed"])): r for r in records if _ok(r)}
+
+
+def _pair_seeds(records: list[dict[str, Any]], variant: str) -> list[int]:
+    runs = _by_key(records)
+    return sorted(s for v, s in runs if v == variant and ("full", s) in runs)
 
 
 def _paired(records: list[dict[str, Any]], variant: str, get: Any) -> list[float]:
-    """variant minus full, seed by seed, in percentage points, over the seeds where both finished."""
+    """variant minus full, seed by seed, in percentage points, over the seeds where neither diverged."""
     runs = _by_key(records)
-    seeds = sorted(s for v, s in runs if v == variant and ("full", s) in runs)
-    return [100.0 * (get(runs[(variant, s)]) - get(runs[("full", s)])) for s in seeds]
+    return [100.0 * (get(runs[(variant, s)]) - get(runs[("full", s)])) for s in _pair_seeds(records, variant)]
+
+
+def _bits(r: dict[str, Any], crop: str) -> list[bool] | None:
+    hexed = (r.get(crop) or {}).get("correct")
+    return None if hexed is None else unpack_bits(hexed, int(r["test_samples"]))
+
+
+def _mcnemar(pairs: list[tuple[dict[str, Any], str, dict[str, Any], str]]) -> dict[str, Any] | None:
+    """McNemar's exact test pooled over the seeds: b = images the reference gets right and the other wrong, c
+    the reverse, summed over (reference, other) pairs of runs on the same test images. Per seed too."""
+    per_seed = []
+    for ref, ref_crop, other, other_crop in pairs:
+        a, o = _bits(ref, ref_crop), _bits(other, other_crop)
+        if a is None or o is None or len(a) != len(o):
+            return None
+        b, c = discordant(a, o)
+        per_seed.append({"seed": int(ref["seed"]), "b": b, "c": c, "p": mcnemar_exact(b, c)})
+    if not per_seed:
+        return None
+    b, c = sum(x["b"] for x in per_seed), sum(x["c"] for x in per_seed)
+    return {"b": b, "c": c, "p": mcnemar_exact(b, c), "pooled": "over seeds", "seeds": per_seed}
+
+
+def _diverged(records: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+    return [
+        {"seed": int(r["seed"]), "why": r["diverged"]} for r in records if r["variant"] == variant and r.get("diverged")
+    ]
 
 
 def _absolute(records: list[dict[str, Any]], variant: str) -> dict[str, Any]:
-    """Means over the seeds of one variant, in percent."""
-    mine = [r for r in records if r["variant"] == variant]
+    """Means over the seeds of one variant, in percent; diverged runs counted, not averaged."""
+    every = [r for r in records if r["variant"] == variant]
+    mine = [r for r in every if _ok(r)]
 
     def mean(get: Any) -> float | None:
         vals = [get(r) for r in mine if get(r) is not None]
@@ -102,6 +117,7 @@ def _absolute(records: list[dict[str, Any]], variant: str) -> dict[str, Any]:
     reached = [r["epochs_to_threshold"] for r in mine if r["epochs_to_threshold"] is not None]
     return {
         "seeds": sorted(int(r["seed"]) for r in mine),
+        "diverged": len(every) - len(mine),
         "top1_centre": mean(lambda r: r["centre"]["top1_error"]),
         "top1_ten": mean(lambda r: r["ten_crop"]["top1_error"]),
         "top5_centre": mean(lambda r: r["centre"]["top5_error"]),
@@ -110,51 +126,74 @@ def _absolute(records: list[dict[str, Any]], variant: str) -> dict[str, Any]:
         "gap": mean(lambda r: r["centre"]["top1_error"] - r["final_train_error"]),
         "epochs_to_threshold": statistics.fmean(reached) if reached else None,
         "reached": f"{len(reached)}/{len(mine)}",
-        "train_seconds": statistics.fmean([r["train_seconds"] for r in mine]) if mine else None,
+        "train_seconds": statistics.fmean([r["train_seconds"] for r in every]) if every else None,
     }
 
 
 def summarize(records: list[dict[str, Any]], variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per variant (and one for ten patches against the centre crop, on ``full``'s runs)."""
     rows = []
+    runs = _by_key(records)
     for name, info in variants.items():
         row = {"variant": name, "description": info["description"], "switch": info["switch"], "paper": info["paper"]}
         row.update(paper_top1=info.get("paper_top1"), paper_top5=info.get("paper_top5"), expect=info["expect"])
         row["absolute"] = _absolute(records, name)
+        row["diverged"] = _diverged(records, name)
         if name != "full":
             for key, crop, metric in _METRICS:
                 row[key] = t_interval(_paired(records, name, lambda r, c=crop, m=metric: r[c][m]))
             row["gap_diff"] = t_interval(
                 _paired(records, name, lambda r: r["centre"]["top1_error"] - r["final_train_error"])
             )
+            seeds = _pair_seeds(records, name)
+            row["mcnemar"] = _mcnemar([(runs[("full", s)], "centre", runs[(name, s)], "centre") for s in seeds])
             row["verdict"] = verdict(row["top1"], info["expect"])
         rows.append(row)
-    full = [r for r in records if r["variant"] == "full"]
+    full = [r for r in records if r["variant"] == "full" and _ok(r)]
     if full:
         row = {"variant": "ten-crop", "description": "ten patches (corners, centre, mirrors) against the centre crop",
                "switch": "evaluation of full", "paper": "averages the softmax of ten patches at test time (4.1)",
-               "paper_top1": None, "paper_top5": None, "expect": -1}  # fmt: skip
+               "paper_top1": None, "paper_top5": None, "expect": -1, "diverged": []}  # fmt: skip
         for key, _crop, metric in _METRICS:
             row[key] = t_interval([100.0 * (r["ten_crop"][metric] - r["centre"][metric]) for r in full])
+        row["mcnemar"] = _mcnemar([(r, "centre", r, "ten_crop") for r in full])
         row["verdict"] = verdict(row["top1"], -1)
         rows.append(row)
     return rows
 
 
 def relu_tanh(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Figure 1's comparison: epochs and training seconds to the threshold, ReLU (full) and tanh, per seed."""
-    runs = _by_key(records)
+    """Figure 1's comparison per seed: epochs, training seconds and images seen (step granularity: the first
+    window of steps at or below the threshold) until the threshold, ReLU (full) and tanh. The ratio of images
+    seen is the paper's "six times faster"; when tanh never gets there, the images it saw give a lower bound."""
+    runs = {(r["variant"], int(r["seed"])): r for r in records if not r.get("diverged")}
     seeds = sorted(s for v, s in runs if v == "tanh" and ("full", s) in runs)
     if not seeds:
         return None
     pairs = []
     for s in seeds:
         relu, tanh = runs[("full", s)], runs[("tanh", s)]
-        pairs.append({"seed": s, **{f"{k}_{w}": r[f"{k}_to_threshold"] for w, r in (("relu", relu), ("tanh", tanh))
-                                    for k in ("epochs", "seconds")}})  # fmt: skip
+        pair: dict[str, Any] = {"seed": s}
+        for w, r in (("relu", relu), ("tanh", tanh)):
+            for k in ("epochs", "seconds", "images"):
+                pair[f"{k}_{w}"] = r.get(f"{k}_to_threshold")
+            pair[f"seen_{w}"] = r.get("images_seen")
+        pair["ratio"] = pair["at_least"] = None
+        if pair["images_relu"] and relu.get("steps_complete") and tanh.get("steps_complete"):
+            if pair["images_tanh"]:
+                pair["ratio"] = pair["images_tanh"] / pair["images_relu"]
+            elif pair["seen_tanh"]:
+                pair["at_least"] = pair["seen_tanh"] / pair["images_relu"]
+        pairs.append(pair)
     both = [p for p in pairs if p["epochs_relu"] and p["epochs_tanh"]]
     ratio = statistics.median(p["epochs_tanh"] / p["epochs_relu"] for p in both) if both else None
-    return {"threshold": records[0]["threshold"], "pairs": pairs, "median_epoch_ratio": ratio}
+    measured = [p["ratio"] for p in pairs if p["ratio"] is not None]
+    return {
+        "threshold": records[0]["threshold"],
+        "pairs": pairs,
+        "median_epoch_ratio": ratio,
+        "median_image_ratio": statistics.median(measured) if measured else None,
+    }
 
 
 def _pp(v: float | None, signed: bool = True) -> str:
@@ -168,7 +207,33 @@ def _ci(iv: dict[str, Any]) -> str:
         return "no runs"
     if iv["low"] is None:
         return f"{_pp(iv['mean'])} (1 seed: no interval)"
-    return f"{_pp(iv['mean'])} [{_pp(iv['low'])}, {_pp(iv['high'])}]"
+    mark = "\u2020" if iv.get("clipped") else ""
+    return f"{_pp(iv['mean'])} [{_pp(iv['low'])}, {_pp(iv['high'])}]{mark}"
+
+
+def _top5_informative(meta: dict[str, Any]) -> bool:
+    """With 5 classes or fewer the true class is always among the top 5: top-5 error is 0 by construction."""
+    return int(meta.get("num_classes") or 1000) > 5
+
+
+def _top5(iv: dict[str, Any], meta: dict[str, Any]) -> str:
+    return _ci(iv) if _top5_informative(meta) else f"uninformative ({meta['num_classes']} classes)"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}"
+
+
+def _mc(row: dict[str, Any]) -> str:
+    """McNemar's cell: images only full gets right / images only the variant gets right, and p."""
+    m = row.get("mcnemar")
+    if not m:
+        return "n/a"
+    side = ""
+    if m["p"] < 0.05 and row["expect"]:
+        worse = m["b"] > m["c"]  # the variant loses more images than it gains: removing the idea hurts
+        side = "; agrees" if worse == (row["expect"] > 0) else "; disagrees"
+    return f"{m['b']:,} / {m['c']:,}, p {_p(m['p'])}{side}"
 
 
 def _paper(row: dict[str, Any]) -> str:
@@ -176,42 +241,144 @@ def _paper(row: dict[str, Any]) -> str:
     return (" / ".join(figs) + ": " if figs else "") + row["paper"]
 
 
-def _figure1_text(fig: dict[str, Any] | None) -> str:
-    if fig is None:
-        return "Figure 1 (ReLU against tanh): no finished pair of `full` and `tanh` runs."
-    t = fig["threshold"]
+def _images(n: int | None) -> str:
+    return "not reached" if not n else f"{n:,} images"
+
+
+def _figure1_epochs(fig: dict[str, Any]) -> str:
+    """Figure 1 in epochs, for records made before step curves existed."""
     cells = "; ".join(
         f"seed {p['seed']}: ReLU {p['epochs_relu'] or 'not reached'}, tanh {p['epochs_tanh'] or 'not reached'}"
         for p in fig["pairs"]
     )
     ratio = fig["median_epoch_ratio"]
     tail = f"median ratio tanh/ReLU {ratio:.2f} (the paper: about 6)" if ratio else "no ratio: a run never got there"
-    return f"Figure 1 analogue, epochs to {t:.0%} training error: {cells}; {tail}."
+    return f"Figure 1 analogue, epochs to {fig['threshold']:.0%} training error: {cells}; {tail}."
+
+
+def _figure1_text(fig: dict[str, Any] | None) -> str:
+    if fig is None:
+        return "Figure 1 (ReLU against tanh): no finished pair of `full` and `tanh` runs."
+    if not any(p.get("seen_relu") for p in fig["pairs"]):
+        return _figure1_epochs(fig)
+    t = fig["threshold"]
+    cells = []
+    for p in fig["pairs"]:
+        cell = f"seed {p['seed']}: ReLU {_images(p.get('images_relu'))}, tanh {_images(p.get('images_tanh'))}"
+        if p.get("ratio"):
+            cell += f" (ratio {p['ratio']:.2f})"
+        elif p.get("at_least"):
+            cell += f" (ratio above {p['at_least']:.2f}: tanh not there after {p['seen_tanh']:,} images)"
+        cells.append(cell)
+    ratio = fig.get("median_image_ratio")
+    bounded = [p["at_least"] for p in fig["pairs"] if p.get("at_least")]
+    if ratio:
+        tail = f"median ratio tanh/ReLU {ratio:.2f} (the paper: about 6)"
+    elif bounded:
+        tail = f"tanh never got there: the ratio is above {min(bounded):.2f} (the paper: about 6)"
+    else:
+        tail = "no ratio: ReLU never got there, or a run was resumed (its step curve is incomplete)"
+    return (
+        f"Figure 1 analogue, training images seen until a window of steps is at or below {t:.0%} training error: "
+        f"{'; '.join(cells)}; {tail}."
+    )
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``4 epochs``, ``4 classes``: the report's sentences are made from the run's numbers."""
+    return f"{n:,} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def cannot_show(meta: dict[str, Any]) -> str:
+    """What this run cannot show, worked out from its own counts, epochs and seeds."""
+    test, epochs, n_seeds = int(meta["test_samples"]), int(meta["epochs"]), len(meta["seeds"])
+    size = meta.get("input_size") or meta.get("scale_settings", {}).get("input_size")
+    se = 100.0 * math.sqrt(0.2 * 0.8 / max(1, test))
+    parts = []
+    if epochs < 30:
+        parts.append(
+            f"{plural(epochs, 'epoch')} on {plural(int(meta['train_samples']), 'training image')}"
+            + (f" at {size}x{size}" if size else "")
+            + " are far from convergence (the paper: 90 epochs on 1.2 million images): overfitting, which dropout "
+            "and augmentation fight, shows only in long runs"
+        )
+    parts.append(
+        f"one test image is {100.0 / max(1, test):.2g} points, and the standard error of a 20% error rate on "
+        f"{plural(test, 'test image')} is {se:.1f} points: one seed cannot tell differences below about "
+        f"{2 * se:.1f} points (the per-image test, which pairs the images, sees smaller ones)"
+    )
+    if n_seeds == 1:
+        parts.append("with 1 seed there is no interval over seeds")
+    elif n_seeds <= 3:
+        parts.append(
+            f"with {n_seeds} seeds the t-interval is mean +- {t_quantile(n_seeds - 1):.1f} sd / sqrt({n_seeds}), "
+            f"wide by construction (cut to +-{BOUND:.0f} points, the range of a difference)"
+        )
+    if not _top5_informative(meta):
+        parts.append(
+            f"top-5 error says nothing with {meta['num_classes']} classes: the true class is always in the top 5"
+        )
+    if meta.get("note"):
+        parts.append(meta["note"])
+    if "fashion" in str(meta.get("data", "")).lower():
+        parts.append("Fashion-MNIST is not ImageNet: ten classes of 28x28 grey images, upscaled")
+    return "; ".join(parts)
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    """What the run did, from its settings."""
+    classes = f", {plural(int(meta['num_classes']), 'class')}" if meta.get("num_classes") else ""
+    size = f", {meta['input_size']}x{meta['input_size']}" if meta.get("input_size") else ""
+    val = f", {meta['val_samples']:,} validation" if meta.get("val_samples") is not None else ""
+    return (
+        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {plural(int(meta['train_samples']), 'training image')}"
+        f"{val}, {plural(int(meta['test_samples']), 'test image')} ({meta['test_source']}), "
+        f"{plural(int(meta['epochs']), 'epoch')}{size}{classes}."
+    )
+
+
+def _notes(rows: list[dict[str, Any]]) -> list[str]:
+    """A line per variant with diverged runs, and the footnote of clipped intervals."""
+    out = []
+    for r in rows:
+        for d in r.get("diverged") or []:
+            out.append(f"- {r['variant']} seed {d['seed']} diverged ({d['why']}): counted, kept out of the means.")
+    if any(r.get(k, {}).get("clipped") for r in rows for k in ("top1", "top5")):
+        out.append(
+            f"- \u2020 the t-interval was wider than +-{BOUND:.0f} points, the range a difference of error rates can "
+            "take, and is cut there: with so few seeds it is uninformative."
+        )
+    return out
 
 
 def markdown(rows: list[dict[str, Any]], fig: dict[str, Any] | None, meta: dict[str, Any]) -> str:
     """The differences table, the absolute table and Figure 1's line, as Markdown."""
     partial = meta.get("runs_finished", "")
     partial = f" Runs finished: {partial}." if partial and partial.split(" of ")[0] != partial.split(" of ")[-1] else ""
+    diverged = sum(len(r.get("diverged") or []) for r in rows)
     lines = [
-        f"Seeds {meta['seeds']}; scale `{meta['scale']}`: {meta['train_samples']:,} training images, "
-        f"{meta['test_samples']:,} test images ({meta['test_source']}), {meta['epochs']} epochs. Differences are "
-        f"variant minus `full` in points of test error (centre crop), mean over seeds [95% t-interval].{partial}",
+        f"{_describe(meta)} Differences are variant minus `full` in points of test error (centre crop), mean over "
+        f"seeds [95% t-interval]; per-image test: McNemar's exact test on the test images only one of the two gets "
+        f"right (only full / only the variant), pooled over seeds.{partial}"
+        + (f" Diverged runs: {diverged} (kept out of the means)." if diverged else ""),
         "",
-        "| variant | switch | top-1 error diff | top-5 error diff | paper (points, idea removed) | direction |",
-        "|---|---|---:|---:|---|---|",
+        "| variant | switch | top-1 error diff | top-5 error diff | per-image test | paper (points, idea removed) "
+        "| direction |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for r in rows:
         if r["variant"] == "full":
             continue
         lines.append(
-            f"| {r['variant']} | {r['switch']} | {_ci(r['top1'])} | {_ci(r['top5'])} | {_paper(r)} | {r['verdict']} |"
+            f"| {r['variant']} | {r['switch']} | {_ci(r['top1'])} | {_top5(r['top5'], meta)} | {_mc(r)} | "
+            f"{_paper(r)} | {r['verdict']} |"
         )
-    lines += [
+    notes = _notes(rows)
+    lines += (["", *notes] if notes else []) + [
         "",
         "| variant | top-1 centre | top-1 ten patches | top-5 centre | top-5 ten patches | final train error | "
-        "test - train | epochs to threshold (reached) | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "test - train | epochs to threshold (reached) | diverged | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r.get("absolute")
@@ -220,13 +387,17 @@ def markdown(rows: list[dict[str, Any]], fig: dict[str, Any] | None, meta: dict[
         cells = [_pp(a[k], False) for k in ("top1_centre", "top1_ten", "top5_centre", "top5_ten", "train_error")]
         ept = f"{a['epochs_to_threshold']:.1f}" if a["epochs_to_threshold"] is not None else "-"
         secs = f"{a['train_seconds']:.0f}" if a["train_seconds"] is not None else "-"
-        lines.append(f"| {r['variant']} | {' | '.join(cells)} | {_pp(a['gap'])} | {ept} ({a['reached']}) | {secs} |")
-    lines += ["", _figure1_text(fig), "", f"What this scale cannot show: {meta['cannot_show']}."]
+        lines.append(
+            f"| {r['variant']} | {' | '.join(cells)} | {_pp(a['gap'])} | {ept} ({a['reached']}) | "
+            f"{a.get('diverged', 0)} | {secs} |"
+        )
+    lines += ["", _figure1_text(fig), "", f"What this run cannot show: {cannot_show(meta)}."]
     return "\n".join(lines) + "\n"
 
 
-def plot_differences(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Each variant's mean difference from full with its interval (top-1 and top-5), the paper's figure as x."""
+def plot_differences(rows: list[dict[str, Any]], path: Path, top5: bool = True) -> Path:
+    """Each variant's mean difference from full with its interval (top-1, and top-5 unless ``top5`` is False:
+    5 classes or fewer), the paper's figure as x."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +405,8 @@ def plot_differences(rows: list[dict[str, Any]], path: Path) -> Path:
 
     shown = [r for r in rows if r["variant"] != "full"]
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(shown) + 1.5))
-    for j, (key, colour) in enumerate((("top1", "tab:blue"), ("top5", "tab:orange"))):
+    keys = (("top1", "tab:blue"), ("top5", "tab:orange")) if top5 else (("top1", "tab:blue"),)
+    for j, (key, colour) in enumerate(keys):
         for i, r in enumerate(shown):
             iv, y = r[key], i + (j - 0.5) * 0.3
             if iv["mean"] is None:
@@ -248,7 +420,8 @@ def plot_differences(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_yticks(range(len(shown)), [r["variant"] for r in shown])
     ax.invert_yaxis()
     ax.set_xlabel("test error, variant minus full (points); x: the paper's figure")
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to plot when every pair diverged
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,7 +429,8 @@ def plot_differences(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_relu_tanh(records: list[dict[str, Any]], threshold: float, path: Path) -> Path | None:
-    """Figure 1 analogue: training error against training seconds and epochs, ReLU (full) and tanh, each seed."""
+    """Figure 1 analogue, ReLU (full) and tanh, each seed: training error against images seen (windows of steps;
+    per epoch for records made before step curves existed) and against training seconds."""
     mine = [r for r in records if r["variant"] in ("full", "tanh")]
     if not any(r["variant"] == "tanh" for r in mine):
         return None
@@ -271,15 +445,18 @@ def plot_relu_tanh(records: list[dict[str, Any]], threshold: float, path: Path) 
         style = {"color": "tab:blue" if r["variant"] == "full" else "tab:red", "alpha": 0.8}
         label = None if r["variant"] in labelled else ("ReLU (full)" if r["variant"] == "full" else "tanh")
         labelled.add(r["variant"])
-        c = r["curve"]
-        err = [100 * p["train_error"] for p in c]
-        axes[0].plot([p["seconds"] for p in c], err, "o-", label=label, **style)
-        axes[1].plot([p["epoch"] for p in c], err, "o-", **style)
-    for ax, xl in zip(axes, ("training seconds", "epoch")):
+        c, steps = r["curve"], r.get("steps")
+        if steps:
+            axes[0].plot([p["images"] for p in steps], [100 * p["train_error"] for p in steps], "-", label=label,
+                         **style)  # fmt: skip
+        else:  # a record from before step curves: epochs times the images of one epoch
+            n = r.get("images_per_epoch") or 1
+            axes[0].plot([p["epoch"] * n for p in c], [100 * p["train_error"] for p in c], "o-", label=label, **style)
+        axes[1].plot([p["seconds"] for p in c], [100 * p["train_error"] for p in c], "o-", **style)
+    for ax, xl, yl in zip(axes, ("training images seen", "training seconds"), ("windows of steps", "epoch means")):
         ax.axhline(100 * threshold, ls="--", color="grey", lw=0.8)
         ax.set_xlabel(xl)
-        ax.set_ylabel("training error (%, mean over the epoch)")
-    axes[1].xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(f"training error (%, {yl})")
     axes[0].legend(fontsize=8, title="one line per seed", title_fontsize=7)
     fig.suptitle(f"ReLU against tanh (the paper's Figure 1); dashed: {threshold:.0%}")
     fig.tight_layout()
@@ -309,7 +486,7 @@ def write_outputs(
     doc = {"meta": meta, "variants": variants, "summary": rows, "figure1": fig, "runs": records}
     files = {"json": atomic_write_text(out / "ablation.json", json.dumps(doc, indent=2) + "\n")}
     files["markdown"] = atomic_write_text(out / "ablation.md", table)
-    files["differences"] = plot_differences(rows, out / "differences.png")
+    files["differences"] = plot_differences(rows, out / "differences.png", _top5_informative(meta))
     curves = plot_relu_tanh(records, meta["threshold"], out / "relu_tanh.png")
     if curves is not None:
         files["relu_tanh"] = curves
@@ -337,19 +514,22 @@ def html_section(out: str | Path) -> str:
         return ""
     doc = json.loads(path.read_text(encoding="utf-8"))
     esc = html.escape
-    head = "".join(f"<th>{h}</th>" for h in ("variant", "switch", "top-1 diff", "top-5 diff", "paper", "direction"))
+    meta = doc["meta"]
+    titles = ("variant", "switch", "top-1 diff", "top-5 diff", "per-image test", "paper", "direction")
+    head = "".join(f"<th>{h}</th>" for h in titles)
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in
-                         (r["variant"], r["switch"], _ci(r["top1"]), _ci(r["top5"]), _paper(r), r["verdict"])) + "</tr>"
+                         (r["variant"], r["switch"], _ci(r["top1"]), _top5(r["top5"], meta), _mc(r), _paper(r),
+                          r["verdict"])) + "</tr>"
         for r in doc["summary"] if r["variant"] != "full"
     )  # fmt: skip
-    meta = doc["meta"]
+    notes = "".join(f"<p>{esc(n[2:])}</p>" for n in _notes(doc["summary"]))
     return (
         '<section id="ablation"><h2>Ablation</h2>'
-        f"<p>{esc(meta['command'])} ({esc(meta['date'])}); seeds {esc(str(meta['seeds']))}. Variant minus full, "
-        "points of test error (centre crop), mean [95% t-interval].</p>"
-        f"<table><tr>{head}</tr>{body}</table>"
+        f"<p>{esc(meta['command'])} ({esc(meta['date'])}). {esc(_describe(meta))} Variant minus full, points of "
+        "test error (centre crop), mean [95% t-interval]; per-image test: McNemar, pooled over seeds.</p>"
+        f"<table><tr>{head}</tr>{body}</table>{notes}"
         f"<p>{esc(_figure1_text(doc.get('figure1')))}</p>"
-        f"<p>What this scale cannot show: {esc(meta['cannot_show'])}.</p>"
+        f"<p>What this run cannot show: {esc(cannot_show(meta))}.</p>"
         f"{_img(Path(out) / 'differences.png')}{_img(Path(out) / 'relu_tanh.png')}</section>"
     )
