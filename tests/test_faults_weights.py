@@ -83,10 +83,16 @@ def _one_line_error(e: pytest.ExceptionInfo, *words: str) -> str:
 @pytest.mark.parametrize(
     ("config", "preprocessing", "words"),
     [
-        ({"conv_channels": [1000000, 8, 8, 8, 8]}, None, ["conv1", "(1000000, 3, 11, 11)"]),
+        ({"conv_channels": [4096, 8, 8, 8, 8]}, None, ["conv1", "(4096, 3, 11, 11)"]),
+        (
+            {"conv_channels": [1000000, 8, 8, 8, 8]},
+            None,
+            ["conv_channels[0] (conv1) = 1000000 is over the limit of 4096"],
+        ),
         ({"num_classes": 1e9}, None, ["num_classes must be an integer", "1000000000.0"]),
-        ({"num_classes": 10**9}, None, ["fc8", "1000000000"]),
-        ({"fc_features": 10**6}, None, ["fc6", "1000000"]),
+        ({"num_classes": 10**9}, None, ["num_classes = 1000000000 is over the limit of 100000"]),
+        ({"fc_features": 16384}, None, ["fc6", "16384"]),
+        ({"fc_features": 10**6}, None, ["fc_features = 1000000 is over the limit of 16384"]),
         ({"lrn_size": -1}, None, ["lrn_size must be >= 1"]),
         ({"input_size": 1.5}, None, ["input_size must be an integer"]),
         ({"conv_channels": "x"}, None, ["conv_channels must be a list"]),

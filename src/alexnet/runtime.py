@@ -30,7 +30,9 @@ from .options import PRECISIONS, check_precision
 __all__ = [
     "PRECISIONS",
     "Precision",
+    "NonFiniteScoresError",
     "bf16_native",
+    "check_finite_scores",
     "env_local_rank",
     "resolve_device",
     "resolve_precision",
@@ -166,3 +168,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel and/or torch.compile wrapper (the module itself otherwise)."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+class NonFiniteScoresError(AlexnetError, ValueError):
+    """The model's output holds NaN or infinity: never printed as a ``nan`` probability with exit 0."""
+
+
+def check_finite_scores(scores: torch.Tensor, what: str) -> torch.Tensor:
+    """``scores`` (logits or probabilities) when every value is finite, else `NonFiniteScoresError` naming
+    ``what``. The weights readers refuse NaN weights; this catches what is left: finite weights that overflow
+    (float16's range ends at 65504, a crafted bias of 3e38) and anything loaded by other means."""
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteScoresError(
+            f"{what}: the model gave NaN or infinite scores (its weights overflow; with --precision fp16 try fp32); "
+            "no result is reported"
+        )
+    return scores

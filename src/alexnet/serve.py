@@ -56,7 +56,14 @@ from .data.decode import BadImageError
 from .models import count_parameters
 from .options import check_precision
 from .preprocessing import Preprocessing
-from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
+from .runtime import (
+    NonFiniteScoresError,
+    Precision,
+    check_finite_scores,
+    resolve_device,
+    resolve_precision,
+    unwrap_model,
+)
 from .serve_batch import Batcher
 from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
 from .serve_upload import (
@@ -414,6 +421,10 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
                 raise p
         x = torch.cat([p[0] for p in prepared])  # (images * crops, 3, S, S)
         probs = await batcher.submit(x)
+        try:  # this request's rows only: the others of the same pass are answered as they are
+            check_finite_scores(probs, "/v1/predict")
+        except NonFiniteScoresError as e:
+            raise ApiError(500, str(e)) from None
         if ten_crop:
             probs = probs.view(len(uploads), 10, -1).mean(dim=1)  # the paper: average the 10 patches' softmax
         results = served.results([u.filename for u in uploads], [p[1] for p in prepared], probs, topk)

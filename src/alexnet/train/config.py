@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import options
 from ..errors import AlexnetError
+from ..limits import MAX_IMAGE_SIDE
 from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
 
 __all__ = [
@@ -209,8 +210,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise TrainError("max_lr_drops must be >= 0")
     for name in ("input_size", "resize_size"):
         v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise TrainError(f"{name}: expected a positive integer, got {v!r}")
+        if v is not None and (not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE):
+            raise TrainError(f"{name}: expected an integer from 1 to {MAX_IMAGE_SIDE}, got {v!r}")
     if cfg.input_size and cfg.resize_size and cfg.resize_size < cfg.input_size:
         raise TrainError(f"resize_size {cfg.resize_size} is smaller than input_size {cfg.input_size}")
 
