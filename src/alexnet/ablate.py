@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
+from .data.fileio import check_output_dir
 from .errors import AlexnetError
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "run_ablation",
 ]
 
+MAX_SEEDS = 100  # seeds per variant: 100 already means 100 training runs of each; 1e8 once built a 4.6 GB list
 RUN_RECORD = "ablate_run.json"  # written into a run folder once it is trained and evaluated: "finished"
 
 
@@ -131,8 +133,10 @@ def resolve_settings(config: AblationConfig) -> Settings:
     if config.scale not in SCALES:
         raise AblationError(f"unknown scale {config.scale!r}; valid scales: {', '.join(SCALES)}")
     s = SCALES[config.scale]
-    if not isinstance(config.seeds, int) or config.seeds < 1:
-        raise AblationError(f"seeds must be >= 1, got {config.seeds!r}")
+    if not isinstance(config.seeds, int) or not 1 <= config.seeds <= MAX_SEEDS:
+        raise AblationError(
+            f"seeds must be from 1 to {MAX_SEEDS} (each is a training run per variant), got {config.seeds!r}"
+        )
     if not 0.0 < config.threshold < 1.0:
         raise AblationError(f"threshold must be a training error in (0, 1), got {config.threshold!r}")
 
@@ -433,7 +437,7 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
 
     t0 = time.perf_counter()
     settings = resolve_settings(config)
-    out = Path(config.out)
+    out = check_output_dir(config.out)  # a file named as --out: one line now, not a FileExistsError later
     splits = load_splits(config, settings)
     stats = _stats_file(splits, out)
     plans = plan_runs(config, settings, train_size=len(splits.train), stats=stats)

@@ -18,8 +18,10 @@ __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_PARAMETERS",
     "MODEL_LIMITS",
+    "ONNX_OPSETS",
     "LimitError",
     "check_model_limits",
+    "check_opset",
     "check_side",
     "estimate_model",
 ]
@@ -46,10 +48,22 @@ MAX_PARAMETERS = 500_000_000
 # One image's float32 activations through the whole forward pass (the paper's network: 9 MB at 227x227).
 MAX_ACTIVATION_BYTES = 1 << 30
 
+# The ONNX opsets `alexnet export` writes: torch.onnx's exporter builds opset 18 and converts upwards; below 18 its
+# converter fails (the file stayed at 18) and above 23 it is untested by torch.
+ONNX_OPSETS = (18, 23)
+
 
 class LimitError(AlexnetError, ValueError):
     """A config, preprocessing or Caffe field over `MODEL_LIMITS`, or a config whose memory is over the bounds.
     A ValueError too: the readers of weights files turn it into their own one-line error, naming the file."""
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` when `export` can write it (`ONNX_OPSETS`), else a one-line `LimitError` stating the range."""
+    low, high = ONNX_OPSETS
+    if not low <= opset <= high:
+        raise LimitError(f"ONNX opset {opset} is not supported: choose {low} to {high} (default {low})")
+    return opset
 
 
 def check_side(name: str, value: int) -> None:

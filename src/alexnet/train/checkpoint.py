@@ -105,6 +105,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _unreadable_state(run: Path, path: Path, e: Exception) -> str:
+    """What is wrong with an unreadable state.pt (truncated: a full disk, a copy cut short) and the way on: the
+    weights live in their own file, written before state.pt, so they outlive it."""
+    detail = " ".join(str(e).split())[:120] or type(e).__name__
+    size = path.stat().st_size if path.is_file() else 0
+    what = f"{path} is truncated or corrupt ({size} bytes; {detail}), so the run cannot resume"
+    last = run / rundir.LAST
+    if last.is_file():
+        return (
+            f"{what}; its weights are in {last}, a file of their own: train on from them in a new run with "
+            f"alexnet finetune DATA --weights {last} --out NEW (the momentum and the epoch count are lost)"
+        )
+    return f"{what}, and no {rundir.LAST} is beside it: start the run again"
+
+
 def load_state(run_dir: str | Path) -> dict[str, Any]:
     """The training state of a run folder (``state.pt``, loaded with ``weights_only=True``) with the model's
     weights under ``"model"`` (from the weights file whose digest state.pt records)."""
@@ -122,7 +137,7 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file can raise anything from the unpickler
-        raise TrainError(f"{path}: not a readable training state ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise TrainError(_unreadable_state(run, path, e)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainError(f"{path}: not an alexnet training state")
     if "model" not in state:
