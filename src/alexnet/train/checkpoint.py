@@ -108,7 +108,9 @@ def seed_everything(seed: int) -> None:
 def _unreadable_state(run: Path, path: Path, e: Exception) -> str:
     """What is wrong with an unreadable state.pt (truncated: a full disk, a copy cut short) and the way on: the
     weights live in their own file, written before state.pt, so they outlive it."""
-    detail = " ".join(str(e).split())[:120] or type(e).__name__
+    if isinstance(e, PermissionError):
+        return f"{path}: cannot be read ({e.strerror}); give this user read access to resume the run"
+    detail = " ".join(str(e).split()).split(". ")[0][:80] or type(e).__name__
     size = path.stat().st_size if path.is_file() else 0
     what = f"{path} is truncated or corrupt ({size} bytes; {detail}), so the run cannot resume"
     last = run / rundir.LAST

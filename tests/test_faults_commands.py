@@ -1,0 +1,120 @@
+"""Issue 24, items 7-14: commands that took a big machine for a small input, printed a traceback, or broke a
+promise of docs/RELIABILITY.md. Each refusal is one line, before any work, and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from test_faults_weights import _rewrite, _saved
+
+import alexnet
+from alexnet.cli import main
+from alexnet.train import TrainConfig
+from alexnet.train.checkpoint import load_state
+from alexnet.train.config import TrainError
+from alexnet.train.setup import build_model
+
+TINY = {"conv_channels": [8, 8, 8, 8, 8], "fc_features": 16}
+
+
+def _one_error_line(capsys, command: str, message: str) -> None:
+    err = capsys.readouterr().err
+    assert err == f"alexnet {command}: error: {message}\n", err
+
+
+# --- 7 and 12: ablate -----------------------------------------------------------------------------------------------
+def test_ablate_seeds_are_bounded_before_anything_is_built(tmp_path, capsys):
+    out = tmp_path / "ab"
+    assert main(["ablate", str(tmp_path / "data"), "--seeds", "100000000", "--out", str(out)]) == 1
+    _one_error_line(capsys, "ablate", "seeds must be from 1 to 100 (each is a training run per variant), got 100000000")
+    assert not out.exists()
+
+
+def test_ablate_out_naming_a_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert main(["ablate", str(tmp_path / "data"), "--seeds", "1", "--out", str(out)]) == 1
+    _one_error_line(capsys, "ablate", f"{out}: is a file, not a folder; choose another output folder")
+    assert out.read_text() == "mine"
+
+
+# --- 8 and 9: export ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opset", ["1", "17", "99999"])
+def test_export_opset_outside_the_range_is_refused_up_front(tmp_path, capsys, opset):
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tmp_path / "none.safetensors"), "--onnx", str(tmp_path / "m.onnx"), "--opset", opset])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"alexnet export: error: argument --opset: ONNX opset {opset} is not supported: choose 18 to 23 (default 18)\n"
+    )
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_huge_input_size_is_refused_before_tracing(tmp_path, capsys):
+    _, good = _saved(tmp_path)
+    bad = _rewrite(good, tmp_path / "big.safetensors", preprocessing={"input_size": 100_000, "resize_size": 100_000})
+    assert main(["export", str(bad), "--onnx", str(tmp_path / "m.onnx"), "--no-verify"]) == 1
+    _one_error_line(
+        capsys,
+        "export",
+        f"{bad}: invalid preprocessing in the metadata: input_size = 100000 is over the limit of 1024 (the paper: "
+        "227 inside 256); the file is corrupt",
+    )
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --- 10: features --out of the wrong kind, before any work ----------------------------------------------------------
+def test_features_out_of_the_wrong_suffix_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import alexnet.features as F
+
+    monkeypatch.setattr(F, "index_weights", lambda *a, **k: pytest.fail("features computed before the check"))
+    out = tmp_path / "x.npz"
+    argv = ["features", str(tmp_path / "data"), "--weights", "torchvision", "--out", str(out)]
+    assert main(argv) == 1
+    _one_error_line(capsys, "features", f"{out}: feature indexes are written as .safetensors; name the --out file "
+                    "X.safetensors")  # fmt: skip
+    assert not out.exists()
+
+
+# --- 13: --input-size above 256 trains, with --resize-size honoured -------------------------------------------------
+@pytest.mark.parametrize(("resize", "want"), [(320, 320), (None, 343)])
+def test_input_size_above_256_builds_with_its_resize(resize, want):
+    cfg = TrainConfig(data="d", arch="alexnet_owt", input_size=300, resize_size=resize, model_options=dict(TINY))
+    model, pre, _ = build_model(cfg, ["a", "b"])
+    assert (model.config.input_size, pre.input_size, pre.resize_size) == (300, 300, want)
+
+
+def test_input_size_over_the_limit_is_a_train_error():
+    cfg = TrainConfig(data="d", arch="alexnet_owt", input_size=2000, model_options=dict(TINY))
+    with pytest.raises(TrainError) as e:
+        from alexnet.train.config import check_config
+
+        check_config(cfg)
+    assert str(e.value) == "input_size: expected an integer from 1 to 1024, got 2000"
+
+
+# --- 14: a truncated state.pt says what is wrong and what to do -------------------------------------------------------
+def test_a_truncated_state_names_the_intact_weights(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    model, good = _saved(run, "last.safetensors")
+    (run / "state.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip cut short
+    with pytest.raises(TrainError) as e:
+        load_state(run)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{run / 'state.pt'} is truncated or corrupt (104 bytes; ")
+    assert msg.endswith(
+        f"so the run cannot resume; its weights are in {good}, a file of their own: train on from them in a new run "
+        f"with alexnet finetune DATA --weights {good} --out NEW (the momentum and the epoch count are lost)"
+    )
+    assert alexnet.load_model(good)[0].config == model.config  # and they are intact
+
+
+def test_a_truncated_state_without_weights_says_start_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt").write_bytes(b"")
+    with pytest.raises(TrainError) as e:
+        load_state(run)
+    assert str(e.value).endswith("so the run cannot resume, and no last.safetensors is beside it: start the run again")
