@@ -260,7 +260,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     _check_serve_flags(args)
-    from ..runtime import resolve_device, resolve_precision
+    from ..runtime import one_malloc_arena, resolve_device, resolve_precision
+
+    one_malloc_arena()  # before any thread starts: memory freed after a burst can go back (docs/RELIABILITY.md)
     from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
     from ..weights import load_for_inference
 
