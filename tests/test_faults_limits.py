@@ -188,3 +188,18 @@ def test_non_finite_results_are_refused_at_the_output(tmp_path, capsys):
     assert main(["predict", "--weights", str(path), str(img)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NaN or infinite scores" in err, err
+
+
+@pytest.mark.parametrize("field", ["mean", "std", "eigvals"])
+def test_a_stats_file_with_nan_is_refused(tmp_path, field):
+    from alexnet.data import stats as S
+
+    good = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2), "eigvals": (0.2, 0.02, 0.002)}
+    values = {**good, field: (math.nan, 0.2, 0.2)}
+    eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    path = S.save_stats(S.Stats(eigvecs=eye, cov=eye, **values), tmp_path / "stats.json") or tmp_path / "stats.json"
+    with pytest.raises(S.StatsError) as e:
+        S.load_stats(path)
+    assert str(e.value) == (
+        f"{path}: mean, std and the eigen-pairs must be finite numbers (std > 0): the file is corrupt"
+    )

@@ -71,9 +71,12 @@ def build_model(cfg: TrainConfig, class_names: Sequence[str]) -> tuple[AlexNet, 
             raise TrainError(f"preprocessing: {e}") from None
         if cfg.stats is not None:
             st = load_stats(cfg.stats)
-            pre = Preprocessing.from_dict(
-                {**pre.to_dict(), "mean": list(map(float, st.mean)), "std": list(map(float, st.std))}
-            )
+            try:
+                pre = Preprocessing.from_dict(
+                    {**pre.to_dict(), "mean": list(map(float, st.mean)), "std": list(map(float, st.std))}
+                )
+            except ValueError as e:
+                raise TrainError(f"{cfg.stats}: {e}") from None
         return model, pre, set()  # every layer is fresh; "new layers" (own lr multiplier) is a fine-tuning notion
 
     # --arch as predict honours it (a bvlc .npy or .pth does not say caffenet from alexnet2012); a file that names
