@@ -3,10 +3,12 @@ pixel budgets (the issue-24 item 15 measurement): the server gives freed memory 
 
 A server with small random weights (the decoded images, not the model, are what the burst costs) is started from
 each checkout in turn; ``--clients`` threads each send ``--requests`` requests of ``--images`` PNGs of
-``--side``x``--side`` pixels, then the server idles two seconds. ``--before CHECKOUT`` measures an earlier checkout
+``--side``x``--side`` pixels, then the server idles two seconds; then 4 clients send ``--small`` requests each of a
+500x500 PNG (requests/s: what sharing one malloc arena costs). ``--before CHECKOUT`` measures an earlier checkout
 (e.g. a ``git worktree`` of main) in the same run, side by side.
 
     python -m benchmarks serve_memory [--before CHECKOUT] [--clients 3] [--requests 3] [--images 3] [--side 4000]
+                                      [--small 25]
 """
 
 from __future__ import annotations
@@ -92,13 +94,26 @@ def measure(code: Path, weights: Path, image: bytes, args: argparse.Namespace, t
             time.sleep(0.05)
         time.sleep(2.0)
         after = _rss_mb(proc.pid)
+        photo = [("image", ("p.png", _png(500), "image/png"))]
+
+        def small_client() -> None:
+            for _ in range(args.small):
+                httpx.post(f"{url}/v1/predict", files=photo, timeout=60)
+
+        t0 = time.perf_counter()  # throughput of small requests from 4 clients: the cost of one malloc arena
+        threads = [threading.Thread(target=small_client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rate = 4 * args.small / (time.perf_counter() - t0)
         return {
             "start": start,
             "peak": peak,
             "after": after,
             "ok": codes.count(200),
             "sent": len(codes),
-            "codes": codes,
+            "rate": rate,
         }
     finally:
         proc.terminate()
@@ -112,6 +127,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--requests", type=int, default=3)
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--side", type=int, default=4000)
+    p.add_argument("--small", type=int, default=25, help="small requests per client after the burst (4 clients)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -127,5 +143,6 @@ def main(argv: list[str]) -> None:
             r = measure(code, weights, image, args, tmp)
             print(
                 f"{name:>14}: VmRSS {r['start']:.0f} MB at start, {r['peak']:.0f} MB peak during the burst, "
-                f"{r['after']:.0f} MB 2 s after it ({r['ok']}/{r['sent']} requests answered)"
+                f"{r['after']:.0f} MB 2 s after it ({r['ok']}/{r['sent']} requests answered); then "
+                f"{r['rate']:.1f} small requests/s"
             )

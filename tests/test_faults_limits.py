@@ -203,3 +203,12 @@ def test_a_stats_file_with_nan_is_refused(tmp_path, field):
     assert str(e.value) == (
         f"{path}: mean, std and the eigen-pairs must be finite numbers (std > 0): the file is corrupt"
     )
+
+
+def test_the_limits_table_in_the_docs_is_the_code():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text(encoding="utf-8")
+    table = text.split("## Limits: one table")[1]
+    for name, (most, _) in limits.MODEL_LIMITS.items():
+        assert f"| `{name}`{' (each)' if name == 'conv_channels' else ''} | {most:g} |" in table, name
