@@ -12,6 +12,7 @@ from alexnet.train import TrainConfig
 from alexnet.train.checkpoint import load_state
 from alexnet.train.config import TrainError
 from alexnet.train.setup import build_model
+from alexnet.weights import WeightsError
 
 TINY = {"conv_channels": [8, 8, 8, 8, 8], "fc_features": 16}
 
@@ -191,3 +192,24 @@ def _small_png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+# --- beyond the issue: a FIFO where a file is read would block the command forever -----------------------------------
+def test_a_fifo_named_as_weights_config_stats_or_state_is_refused_at_once(tmp_path):
+    import os
+
+    from alexnet.data.stats import StatsError, load_stats
+    from alexnet.train.config import load_config_file
+
+    for name in ("w.safetensors", "w.pth", "c.json", "s.json", "state.pt"):
+        os.mkfifo(tmp_path / name)
+    for name in ("w.safetensors", "w.pth"):
+        with pytest.raises(WeightsError) as e:
+            alexnet.load_model(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: not a regular file (a pipe or a device), not a weights file"
+    with pytest.raises(TrainError, match="c.json: not a regular file"):
+        load_config_file(tmp_path / "c.json")
+    with pytest.raises(StatsError, match="s.json: not a regular file"):
+        load_stats(tmp_path / "s.json")
+    with pytest.raises(TrainError, match="state.pt is not a regular file"):
+        load_state(tmp_path)

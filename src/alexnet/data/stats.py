@@ -149,6 +149,8 @@ def save_stats(stats: Stats, path: str | Path) -> Path:
 def load_stats(path: str | Path) -> Stats:
     """Read a file written by `save_stats` (``alexnet stats``); the mean image is loaded when present."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise StatsError(f"{path}: not a regular file (a folder, a pipe or a device); name a stats.json file")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         stats = Stats(

@@ -111,8 +111,10 @@ def _unreadable_state(run: Path, path: Path, e: Exception) -> str:
     if isinstance(e, PermissionError):
         return f"{path}: cannot be read ({e.strerror}); give this user read access to resume the run"
     detail = " ".join(str(e).split()).split(". ")[0][:80] or type(e).__name__
-    size = path.stat().st_size if path.is_file() else 0
-    what = f"{path} is truncated or corrupt ({size} bytes; {detail}), so the run cannot resume"
+    if not path.is_file():
+        what = f"{path} is not a regular file (a folder, a pipe, a device), so the run cannot resume"
+    else:
+        what = f"{path} is truncated or corrupt ({path.stat().st_size} bytes; {detail}), so the run cannot resume"
     last = run / rundir.LAST
     if last.is_file():
         return (
@@ -136,6 +138,8 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
                 f"alexnet finetune --weights {run / rundir.BEST}"
             )
         raise TrainError(f"{run_dir}: no state.pt to resume from (the run saved no checkpoint yet)")
+    if not path.is_file():  # a FIFO would block the read forever, a link to /dev/zero never end it
+        raise TrainError(_unreadable_state(run, path, OSError("not a regular file")))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file can raise anything from the unpickler

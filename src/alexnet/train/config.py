@@ -125,6 +125,8 @@ _CHOICES = {
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (YAML too when PyYAML is installed) into a dict of `TrainConfig` keys."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise TrainError(f"{path}: not a regular file (a folder, a pipe or a device); name a JSON config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
