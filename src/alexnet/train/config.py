@@ -50,7 +50,7 @@ class TrainConfig:
     # model (from scratch)
     arch: str | None = None  # registered architecture (`alexnet models`); None = alexnet2012, or the weights' own
     input_size: int | None = None  # crop side; None = the architecture's (227 for alexnet2012, 224 for alexnet_owt)
-    resize_size: int | None = None  # short side before cropping; None = 256 (scaled by input_size/224 below 224)
+    resize_size: int | None = None  # short side before cropping; None = 256 for crops 224..256, else 256:224 scaled
     model_options: dict[str, Any] = field(default_factory=dict)  # further AlexNetConfig overrides (study switches)
     dropout: float = 0.5  # p of both dropout layers (section 4.2)
     init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
