@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import alexnet
-from alexnet.weights import Preprocessing, save_model
+from alexnet.weights import BVLC_PREPROCESSING, Preprocessing, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 # How long a child process may take before a test calls it hung: far beyond what a slow or busy machine needs (the
@@ -307,3 +308,48 @@ def start_server(weights: Path, log: Path, *extra: str) -> tuple[subprocess.Pope
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"alexnet serve did not start:\n{log.read_text()}")
+
+
+# --- weights files, crafted ----------------------------------------------------------------------------------
+def narrow_model(arch: str = "alexnet2012", **overrides) -> alexnet.AlexNet:
+    """A 3-class AlexNet narrow enough that every file of it is a few hundred KB."""
+    torch.manual_seed(0)
+    opts = {"conv_channels": (8, 8, 8, 8, 8), "fc_features": 16, **overrides}
+    return alexnet.create_model(arch, num_classes=3, **opts)
+
+
+def bvlc_preprocessing(**kw) -> Preprocessing:
+    """BVLC's preprocessing with the three test classes (and ``kw`` replaced)."""
+    return Preprocessing.from_dict({**BVLC_PREPROCESSING.to_dict(), "class_names": CLASSES, **kw})
+
+
+def saved_narrow(tmp_path: Path, name: str = "m.safetensors"):
+    """``(narrow_model(), the path of it saved with bvlc_preprocessing())``."""
+    model = narrow_model()
+    return model, save_model(model, bvlc_preprocessing(), tmp_path / name)
+
+
+def rewrite_weights(src, dst, *, config=None, preprocessing=None, tensors=None, metadata=None):
+    """Copy a saved .safetensors with some of its metadata fields or tensors replaced (a crafted file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    state = load_file(str(src))
+    if config:
+        meta["config"] = json.dumps({**json.loads(meta["config"]), **config})
+    if preprocessing:
+        meta["preprocessing"] = json.dumps({**json.loads(meta["preprocessing"]), **preprocessing})
+    meta.update(metadata or {})
+    state.update(tensors or {})
+    save_file(state, str(dst), metadata=meta)
+    return dst
+
+
+def one_line_error(e, *words: str) -> str:
+    """The message of ``e`` (a pytest.ExceptionInfo): one line, short, holding every one of ``words``."""
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    for w in words:
+        assert w in msg, msg
+    return msg

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import torch
+
+import alexnet
 
 BIG = 8 << 20  # bytes
 
@@ -21,3 +24,17 @@ def _drop_big_temporary_files(tmp_path_factory):
         with contextlib.suppress(OSError):
             if p.is_file() and not p.is_symlink() and p.stat().st_size > BIG:
                 p.unlink()
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Arm to fail the test if anything builds a real (not meta-device) AlexNet: crafted metadata must be refused
+    before allocating. Armed once the test's files are written."""
+    real_init = alexnet.AlexNet.__init__
+
+    def guarded(self, config):
+        if torch.empty(0).device.type != "meta":
+            raise AssertionError("a real model was built before the file was refused")
+        real_init(self, config)
+
+    return lambda: monkeypatch.setattr(alexnet.AlexNet, "__init__", guarded)

@@ -45,6 +45,31 @@ def test_a_symlink_loop_adds_no_image(tmp_path):
     assert not any("loop" in p.relative_to(root).parts for p in paths)
 
 
+# --- issue 24, item 2: links across classes --------------------------------------------------------------------------
+def test_an_image_reached_through_another_class_keeps_its_real_class(tmp_path):
+    root = tmp_path / "data"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        _png(root / c / "0.png", seed=1 if c == "cat" else 2)
+    (root / "dog" / "sub").mkdir()
+    _png(root / "dog" / "sub" / "1.png", seed=3)
+    os.symlink("../dog/0.png", root / "cat" / "aa.png")  # sorts before dog: it used to take dog's image as "cat"
+    os.symlink("../dog/sub", root / "cat" / "zz")
+    paths, targets, classes = D.scan_image_folder(root)
+    got = {str(p.relative_to(root)): classes[t] for p, t in zip(paths, targets, strict=True)}
+    assert got == {"cat/0.png": "cat", "dog/0.png": "dog", "dog/sub/1.png": "dog"}
+
+
+def test_two_class_names_for_one_folder_are_refused(tmp_path):
+    root = _tree(tmp_path / "data")
+    os.symlink("a", root / "c")
+    with pytest.raises(D.DataError) as e:
+        D.scan_image_folder(root)
+    assert str(e.value) == (
+        f"{root}: class folders a and c are the same folder (a link): each image would have two labels; remove the link"
+    )
+
+
 # --- item 6: special files ------------------------------------------------------------------------------------------
 def test_a_fifo_and_dev_zero_are_refused_at_once(tmp_path):
     fifo = tmp_path / "x.jpg"

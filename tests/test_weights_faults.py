@@ -13,8 +13,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from _builders import HANG_S
-from safetensors.torch import load_file, save_file
+from _builders import (  # noqa: I001
+    CLASSES,
+    HANG_S,
+    bvlc_preprocessing,
+    narrow_model,
+    one_line_error,
+    rewrite_weights,
+    saved_narrow,
+)
+from safetensors.torch import save_file
 
 import alexnet
 from alexnet import weights as W
@@ -22,72 +30,21 @@ from alexnet.cli import main
 from alexnet.models import get_config
 from alexnet.weights import BVLC_PREPROCESSING, WeightsError
 
-NAMES = ["cat", "dog", "fox"]
-
-
-def _tiny(arch: str = "alexnet2012", **overrides) -> alexnet.AlexNet:
-    """A 3-class AlexNet narrow enough that every file of it is a few hundred KB."""
-    torch.manual_seed(0)
-    opts = {"conv_channels": (8, 8, 8, 8, 8), "fc_features": 16, **overrides}
-    return alexnet.create_model(arch, num_classes=3, **opts)
-
-
-def _pre(**kw) -> W.Preprocessing:
-    return W.Preprocessing.from_dict({**BVLC_PREPROCESSING.to_dict(), "class_names": NAMES, **kw})
-
-
-def _saved(tmp_path, name="m.safetensors"):
-    model = _tiny()
-    return model, W.save_model(model, _pre(), tmp_path / name)
-
-
-def _rewrite(src, dst, *, config=None, preprocessing=None, tensors=None, metadata=None):
-    """Copy a saved .safetensors with some of its metadata fields or tensors replaced (a crafted file)."""
-    from safetensors import safe_open
-
-    with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata())
-    state = load_file(str(src))
-    if config:
-        meta["config"] = json.dumps({**json.loads(meta["config"]), **config})
-    if preprocessing:
-        meta["preprocessing"] = json.dumps({**json.loads(meta["preprocessing"]), **preprocessing})
-    meta.update(metadata or {})
-    state.update(tensors or {})
-    save_file(state, str(dst), metadata=meta)
-    return dst
-
-
-@pytest.fixture
-def no_build(monkeypatch):
-    """Arm to fail the test if anything builds a real (not meta-device) AlexNet: crafted metadata must be refused
-    before allocating. Armed once the test's files are written."""
-    real_init = alexnet.AlexNet.__init__
-
-    def guarded(self, config):
-        if torch.empty(0).device.type != "meta":
-            raise AssertionError("a real model was built before the file was refused")
-        real_init(self, config)
-
-    return lambda: monkeypatch.setattr(alexnet.AlexNet, "__init__", guarded)
-
-
-def _one_line_error(e: pytest.ExceptionInfo, *words: str) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg and len(msg) < 400, msg
-    for w in words:
-        assert w in msg, msg
-    return msg
-
 
 # --- 9 and 17: the metadata's config and preprocessing are validated before anything is built -------------------
 @pytest.mark.parametrize(
     ("config", "preprocessing", "words"),
     [
-        ({"conv_channels": [1000000, 8, 8, 8, 8]}, None, ["conv1", "(1000000, 3, 11, 11)"]),
+        ({"conv_channels": [4096, 8, 8, 8, 8]}, None, ["conv1", "(4096, 3, 11, 11)"]),
+        (
+            {"conv_channels": [1000000, 8, 8, 8, 8]},
+            None,
+            ["conv_channels[0] (conv1) = 1000000 is over the limit of 4096"],
+        ),
         ({"num_classes": 1e9}, None, ["num_classes must be an integer", "1000000000.0"]),
-        ({"num_classes": 10**9}, None, ["fc8", "1000000000"]),
-        ({"fc_features": 10**6}, None, ["fc6", "1000000"]),
+        ({"num_classes": 10**9}, None, ["num_classes = 1000000000 is over the limit of 100000"]),
+        ({"fc_features": 16384}, None, ["fc6", "16384"]),
+        ({"fc_features": 10**6}, None, ["fc_features = 1000000 is over the limit of 16384"]),
         ({"lrn_size": -1}, None, ["lrn_size must be >= 1"]),
         ({"input_size": 1.5}, None, ["input_size must be an integer"]),
         ({"conv_channels": "x"}, None, ["conv_channels must be a list"]),
@@ -100,29 +57,29 @@ def _one_line_error(e: pytest.ExceptionInfo, *words: str) -> str:
     ],
 )
 def test_crafted_config_is_refused_before_building(tmp_path, no_build, config, preprocessing, words):
-    _, good = _saved(tmp_path)
-    bad = _rewrite(good, tmp_path / "bad.safetensors", config=config, preprocessing=preprocessing)
+    _, good = saved_narrow(tmp_path)
+    bad = rewrite_weights(good, tmp_path / "bad.safetensors", config=config, preprocessing=preprocessing)
     no_build()
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(bad)
-    _one_line_error(e, str(bad), *words)
+    one_line_error(e, str(bad), *words)
 
 
 @pytest.mark.parametrize("field", ["config", "preprocessing"])
 @pytest.mark.parametrize("text", ["[1,2]", "not json", "null", '"x"', "[" * 100000])
 def test_metadata_that_is_not_an_object_is_one_line(tmp_path, no_build, field, text):
-    _, good = _saved(tmp_path)
-    bad = _rewrite(good, tmp_path / "bad.safetensors", metadata={field: text})
+    _, good = saved_narrow(tmp_path)
+    bad = rewrite_weights(good, tmp_path / "bad.safetensors", metadata={field: text})
     no_build()
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(bad)
-    _one_line_error(e, f"invalid {field} in the metadata")
+    one_line_error(e, f"invalid {field} in the metadata")
 
 
 def test_huge_conv1_file_stays_far_below_a_gigabyte(tmp_path):
     """The 12 MB file of the issue reached 14.6 GB; now the refusal costs what importing torch costs."""
-    _, good = _saved(tmp_path)
-    bad = _rewrite(good, tmp_path / "bad.safetensors", config={"conv_channels": [1000000, 8, 8, 8, 8]})
+    _, good = saved_narrow(tmp_path)
+    bad = rewrite_weights(good, tmp_path / "bad.safetensors", config={"conv_channels": [1000000, 8, 8, 8, 8]})
     code = textwrap.dedent(
         f"""
         import resource, sys
@@ -143,8 +100,8 @@ def test_huge_conv1_file_stays_far_below_a_gigabyte(tmp_path):
 
 
 def test_cli_refuses_crafted_file_in_one_line_and_writes_nothing(tmp_path, capsys):
-    _, good = _saved(tmp_path)
-    bad = _rewrite(good, tmp_path / "bad.safetensors", config={"conv_channels": [1000000, 8, 8, 8, 8]})
+    _, good = saved_narrow(tmp_path)
+    bad = rewrite_weights(good, tmp_path / "bad.safetensors", config={"conv_channels": [1000000, 8, 8, 8, 8]})
     assert main(["convert", str(bad), str(tmp_path / "out.pth")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("alexnet convert: error:") and "conv1" in err
@@ -153,7 +110,7 @@ def test_cli_refuses_crafted_file_in_one_line_and_writes_nothing(tmp_path, capsy
 
 # --- 10: dtypes, NaN / inf and class names ----------------------------------------------------------------------
 def test_i32_header_over_float_bytes_is_refused(tmp_path, no_build):
-    _, good = _saved(tmp_path)
+    _, good = saved_narrow(tmp_path)
     data = bytearray(good.read_bytes())
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
@@ -166,34 +123,34 @@ def test_i32_header_over_float_bytes_is_refused(tmp_path, no_build):
     no_build()
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(tmp_path / "i32.safetensors")
-    _one_line_error(e, "features.0.weight", "I32", "not floating point")
+    one_line_error(e, "features.0.weight", "I32", "not floating point")
 
 
 def test_int_weights_are_refused_in_every_format(tmp_path):
-    model, good = _saved(tmp_path)
+    model, good = saved_narrow(tmp_path)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["classifier.6.weight"] = state["classifier.6.weight"].to(torch.int32)
-    _rewrite(good, tmp_path / "int.safetensors", tensors={"classifier.6.weight": state["classifier.6.weight"]})
+    rewrite_weights(good, tmp_path / "int.safetensors", tensors={"classifier.6.weight": state["classifier.6.weight"]})
     save_file(state, str(tmp_path / "bare.safetensors"))  # no metadata: another tool's state dict
     torch.save(state, tmp_path / "int.pth")
     for name in ("int.safetensors", "bare.safetensors", "int.pth"):
         with pytest.raises(WeightsError) as e:
             alexnet.load_model(tmp_path / name, arch="alexnet2012" if name != "int.safetensors" else None)
-        _one_line_error(e, "classifier.6.weight", "not floating point")
+        one_line_error(e, "classifier.6.weight", "not floating point")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_weights_are_refused_in_every_format(tmp_path, value):
-    model = _tiny()
+    model = narrow_model()
     with torch.no_grad():
         model.fc8.weight[1, 2] = value
-    W.save_model(model, _pre(), tmp_path / "m.safetensors")
-    W.export_pth(model, tmp_path / "m.pth", _pre())
+    W.save_model(model, bvlc_preprocessing(), tmp_path / "m.safetensors")
+    W.export_pth(model, tmp_path / "m.pth", bvlc_preprocessing())
     torch.save(model.state_dict(), tmp_path / "plain.pth")
     for name in ("m.safetensors", "m.pth", "plain.pth"):
         with pytest.raises(WeightsError) as e:
             alexnet.load_model(tmp_path / name)
-        _one_line_error(e, "classifier.6.weight", "1 NaN or infinite")
+        one_line_error(e, "classifier.6.weight", "1 NaN or infinite")
     # the bvlc layout: a full-width model (the layout's fc6/fc7 are 4096 wide)
     big = alexnet.create_model("alexnet2012", num_classes=3, lrn_k=1.0)
     with torch.no_grad():
@@ -201,7 +158,7 @@ def test_nan_or_inf_weights_are_refused_in_every_format(tmp_path, value):
     W.export_npy(big, tmp_path / "m.npy")
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(tmp_path / "m.npy", allow_pickle=True)
-    _one_line_error(e, "features.", "NaN or infinite")
+    one_line_error(e, "features.", "NaN or infinite")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -214,19 +171,19 @@ def test_the_finite_check_is_exact_where_a_sum_is_not(dtype):
     for bad in ([float("inf"), float("-inf")], [big, float("nan")], [0.0, float("inf")]):
         with pytest.raises(WeightsError) as e:
             W.check_tensor_values({"w": torch.tensor(bad, dtype=dtype)}, "x")
-        _one_line_error(e, "w holds", "NaN or infinite")
+        one_line_error(e, "w holds", "NaN or infinite")
 
 
 def test_class_names_of_the_wrong_length_are_refused(tmp_path, no_build, monkeypatch):
-    _, good = _saved(tmp_path)
-    bad = _rewrite(good, tmp_path / "bad.safetensors", preprocessing={"class_names": ["a", "b"]})
+    _, good = saved_narrow(tmp_path)
+    bad = rewrite_weights(good, tmp_path / "bad.safetensors", preprocessing={"class_names": ["a", "b"]})
     no_build()
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(bad)
-    _one_line_error(e, "2 class names for a model with 3 classes")
+    one_line_error(e, "2 class names for a model with 3 classes")
     monkeypatch.undo()
     with pytest.raises(WeightsError, match="4 class names for a model with 3 classes"):
-        W.export_pth(_tiny(), tmp_path / "x.pth", _pre(class_names=NAMES + ["emu"]))
+        W.export_pth(narrow_model(), tmp_path / "x.pth", bvlc_preprocessing(class_names=CLASSES + ["emu"]))
     assert not (tmp_path / "x.pth").exists()
 
 
@@ -234,8 +191,8 @@ def test_class_names_of_the_wrong_length_are_refused(tmp_path, no_build, monkeyp
 def test_convert_to_npy_refuses_what_the_layout_cannot_express(tmp_path, capsys):
     """The demo's model (67x67 input, adaptive pooling, the paper's LRN k = 2) as .npy would load as 227x227
     alexnet2012 with k = 1: refused with the differences, nothing written; --lossy writes it with a warning."""
-    model = _tiny(adaptive_pool=True, input_size=67)
-    src = W.save_model(model, _pre(input_size=67, resize_size=76), tmp_path / "demo.safetensors")
+    model = narrow_model(adaptive_pool=True, input_size=67)
+    src = W.save_model(model, bvlc_preprocessing(input_size=67, resize_size=76), tmp_path / "demo.safetensors")
     dst = tmp_path / "demo.npy"
     assert main(["convert", str(src), str(dst)]) == 1
     err = capsys.readouterr().err.strip()
@@ -244,7 +201,7 @@ def test_convert_to_npy_refuses_what_the_layout_cannot_express(tmp_path, capsys)
         assert field in err
     assert not dst.exists()
     with pytest.raises(WeightsError, match="cannot express"):
-        W.save_weights(model, _pre(), dst)
+        W.save_weights(model, bvlc_preprocessing(), dst)
     assert main(["convert", str(src), str(dst), "--lossy"]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "loads as a different model" in err and "keeps no class names" in err
@@ -261,15 +218,15 @@ def test_npy_differences_name_the_arch_to_load_with():
 def test_pth_keeps_config_and_class_names_and_still_loads_in_torchvision(tmp_path, capsys):
     import torchvision
 
-    model = _tiny(adaptive_pool=True, input_size=67, lrn_before_pool=False)
-    src = W.save_model(model, _pre(input_size=67, resize_size=76), tmp_path / "m.safetensors")
+    model = narrow_model(adaptive_pool=True, input_size=67, lrn_before_pool=False)
+    src = W.save_model(model, bvlc_preprocessing(input_size=67, resize_size=76), tmp_path / "m.safetensors")
     assert main(["convert", str(src), str(tmp_path / "m.pth")]) == 0
     back, pre = alexnet.load_model(tmp_path / "m.pth")
-    assert back.config == model.config and pre.class_names == NAMES and pre.input_size == 67
+    assert back.config == model.config and pre.class_names == CLASSES and pre.input_size == 67
     assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
     # plain torch reads it as a state dict; torchvision's loader ignores the extra _metadata entry
     owt = alexnet.create_model("alexnet_owt", num_classes=3)
-    W.export_pth(owt, tmp_path / "owt.pth", W.Preprocessing(class_names=NAMES))
+    W.export_pth(owt, tmp_path / "owt.pth", W.Preprocessing(class_names=CLASSES))
     tv = torchvision.models.alexnet(num_classes=3)
     tv.load_state_dict(torch.load(tmp_path / "owt.pth"))
     tv.load_state_dict(torch.load(tmp_path / "owt.pth", weights_only=True))
@@ -277,12 +234,12 @@ def test_pth_keeps_config_and_class_names_and_still_loads_in_torchvision(tmp_pat
     with torch.no_grad():
         assert torch.equal(tv.eval()(x), owt.eval()(x))
     _, pre = alexnet.load_model(tmp_path / "owt.pth")
-    assert pre.class_names == NAMES
+    assert pre.class_names == CLASSES
 
 
 def test_pth_metadata_is_validated_like_safetensors(tmp_path, no_build):
-    model = _tiny()
-    W.export_pth(model, tmp_path / "m.pth", _pre())
+    model = narrow_model()
+    W.export_pth(model, tmp_path / "m.pth", bvlc_preprocessing())
     obj = torch.load(tmp_path / "m.pth", weights_only=True)
     table = obj._metadata[W.base.PTH_METADATA_KEY]
     table["config"] = json.dumps({**json.loads(table["config"]), "conv_channels": [1000000, 8, 8, 8, 8]})
@@ -290,12 +247,12 @@ def test_pth_metadata_is_validated_like_safetensors(tmp_path, no_build):
     no_build()
     with pytest.raises(WeightsError) as e:
         alexnet.load_model(tmp_path / "bad.pth")
-    _one_line_error(e, "conv1")
+    one_line_error(e, "conv1")
 
 
 def test_npy_of_a_matching_model_round_trips_without_notes(tmp_path):
-    assert W.save_notes(_tiny(), _pre(), tmp_path / "m.safetensors") == []
-    assert W.save_notes(_tiny(), _pre(), tmp_path / "m.pth") == []
+    assert W.save_notes(narrow_model(), bvlc_preprocessing(), tmp_path / "m.safetensors") == []
+    assert W.save_notes(narrow_model(), bvlc_preprocessing(), tmp_path / "m.pth") == []
     assert np.isfinite(1.0)
 
 
@@ -318,8 +275,8 @@ def _png(width: int, height: int) -> bytes:
 
 def _serve_app(**options):
     serve_mod = pytest.importorskip("alexnet.serve", reason="needs the [serve] extra")
-    model = _tiny("alexnet_owt", input_size=64)  # conv1 pads 2: 64x64 inputs reach pool5
-    pre = W.Preprocessing(input_size=64, resize_size=72, class_names=NAMES)
+    model = narrow_model("alexnet_owt", input_size=64)  # conv1 pads 2: 64x64 inputs reach pool5
+    pre = W.Preprocessing(input_size=64, resize_size=72, class_names=CLASSES)
     return serve_mod, serve_mod.create_app(model, pre, options=serve_mod.ServeOptions(**options))
 
 

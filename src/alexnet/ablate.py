@@ -35,6 +35,8 @@ from typing import Any
 from .ablate_data import Counts, Splits
 from .ablate_runs import RUN_RECORD, train_and_record
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
+from .data.fileio import check_output_dir
+from .errors import AlexnetError
 
 __all__ = [
     "AblationError",
@@ -54,6 +56,8 @@ __all__ = [
     "plan_runs",
     "run_ablation",
 ]
+
+MAX_SEEDS = 100  # seeds per variant: 100 already means 100 training runs of each; 1e8 once built a 4.6 GB list
 
 
 @dataclass
@@ -117,8 +121,10 @@ def resolve_settings(config: AblationConfig) -> Settings:
     if config.scale not in SCALES:
         raise AblationError(f"unknown scale {config.scale!r}; valid scales: {', '.join(SCALES)}")
     s = SCALES[config.scale]
-    if not isinstance(config.seeds, int) or config.seeds < 1:
-        raise AblationError(f"seeds must be >= 1, got {config.seeds!r}")
+    if not isinstance(config.seeds, int) or not 1 <= config.seeds <= MAX_SEEDS:
+        raise AblationError(
+            f"seeds must be from 1 to {MAX_SEEDS} (each is a training run per variant), got {config.seeds!r}"
+        )
     if not 0.0 < config.threshold < 1.0:
         raise AblationError(f"threshold must be a training error in (0, 1), got {config.threshold!r}")
 
@@ -274,7 +280,7 @@ def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -
 
     t0 = time.perf_counter()
     settings = resolve_settings(config)
-    out = Path(config.out)
+    out = check_output_dir(config.out)  # a file named as --out: one line now, not a FileExistsError later
     splits = load_splits(config, settings)
     ablate_data.check_split(out, splits, config.split_seed)
     stats = _stats_file(splits, out)

@@ -26,7 +26,7 @@ from .distributed import DistInfo, eval_sampler, setup_distributed, shutdown_dis
 from .errors import AlexnetError
 from .options import check_workers, resolve_progress
 from .progress import track
-from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
+from .runtime import Precision, check_finite_scores, resolve_device, resolve_precision, unwrap_model
 
 if TYPE_CHECKING:
     from .preprocessing import Preprocessing
@@ -480,6 +480,8 @@ def _evaluate_on(
         progress=resolve_progress(opts.progress, is_main=info.rank == 0), collect=opts.collect,
     )  # fmt: skip
     result.class_names = classes
+    if result.num_samples and not math.isfinite(result.loss):  # finite logits give a finite cross-entropy
+        check_finite_scores(torch.tensor(result.loss), f"evaluate on {label}")
     return result
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "extract_features",
     "build_index",
     "index_weights",
+    "check_index_path",
     "save_features",
     "load_features",
     "image_features",
@@ -282,6 +283,18 @@ class _Sized:
         return self.n
 
 
+def check_index_path(path: str | Path) -> Path:
+    """``path`` when `save_features` can write there (a ``.safetensors`` file, not a folder, in a folder that
+    exists), else a one-line `FeatureError`: the command checks it before the pass over the data, not after."""
+    from .data.fileio import check_output_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise FeatureError(f"{path}: feature indexes are written as .safetensors; name the --out file X.safetensors")
+    check_output_file(path)
+    return path
+
+
 def save_features(index: FeatureIndex, path: str | Path) -> Path:
     """Save ``index`` as ``.safetensors`` (tensors ``features``, ``labels``, ``indices``; names, layer, arch,
     weights source, classes and data source as metadata), atomically."""
@@ -289,9 +302,7 @@ def save_features(index: FeatureIndex, path: str | Path) -> Path:
 
     from .weights import atomic_write
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise FeatureError(f"{path}: feature indexes are written as .safetensors")
+    path = check_index_path(path)
     n = len(index)
     if index.labels.shape != (n,) or len(index.names) != n:
         raise FeatureError(f"feature index: {n} features but {len(index.labels)} labels and {len(index.names)} names")

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .limits import check_model_limits
 from .names import CONV_LAYERS, FC_LAYERS, INIT_SCHEMES, LAYER_NAMES
 
 __all__ = [
@@ -104,6 +105,7 @@ class AlexNetConfig:
             raise ValueError("pool_kernel and pool_stride must be >= 1")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        check_model_limits(self)  # one table of upper bounds, and the memory they imply (alexnet.limits)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

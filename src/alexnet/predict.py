@@ -29,7 +29,7 @@ from .data.base import IMAGE_EXTENSIONS
 from .data.decode import BadImageError, decode_image
 from .options import cpu_count
 from .preprocessing import Preprocessing
-from .runtime import resolve_precision
+from .runtime import check_finite_scores, resolve_precision
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -98,7 +98,7 @@ def classify_batch(
     dtype = _model_dtype(model)
     if dtype != x.dtype:  # a bf16/fp16 copy (`Precision.inference_model`): cast the input, keep its layout
         x = x.to(dtype, memory_format=torch.channels_last)
-    probs = torch.softmax(model(x).float(), dim=1)  # (N * crops, C)
+    probs = torch.softmax(check_finite_scores(model(x).float(), "predict"), dim=1)  # (N * crops, C)
     probs = probs.view(-1, crops, probs.shape[1]).mean(dim=1)  # (N, C)
     k = min(topk, probs.shape[1])
     values, indices = probs.topk(k, dim=1)

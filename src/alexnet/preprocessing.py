@@ -16,9 +16,16 @@ import torch
 from torch import nn
 
 from .data.geometry import CenterPatch, EvalTransform, Normalizer, TenCrop
+from .limits import check_side
 from .models import AlexNetConfig
 
-__all__ = ["BVLC_PREPROCESSING", "TORCHVISION_PREPROCESSING", "Preprocessing", "default_preprocessing"]
+__all__ = [
+    "BVLC_PREPROCESSING",
+    "TORCHVISION_PREPROCESSING",
+    "Preprocessing",
+    "default_preprocessing",
+    "paper_resize",
+]
 
 
 @dataclass
@@ -46,16 +53,27 @@ class Preprocessing:
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or not all(_is_finite(x) for x in v):
                 raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
-        if not _is_finite(self.value_scale) or self.value_scale <= 0:
-            raise ValueError(f"value_scale must be a positive number (1 or 255), got {self.value_scale!r:.60}")
+        if not _is_finite(self.value_scale) or not 1e-3 <= self.value_scale <= 65535:
+            raise ValueError(
+                f"value_scale must be a number from 0.001 to 65535 (1 or 255), got {self.value_scale!r:.60}"
+            )
         if self.class_names is not None and not isinstance(self.class_names, (list, tuple)):
             raise ValueError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need 3 values (R, G, B)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        # Pixels lie in 0..value_scale, so does their mean; a std under value_scale / 10^4 (or a mean of 1e308)
+        # would turn every input into infinities and every probability into NaN.
+        scale = self.value_scale
+        if not all(0 <= m <= scale for m in self.mean):
+            raise ValueError(f"mean must lie in the pixel range 0..{scale:g} (value_scale), got {list(self.mean)}")
+        if not all(scale * 1e-4 <= s <= scale * 10 for s in self.std):
+            raise ValueError(
+                f"std must lie in {scale * 1e-4:g}..{scale * 10:g} (value_scale 1e-4..10), got {list(self.std)}"
+            )
+        for name in ("input_size", "resize_size"):
+            check_side(name, getattr(self, name))
         if self.input_size < 1 or self.resize_size < self.input_size:
             raise ValueError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
         if self.class_names is not None:
@@ -130,7 +148,12 @@ class Preprocessing:
         if not isinstance(d, Mapping):
             raise ValueError(f"preprocessing must be an object of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:  # a misspelt or foreign field (crop_size) would be silently ignored: the input would differ
+            raise ValueError(
+                f"unknown preprocessing fields {', '.join(unknown)[:200]}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
 
 
 def _is_finite(x: Any) -> bool:
@@ -145,6 +168,19 @@ BVLC_PREPROCESSING = Preprocessing(
 )
 
 
-def default_preprocessing(config: AlexNetConfig, class_names: Sequence[str] | None = None) -> Preprocessing:
-    """Preprocessing for a freshly created model: ImageNet mean/std in [0, 1], the config's input size."""
-    return Preprocessing(input_size=config.input_size, class_names=list(class_names) if class_names else None)
+def paper_resize(input_size: int) -> int:
+    """The short side to resize to before cutting an ``input_size`` crop: the paper's 256 for crops from 224 to
+    256 (section 2), else the same 256:224 ratio (a 300 crop is cut from 343, a 64 crop from 73)."""
+    return 256 if 224 <= input_size <= 256 else round(input_size * 256 / 224)
+
+
+def default_preprocessing(
+    config: AlexNetConfig, class_names: Sequence[str] | None = None, *, resize_size: int | None = None
+) -> Preprocessing:
+    """Preprocessing for a freshly created model: ImageNet mean/std in [0, 1], the config's input size, cut from
+    ``resize_size`` (default `paper_resize`)."""
+    return Preprocessing(
+        input_size=config.input_size,
+        resize_size=resize_size or paper_resize(config.input_size),
+        class_names=list(class_names) if class_names else None,
+    )

@@ -20,6 +20,7 @@ import ctypes.util
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,8 +31,12 @@ from .options import PRECISIONS, check_precision
 __all__ = [
     "PRECISIONS",
     "Precision",
+    "NonFiniteScoresError",
     "bf16_native",
+    "check_finite_scores",
     "env_local_rank",
+    "one_malloc_arena",
+    "release_free_memory",
     "resolve_device",
     "resolve_precision",
     "tune_cpu_allocator",
@@ -39,6 +44,7 @@ __all__ = [
 ]
 
 _M_TRIM_THRESHOLD = -1
+_M_ARENA_MAX = -8
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # 1 GiB: above every tensor AlexNet allocates per step
 _done = False
@@ -63,6 +69,44 @@ def tune_cpu_allocator() -> bool:
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
     return _done
+
+
+def _libc_function(name: str) -> Any:
+    """glibc's function ``name``, or None off glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def one_malloc_arena() -> bool:
+    """Make every thread allocate from glibc's main arena (``mallopt(M_ARENA_MAX, 1)``); True if applied. Call it
+    before the threads start: a server's decoding threads would each keep a heap of their own (up to 64 MiB per
+    heap, 8 arenas per core), whose free top `release_free_memory` cannot give back; in the main arena it can.
+    Measured (`python -m benchmarks serve_memory`): after a burst, 1.35 GB above the start with one arena per
+    thread, back to the start with one."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:  # the user's own choice stands
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, 1))
+
+
+def release_free_memory() -> bool:
+    """Give the pages of freed blocks back to the system (glibc's ``malloc_trim(0)``, every arena); True if it
+    ran. The raised thresholds of `tune_cpu_allocator` keep freed blocks for reuse, which a training loop wants;
+    a server wants them back after a burst of large requests (docs/RELIABILITY.md: serve's memory). Blocks in use
+    are untouched, so results never change. A no-op off glibc."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
 def env_local_rank() -> int:
@@ -166,3 +210,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel and/or torch.compile wrapper (the module itself otherwise)."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+class NonFiniteScoresError(AlexnetError, ValueError):
+    """The model's output holds NaN or infinity: never printed as a ``nan`` probability with exit 0."""
+
+
+def check_finite_scores(scores: torch.Tensor, what: str) -> torch.Tensor:
+    """``scores`` (logits or probabilities) when every value is finite, else `NonFiniteScoresError` naming
+    ``what``. The weights readers refuse NaN weights; this catches what is left: finite weights that overflow
+    (float16's range ends at 65504, a crafted bias of 3e38) and anything loaded by other means."""
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteScoresError(
+            f"{what}: the model gave NaN or infinite scores (its weights overflow; with --precision fp16 try fp32); "
+            "no result is reported"
+        )
+    return scores

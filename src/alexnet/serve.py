@@ -40,7 +40,7 @@ from .errors import AlexnetError
 
 try:
     import uvicorn
-    from fastapi import FastAPI, Query, Request
+    from fastapi import BackgroundTasks, FastAPI, Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -56,7 +56,16 @@ from .data.decode import BadImageError
 from .models import count_parameters
 from .options import check_precision
 from .preprocessing import Preprocessing
-from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
+from .runtime import (
+    NonFiniteScoresError,
+    Precision,
+    check_finite_scores,
+    one_malloc_arena,
+    release_free_memory,
+    resolve_device,
+    resolve_precision,
+    unwrap_model,
+)
 from .serve_batch import Batcher
 from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
 from .serve_upload import (
@@ -375,6 +384,12 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
     """POST /v1/predict: read, check and decode the images (thread pool), one batched pass, top-k per image."""
     opts, preprocessing = served.options, served.preprocessing
 
+    async def give_back_memory() -> None:
+        """After the response, when this request's images are gone: once a burst of large requests is over
+        (none active), hand the freed pages back; `tune_cpu_allocator`'s thresholds would keep them otherwise."""
+        if budget.burst_over():
+            await run_in_threadpool(release_free_memory)
+
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
@@ -389,9 +404,15 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
     )
     async def predict(
         request: Request,
+        background: BackgroundTasks,
         topk: int = Query(5, ge=1, le=1000, description="classes per image (at most the model's classes)"),
         ten_crop: bool = Query(False, description="average over the paper's 10 patches instead of the centre crop"),
     ) -> dict[str, Any]:
+        background.add_task(give_back_memory)
+        with budget.serving():
+            return await answer(request, topk, ten_crop)
+
+    async def answer(request: Request, topk: int, ten_crop: bool) -> dict[str, Any]:
         uploads = await read_images(request, opts.max_bytes, opts.max_images)
         pixels = sum(pixel_cost(u, preprocessing, opts.max_pixels) for u in uploads)  # headers only
         if pixels > opts.max_request_pixels:
@@ -414,6 +435,10 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
                 raise p
         x = torch.cat([p[0] for p in prepared])  # (images * crops, 3, S, S)
         probs = await batcher.submit(x)
+        try:  # this request's rows only: the others of the same pass are answered as they are
+            check_finite_scores(probs, "/v1/predict")
+        except NonFiniteScoresError as e:
+            raise ApiError(500, str(e)) from None
         if ten_crop:
             probs = probs.view(len(uploads), 10, -1).mean(dim=1)  # the paper: average the 10 patches' softmax
         results = served.results([u.filename for u in uploads], [p[1] for p in prepared], probs, topk)
@@ -482,6 +507,7 @@ def serve(
     """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for.
     ``loaded``: the model and preprocessing of ``weights`` when the caller has read them already (``alexnet
     serve``: `alexnet.weights.load_for_inference`); the model is the server's own either way (cast in place)."""
+    one_malloc_arena()  # a no-op when `alexnet serve` did it first, before loading
     model, preprocessing = loaded or load_model(weights, arch=arch, allow_pickle=allow_pickle)
     name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
     app = create_app(model, preprocessing, name=name, options=options, own_model=True)

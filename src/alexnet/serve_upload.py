@@ -248,10 +248,30 @@ class PixelBudget:
     concurrent clients cannot add up what one request may not take (8 PNGs of 7000x7000, 0.4 MB sent, would
     hold 3 GB decoded). Used from the event loop only, so it needs no lock."""
 
-    def __init__(self, capacity: int, retry_after_s: int = 1) -> None:
+    def __init__(self, capacity: int, retry_after_s: int = 1, trim_after: int = 20_000_000) -> None:
         self.capacity = capacity
         self.in_use = 0
         self.retry_after_s = retry_after_s
+        self.trim_after = trim_after  # decoded pixels (about 60 MB) after which idle memory is given back
+        self.since_trim = 0
+        self.active = 0  # requests between their first byte read and their answer
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a request as active for the block (its decoded images alive)."""
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    def burst_over(self) -> bool:
+        """True once per burst: no request is active now, and at least ``trim_after`` pixels were decoded since
+        the last time this said True. The server then gives freed memory back (`release_free_memory`)."""
+        if self.active or self.since_trim < self.trim_after:
+            return False
+        self.since_trim = 0
+        return True
 
     @contextlib.contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
@@ -264,6 +284,7 @@ class PixelBudget:
                 headers={"Retry-After": str(self.retry_after_s)},
             )
         self.in_use += pixels
+        self.since_trim += pixels
         try:
             yield
         finally:

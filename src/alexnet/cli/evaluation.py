@@ -108,10 +108,9 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from ..data.fileio import check_output_file
-    from ..features import IndexData, index_weights, save_features
+    from ..features import IndexData, check_index_path, index_weights, save_features
 
-    check_output_file(args.out)  # before the pass over the data, not after
+    check_index_path(args.out)  # before the pass over the data, not after
     spec = weights_spec(args)
     data = IndexData(args.data, args.split, args.val_split, args.seed, args.batch_size, args.workers)
     index = index_weights(

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import AlexnetError
+from ..limits import ONNX_OPSETS, check_opset
 from .flags import (
     EXIT_ERROR,
     EXIT_OK,
@@ -186,10 +187,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     add_weights_flags(p, default=None, positional=True)
     p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
-    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument(
+        "--opset",
+        type=_opset_int,
+        default=None,
+        help=f"ONNX opset, {ONNX_OPSETS[0]} to {ONNX_OPSETS[1]} (default: the exporter's)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_export, fast_exit=True)
+
+
+def _opset_int(s: str) -> int:
+    try:
+        return check_opset(positive_int(s))
+    except AlexnetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -247,7 +260,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     _check_serve_flags(args)
-    from ..runtime import resolve_device, resolve_precision
+    from ..runtime import one_malloc_arena, resolve_device, resolve_precision
+
+    one_malloc_arena()  # before any thread starts: memory freed after a burst can go back (docs/RELIABILITY.md)
     from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
     from ..weights import load_for_inference
 

@@ -106,7 +106,13 @@ def _add_model_group(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--arch", default=S, help="architecture (alexnet models); default: alexnet2012, or the weights' "
                    "own when fine-tuning (a .pth or bvlc .npy does not say caffenet from alexnet2012)")  # fmt: skip
     g.add_argument("--input-size", type=positive_int, default=S, help="crop side (default: the architecture's)")
-    g.add_argument("--resize-size", type=positive_int, default=S, help="short side before cropping (default: 256)")
+    g.add_argument(
+        "--resize-size",
+        type=positive_int,
+        default=S,
+        help="short side before cropping (default: 256 for crops of 224-256, else "
+        "the paper's 256:224 ratio; at most 1024)",
+    )
     g.add_argument("--dropout", type=float, default=S, help="dropout p (section 4.2)" + d("dropout"))
     g.add_argument("--init", choices=INIT_SCHEMES, default=S, help="initialisation" + d("init"))
     g.add_argument(

@@ -135,9 +135,10 @@ def scan_image_folder(root: str | Path, *, empty_ok: bool = False) -> tuple[list
     # a/loop -> .. -> b) is not followed, so no image is taken under another class's label
     seen_dirs: set[tuple[int, int]] = {_dir_key(root)} | {_dir_key(root / c) for c in classes}
     seen_files: set[tuple[int, int]] = set()
+    owners = _class_owners(root, classes)
     empty = []
     for k, c in enumerate(classes):
-        found = _scan_class(root / c, seen_dirs, seen_files)
+        found = _scan_class(root / c, k, owners, seen_dirs, seen_files)
         paths += found
         targets += [k] * len(found)
         if not found:
@@ -157,8 +158,40 @@ def _dir_key(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _scan_class(folder: Path, seen_dirs: set[tuple[int, int]], seen_files: set[tuple[int, int]]) -> list[Path]:
-    """The image files under ``folder`` (sorted), each real folder walked once and each real file taken once."""
+def _class_owners(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(real path of a class folder + os.sep, class index), deepest first: an image belongs to the class whose real
+    folder holds it (`_owner`). Two class names for one real folder (``dog -> cat``) are refused: every image
+    would have two labels."""
+    owners: dict[str, int] = {}
+    for k, c in enumerate(classes):
+        real = os.path.join(os.path.realpath(root / c), "")
+        if real in owners:
+            raise DataError(
+                f"{root}: class folders {classes[owners[real]]} and {c} are the same folder (a link): "
+                "each image would have two labels; remove the link"
+            )
+        owners[real] = k
+    return sorted(owners.items(), key=lambda item: -len(item[0]))
+
+
+def _owner(real: str, owners: list[tuple[str, int]]) -> int | None:
+    """The class whose real folder holds the real path ``real`` (the deepest one), None outside them all."""
+    real = os.path.join(real, "")
+    return next((k for prefix, k in owners if real.startswith(prefix)), None)
+
+
+def _scan_class(
+    folder: Path,
+    k: int,
+    owners: list[tuple[str, int]],
+    seen_dirs: set[tuple[int, int]],
+    seen_files: set[tuple[int, int]],
+) -> list[Path]:
+    """The image files under ``folder`` (class ``k``; sorted), each real folder walked once and each real file
+    taken once. A folder or an image whose real path lies in another class's folder (``cat/aa.jpg ->
+    ../dog/0.jpg``, ``cat/zz -> ../dog/sub``) is left to that class, which takes it from its own folder: an image
+    keeps its real class whatever links lead to it. One outside every class folder goes to the first class that
+    links to it."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         try:
@@ -169,6 +202,9 @@ def _scan_class(folder: Path, seen_dirs: set[tuple[int, int]], seen_files: set[t
         if key in seen_dirs and dirpath != str(folder):  # a loop, or a folder reached twice through links
             dirnames[:] = []
             continue
+        if dirpath != str(folder) and _owner(os.path.realpath(dirpath), owners) not in (k, None):
+            dirnames[:] = []  # another class's folder, reached through a link: its images are that class's
+            continue
         seen_dirs.add(key)
         dirnames.sort()
         for f in sorted(filenames):
@@ -176,7 +212,11 @@ def _scan_class(folder: Path, seen_dirs: set[tuple[int, int]], seen_files: set[t
                 continue
             p = Path(dirpath) / f
             try:
-                st = os.stat(p)
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):  # only a link can lead into another class: one realpath per link
+                    if _owner(os.path.realpath(p), owners) not in (k, None):
+                        continue
+                    st = os.stat(p)
             except OSError:  # a broken link
                 continue
             key = (st.st_dev, st.st_ino)

@@ -149,6 +149,8 @@ def save_stats(stats: Stats, path: str | Path) -> Path:
 def load_stats(path: str | Path) -> Stats:
     """Read a file written by `save_stats` (``alexnet stats``); the mean image is loaded when present."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise StatsError(f"{path}: not a regular file (a folder, a pipe or a device); name a stats.json file")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         stats = Stats(
@@ -167,6 +169,9 @@ def load_stats(path: str | Path) -> Stats:
         raise StatsError(f"{path}: not a statistics file ({type(e).__name__}: {e})") from None
     if len(stats.mean) != 3 or len(stats.eigvals) != 3 or np.asarray(stats.eigvecs).shape != (3, 3):
         raise StatsError(f"{path}: mean, eigvals and eigvecs must describe 3 channels")
+    values = np.asarray([*stats.mean, *stats.std, *stats.eigvals, *np.ravel(stats.eigvecs)], dtype=np.float64)
+    if not np.isfinite(values).all() or min(stats.std) <= 0:  # NaN here would turn every input into NaN
+        raise StatsError(f"{path}: mean, std and the eigen-pairs must be finite numbers (std > 0): the file is corrupt")
     if d.get("mean_image"):
         img_path = path.parent / d["mean_image"]
         try:
@@ -175,4 +180,6 @@ def load_stats(path: str | Path) -> Stats:
             raise StatsError(f"{img_path}: cannot read the mean image ({e})") from None
         if stats.mean_image.shape != (3, stats.size, stats.size):
             raise StatsError(f"{img_path}: mean image has shape {stats.mean_image.shape}, expected (3, S, S)")
+        if not np.isfinite(stats.mean_image).all():
+            raise StatsError(f"{img_path}: the mean image holds NaN or infinite values: the file is corrupt")
     return stats

@@ -105,6 +105,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _unreadable_state(run: Path, path: Path, e: Exception) -> str:
+    """What is wrong with an unreadable state.pt (truncated: a full disk, a copy cut short) and the way on: the
+    weights live in their own file, written before state.pt, so they outlive it."""
+    if isinstance(e, PermissionError):
+        return f"{path}: cannot be read ({e.strerror}); give this user read access to resume the run"
+    detail = " ".join(str(e).split()).split(". ")[0][:80] or type(e).__name__
+    if not path.is_file():
+        what = f"{path} is not a regular file (a folder, a pipe, a device), so the run cannot resume"
+    else:
+        what = f"{path} is truncated or corrupt ({path.stat().st_size} bytes; {detail}), so the run cannot resume"
+    last = run / rundir.LAST
+    if last.is_file():
+        return (
+            f"{what}; its weights are in {last}, a file of their own: train on from them in a new run with "
+            f"alexnet finetune DATA --weights {last} --out NEW (the momentum and the epoch count are lost)"
+        )
+    return f"{what}, and no {rundir.LAST} is beside it: start the run again"
+
+
 def load_state(run_dir: str | Path) -> dict[str, Any]:
     """The training state of a run folder (``state.pt``, loaded with ``weights_only=True``) with the model's
     weights under ``"model"`` (from the weights file whose digest state.pt records)."""
@@ -119,10 +138,12 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
                 f"alexnet finetune --weights {run / rundir.BEST}"
             )
         raise TrainError(f"{run_dir}: no state.pt to resume from (the run saved no checkpoint yet)")
+    if not path.is_file():  # a FIFO would block the read forever, a link to /dev/zero never end it
+        raise TrainError(_unreadable_state(run, path, OSError("not a regular file")))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file can raise anything from the unpickler
-        raise TrainError(f"{path}: not a readable training state ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise TrainError(_unreadable_state(run, path, e)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainError(f"{path}: not an alexnet training state")
     if "model" not in state:

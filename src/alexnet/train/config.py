@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import options
 from ..errors import AlexnetError
+from ..limits import MAX_IMAGE_SIDE
 from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
 
 __all__ = [
@@ -49,7 +50,7 @@ class TrainConfig:
     # model (from scratch)
     arch: str | None = None  # registered architecture (`alexnet models`); None = alexnet2012, or the weights' own
     input_size: int | None = None  # crop side; None = the architecture's (227 for alexnet2012, 224 for alexnet_owt)
-    resize_size: int | None = None  # short side before cropping; None = 256 (scaled by input_size/224 below 224)
+    resize_size: int | None = None  # short side before cropping; None = 256 for crops 224..256, else 256:224 scaled
     model_options: dict[str, Any] = field(default_factory=dict)  # further AlexNetConfig overrides (study switches)
     dropout: float = 0.5  # p of both dropout layers (section 4.2)
     init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
@@ -124,6 +125,8 @@ _CHOICES = {
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (YAML too when PyYAML is installed) into a dict of `TrainConfig` keys."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise TrainError(f"{path}: not a regular file (a folder, a pipe or a device); name a JSON config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -209,8 +212,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise TrainError("max_lr_drops must be >= 0")
     for name in ("input_size", "resize_size"):
         v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise TrainError(f"{name}: expected a positive integer, got {v!r}")
+        if v is not None and (not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE):
+            raise TrainError(f"{name}: expected an integer from 1 to {MAX_IMAGE_SIDE}, got {v!r}")
     if cfg.input_size and cfg.resize_size and cfg.resize_size < cfg.input_size:
         raise TrainError(f"resize_size {cfg.resize_size} is smaller than input_size {cfg.input_size}")
 

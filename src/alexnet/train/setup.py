@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..models import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
-from ..preprocessing import Preprocessing, default_preprocessing
+from ..preprocessing import Preprocessing, default_preprocessing, paper_resize
 from ..progress import track
 from ..weights import guess_arch, load_model
 from .config import TrainConfig, TrainError
@@ -65,15 +65,18 @@ def build_model(cfg: TrainConfig, class_names: Sequence[str]) -> tuple[AlexNet, 
             model = create_model(cfg.arch, num_classes=n, **overrides)
         except (ValueError, TypeError) as e:
             raise TrainError(f"model: {e}") from None
-        pre = default_preprocessing(model.config, class_names)
-        size = model.config.input_size
-        resize = cfg.resize_size or (256 if size >= 224 else round(size * 256 / 224))  # the paper's 256:224 ratio
-        pre = Preprocessing.from_dict({**pre.to_dict(), "resize_size": resize})
+        try:  # --resize-size, else the paper's 256:224 ratio (`paper_resize`)
+            pre = default_preprocessing(model.config, class_names, resize_size=cfg.resize_size)
+        except ValueError as e:
+            raise TrainError(f"preprocessing: {e}") from None
         if cfg.stats is not None:
             st = load_stats(cfg.stats)
-            pre = Preprocessing.from_dict(
-                {**pre.to_dict(), "mean": list(map(float, st.mean)), "std": list(map(float, st.std))}
-            )
+            try:
+                pre = Preprocessing.from_dict(
+                    {**pre.to_dict(), "mean": list(map(float, st.mean)), "std": list(map(float, st.std))}
+                )
+            except ValueError as e:
+                raise TrainError(f"{cfg.stats}: {e}") from None
         return model, pre, set()  # every layer is fresh; "new layers" (own lr multiplier) is a fine-tuning notion
 
     # --arch as predict honours it (a bvlc .npy or .pth does not say caffenet from alexnet2012); a file that names
@@ -103,8 +106,11 @@ def build_model(cfg: TrainConfig, class_names: Sequence[str]) -> tuple[AlexNet, 
         dst.load_state_dict(src.state_dict())
     if cfg.input_size is not None or cfg.resize_size is not None:
         size = cfg.input_size or pre.input_size
-        resize = cfg.resize_size or (pre.resize_size if size >= 224 else round(size * 256 / 224))
-        pre = Preprocessing.from_dict({**pre.to_dict(), "input_size": size, "resize_size": resize})
+        resize = cfg.resize_size or (pre.resize_size if 224 <= size <= pre.resize_size else paper_resize(size))
+        try:
+            pre = Preprocessing.from_dict({**pre.to_dict(), "input_size": size, "resize_size": resize})
+        except ValueError as e:
+            raise TrainError(f"preprocessing: {e}") from None
     return model, _with_class_names(pre, class_names), new
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import sys
@@ -26,7 +27,7 @@ import torch
 
 from ..models import AlexNet, create_model
 from ..preprocessing import BVLC_PREPROCESSING, Preprocessing
-from .base import CaffeError, check_state_dict, imagenet_classes
+from .base import CaffeError, check_state_dict, check_tensor_values, imagenet_classes
 from .caffe_net import WEIGHT_LAYERS, CaffeLayer, CaffeNetSpec, caffe_layers, parse_caffe_net
 from .caffe_proto import read_binaryproto, read_caffemodel, read_prototxt
 from .records import CAFFE_ZOO, ILSVRC_2012_MEAN_BGR, CaffeZooWeights
@@ -62,9 +63,11 @@ def _blob_array(blob: Any, what: str, src: str) -> tuple[np.ndarray, bool]:
         if legacy
         else tuple(int(d) for d in blob.shape.dim)
     )
+    if any(d < 0 for d in shape):
+        raise CaffeError(f"{src}: {what} has a negative dimension in its shape {shape}: the file is corrupt")
     data = np.array(blob.data, dtype=np.float32) if len(blob.data) else np.array(blob.double_data, np.float32)
-    if data.size != int(np.prod(shape)):
-        raise CaffeError(f"{src}: {what} holds {data.size} values, its shape {shape} needs {int(np.prod(shape))}")
+    if data.size != math.prod(shape):  # Python's integers: a crafted shape cannot overflow the product
+        raise CaffeError(f"{src}: {what} holds {data.size} values, its shape {shape} needs {math.prod(shape)}")
     return data.reshape(shape), legacy
 
 
@@ -139,6 +142,9 @@ def read_caffe_mean(path: str | Path, *, min_size: int = 1) -> np.ndarray:
         raise CaffeError(f"{path}: the mean has shape {tuple(arr.shape)}, expected 3 channels (1, 3, H, W) BGR")
     if arr.shape[1] < min_size or arr.shape[2] < min_size:
         raise CaffeError(f"{path}: the mean is {arr.shape[1]}x{arr.shape[2]}, smaller than the net's {min_size} crop")
+    bad = int(arr.size - np.isfinite(arr).sum())
+    if bad:
+        raise CaffeError(f"{path}: the mean holds {bad} NaN or infinite values: the file is corrupt")
     return np.ascontiguousarray(arr[::-1])
 
 
@@ -224,17 +230,21 @@ def load_caffe(
         raise CaffeError(f"{proto_path or src}: {e}") from None
     state = _state_dict(weights, spec, model, str(src))
     check_state_dict(model, state, str(src))
+    check_tensor_values(state, str(src))  # one NaN in fc6 would print "nan" for every image
     model.load_state_dict(state)
     mean_rgb, mean_side = _mean_rgb(mean, spec, src, proto_path)
     names = _class_names(labels, spec.num_classes)
-    pre = Preprocessing(
-        input_size=spec.input_size,
-        resize_size=max(mean_side or 256, spec.input_size),
-        mean=mean_rgb,
-        std=(1.0 / spec.scale,) * 3,
-        value_scale=255.0,
-        class_names=names,
-    )
+    try:
+        pre = Preprocessing(
+            input_size=spec.input_size,
+            resize_size=max(mean_side or 256, spec.input_size),
+            mean=mean_rgb,
+            std=(1.0 / spec.scale if spec.scale else math.inf,) * 3,
+            value_scale=255.0,
+            class_names=names,
+        )
+    except ValueError as e:  # a NaN or absurd mean_value or scale in the net's transform_param
+        raise CaffeError(f"{proto_path or src}: {e}") from None
     return model.eval(), pre
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..limits import MAX_IMAGE_SIDE
 from .caffe_proto import V1_LAYER_TYPES, CaffeError
 
 __all__ = ["CaffeLayer", "CaffeNetSpec", "WEIGHT_LAYERS", "caffe_layers", "parse_caffe_net"]
@@ -217,13 +218,17 @@ def _input_size(net: Any, layers: list[CaffeLayer], src: str) -> int | None:
         if layer.kind == "Input" and hasattr(layer.proto, "input_param"):
             shapes += [list(s.dim) for s in layer.proto.input_param.shape]
     for dims in shapes:
-        if len(dims) != 4 or dims[1] != 3 or dims[2] != dims[3]:
-            raise CaffeError(f"{src}: the input is {dims}; AlexNet takes (N, 3, S, S) images")
+        if len(dims) != 4 or dims[1] != 3 or dims[2] != dims[3] or not 1 <= dims[2] <= MAX_IMAGE_SIDE:
+            raise CaffeError(
+                f"{src}: the input is {dims[:8]}; AlexNet takes (N, 3, S, S) images, S from 1 to {MAX_IMAGE_SIDE}"
+            )
         return int(dims[2])
     for layer in layers:
         if layer.kind in _INPUT_KINDS:
             crop = layer.proto.transform_param.crop_size or layer.proto.data_param.crop_size
             if crop:
+                if crop > MAX_IMAGE_SIDE:
+                    raise CaffeError(f"{src}: {layer.describe()} crops {crop}, over the limit of {MAX_IMAGE_SIDE}")
                 return int(crop)
     return None
 

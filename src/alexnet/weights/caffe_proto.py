@@ -332,6 +332,8 @@ def read_prototxt(path: str | Path) -> Any:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as e:
         raise CaffeError(f"{path}: not a readable prototxt ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:  # protobuf's text parser recurses once per nested message: a crafted 50,000-deep file
+        raise CaffeError(f"{path}: not a readable prototxt (its messages are nested too deep to be a net)") from None
     if not len(net.layer) and not len(net.layers):
         raise CaffeError(f"{path}: not a Caffe net definition (no layers in it)")
     return net

@@ -122,6 +122,8 @@ def load_model(
         raise WeightsError(f"{path}: no such weights file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory, not a weights file")
+    if not path.is_file():  # opening a FIFO blocks until a writer comes; a device never ends
+        raise WeightsError(f"{path}: not a regular file (a pipe or a device), not a weights file")
     suffix = path.suffix.lower()
     if suffix == ".caffemodel":
         if prototxt is None:

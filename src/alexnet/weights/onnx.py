@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data.fileio import atomic_write
+from ..limits import check_opset
 from ..models import AlexNet
 from ..preprocessing import Preprocessing
 from ..runtime import unwrap_model
@@ -36,6 +37,8 @@ def export_onnx(
     """
     import copy
 
+    if opset is not None:
+        check_opset(opset)
     try:
         import onnx
     except ImportError:
@@ -52,6 +55,9 @@ def export_onnx(
     def write(tmp: str) -> None:
         _trace(model, preprocessing.input_size, tmp, opset)
         proto = onnx.load(tmp)
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and written != opset:  # the exporter's converter only logs its failures
+            raise WeightsError(f"ONNX export wrote opset {written}, not the {opset} asked for; nothing written")
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
