@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
 from .errors import AlexnetError
 
@@ -428,7 +429,13 @@ def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
 
 
 def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -> AblationResult:
-    """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``."""
+    """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``,
+    which this process owns meanwhile (`rundir.lock_run`: a second ablation there is refused)."""
+    with rundir.lock_run(config.out):
+        return _run_ablation(config, log)
+
+
+def _run_ablation(config: AblationConfig, log: Callable[[str], Any]) -> AblationResult:
     from . import ablate_report
 
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import rundir
 from .errors import AlexnetError
 from .options import cpu_count
 from .runtime import resolve_device
@@ -237,7 +238,13 @@ def _test_figures(
 
 
 def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
-    """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
+    """Run the demo end to end and return where everything is; ``log`` prints progress lines. The run folder is
+    this process's from the look at what it holds to the report (`rundir.lock_run`)."""
+    with rundir.lock_run(cfg.out):
+        return _run_demo(cfg, log)
+
+
+def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
     from . import train
     from .data import datasets
     from .predict import classify

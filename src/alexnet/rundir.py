@@ -14,19 +14,27 @@ import csv
 import io
 import json
 import math
+import os
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .data.fileio import atomic_write_text, remove_stale_temps
 from .errors import AlexnetError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "BEST",
     "CONFIG",
     "EVAL",
     "LAST",
+    "LOCK",
     "METRICS",
     "METRICS_COLUMNS",
     "PREVIOUS_LAST",
@@ -35,10 +43,14 @@ __all__ = [
     "STATE",
     "TENSORBOARD",
     "RunDirError",
+    "RunFolderBusy",
+    "RunLock",
     "TensorBoardLog",
     "clear_run",
     "describe_run",
     "fresh_run_dir",
+    "lock_fresh_run_dir",
+    "lock_run",
     "format_metrics",
     "prepare_run_dir",
     "read_metrics",
@@ -55,6 +67,8 @@ TENSORBOARD = "tensorboard"
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
 STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
+# LOCK: present while a process owns the folder (`RunLock`); never a run file (`clear_run` leaves it alone)
+LOCK = ".lock"
 RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
 METRICS_COLUMNS = (
     "epoch",
@@ -118,14 +132,15 @@ def clear_run(out: str | Path) -> list[Path]:
     return removed
 
 
-def fresh_run_dir(base: str | Path) -> Path:
+def fresh_run_dir(base: str | Path, avoid: Sequence[Path] = ()) -> Path:
     """``base`` when it holds no run, else the first of ``base-2``, ``base-3``, ... that holds nothing (the
-    default ``--out``: two plain ``alexnet train`` commands never write into one folder)."""
+    default ``--out``: two plain ``alexnet train`` commands never write into one folder); ``avoid``: folders
+    found owned by another process."""
     base = Path(base)
-    if describe_run(base) is None:
+    if describe_run(base) is None and base not in avoid:
         return base
     n = 2
-    while (candidate := base.with_name(f"{base.name}-{n}")).exists():
+    while (candidate := base.with_name(f"{base.name}-{n}")).exists() or candidate in avoid:
         n += 1
     return candidate
 
@@ -282,3 +297,154 @@ class TensorBoardLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+# --- the lock: one process owns a run folder ----------------------------------------------------------------------
+class RunFolderBusy(RunDirError):
+    """The run folder is owned by another live process (``pid`` names it, or is None when it did not say)."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        self.folder, self.pid = folder, pid
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"{folder}: in use by {who}, which is writing this run folder; wait for it to end (or stop it), "
+            "or choose another --out"
+        )
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``fcntl.flock`` on `LOCK` inside it, holding the owner's PID.
+
+    The kernel releases a flock when the last descriptor of it closes, so a crashed or SIGKILLed owner never
+    leaves it stuck (a forked DataLoader worker shares the descriptor and holds it until it notices its parent
+    is gone, a few seconds). The lock file is removed on release; a process that opened it just before then
+    sees that the path no longer names the file it locked and tries again, so two owners never coexist.
+    Where ``fcntl`` is missing (Windows) there is no lock.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self._fd: int | None = None
+        self._made_folder = False
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, create: bool = True) -> RunLock:
+        """Take the lock (``create``: making the folder, and its parents, when missing), or raise `RunFolderBusy`
+        naming the owner's PID; a file where the folder should be is a `RunDirError`."""
+        if self._fd is not None:
+            return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunDirError(f"{self.folder}: is a file, not a run folder; choose another --out")
+        if fcntl is None:
+            return self
+        for _ in range(100):  # a retry only when the file was removed between our open and our lock
+            if not self.folder.is_dir():
+                if not create:
+                    raise RunDirError(f"{self.folder}: no such run folder")
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._made_folder = True
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was removed by the owner releasing it
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderBusy(self.folder, _read_pid(self.path)) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return self
+            os.close(fd)  # the owner removed the file after we opened it: lock the new one
+        raise RunDirError(f"{self.path}: could not take the run folder's lock")
+
+    def release(self) -> None:
+        """Remove the lock file (and the folder, when this lock made it and it holds nothing else), then let go."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            if self._made_folder:
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()  # only when empty: a run that wrote nothing leaves nothing
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _read_pid(path: Path) -> int | None:
+    """The owner's PID from its lock file (it writes it right after locking: give it a moment)."""
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text(encoding="ascii").split()[0])
+        time.sleep(0.05)
+    return None
+
+
+_HELD: dict[Path, list[Any]] = {}  # resolved folder -> [RunLock, depth]: this process's locks, re-entrant
+
+
+@contextlib.contextmanager
+def lock_run(folder: str | Path, *, create: bool = True) -> Iterator[Path]:
+    """Own ``folder`` for the ``with`` block: the first process gets it, any other gets `RunFolderBusy` (one
+    line naming the owner's PID). Re-entrant within a process (the demo holds its folder around ``train.main``,
+    which locks it again). ``create``: make the folder when missing (else a `RunDirError`)."""
+    key = Path(os.path.abspath(folder))
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield Path(folder)
+        finally:
+            _HELD[key][1] -= 1
+        return
+    lock = RunLock(folder).acquire(create=create)
+    _HELD[key] = [lock, 1]
+    try:
+        yield Path(folder)
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
+@contextlib.contextmanager
+def lock_fresh_run_dir(base: str | Path) -> Iterator[Path]:
+    """`fresh_run_dir` of ``base``, owned (`lock_run`) for the ``with`` block: two processes started at the same
+    moment get two folders (``runs/train`` and ``runs/train-2``), never one."""
+    avoid: list[Path] = []
+    while True:
+        candidate = fresh_run_dir(base, avoid)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(lock_run(candidate))
+            except RunFolderBusy:
+                avoid.append(candidate)
+                continue
+            if describe_run(candidate) is not None:  # another process ran there between our look and our lock
+                avoid.append(candidate)
+                continue
+            yield candidate
+            return

@@ -85,22 +85,22 @@ def main(
     cfg = normalize_config(config)
     check_config(cfg)
     runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
-    resume_state = load_state(cfg.resume) if cfg.resume else None
-    changes = _resume_settings(cfg) if resume_state is not None else []
-    if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
-        return _complete(cfg, resume_state)
     try:
         device = runtime.resolve_device(cfg.device)
     except AlexnetError as e:
         raise TrainError(str(e)) from None
     info = setup_distributed(device)
     try:
-        if resume_state is None:
-            cfg.out = _out_folder(cfg, info, overwrite)
-        elif changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
-            print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
-        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
-        return run.train()
+        with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
+            _own_folder(cfg, info, overwrite, owned)
+            resume_state = load_state(cfg.resume) if cfg.resume else None
+            changes = _resume_settings(cfg) if resume_state is not None else []
+            if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
+                return _complete(cfg, resume_state)
+            if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
+                print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
+            run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
+            return run.train()
     finally:
         shutdown_distributed(info)
 
@@ -134,29 +134,38 @@ def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
     return TrainResult(out, done, None if math.isinf(best) else best, rows)
 
 
-def _out_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool) -> str:
-    """The folder of a new run, decided by the first process (all take its word): ``cfg.out``, which must not
-    hold a run unless ``overwrite`` (its run files are then removed when the run opens), or a fresh
-    ``runs/train[-N]``."""
+def _own_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool, owned: contextlib.ExitStack) -> None:
+    """The first process takes the run folder's lock (`rundir.lock_run`, kept in ``owned`` until the run ends)
+    before anything in it is read or written, so two processes never write one folder; every rank takes its
+    word. A new run's folder (``cfg.out``) must not hold a run unless ``overwrite`` (its run files are then
+    removed when the run opens); None picks a fresh ``runs/train[-N]``. A resumed run locks its own folder."""
     decision: tuple[str, str | None] = ("", None)
     if info.is_main:
-        if cfg.out is None:
-            decision = (str(rundir.fresh_run_dir(DEFAULT_OUT)), None)
-        else:
-            held = rundir.describe_run(cfg.out)
-            refusal = None
-            if held is not None and not overwrite:
-                refusal = (
-                    f"{cfg.out} holds a run, {held}: continue it with --resume {cfg.out}, or choose another --out, "
-                    "or pass --overwrite to start it afresh"
-                )
+        try:
+            if cfg.resume:
+                if Path(cfg.resume).is_dir():  # else load_state says there is no run to resume
+                    owned.enter_context(rundir.lock_run(cfg.resume, create=False))
+            elif cfg.out is None:
+                decision = (str(owned.enter_context(rundir.lock_fresh_run_dir(DEFAULT_OUT))), None)
             elif Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-                refusal = f"--out {cfg.out}: is a file, not a folder; choose another --out"
-            decision = (cfg.out, refusal)
+                decision = (cfg.out, f"--out {cfg.out}: is a file, not a folder; choose another --out")
+            else:
+                owned.enter_context(rundir.lock_run(cfg.out))
+                held = rundir.describe_run(cfg.out)
+                refusal = None
+                if held is not None and not overwrite:
+                    refusal = (
+                        f"{cfg.out} holds a run, {held}: continue it with --resume {cfg.out}, or choose another "
+                        "--out, or pass --overwrite to start it afresh"
+                    )
+                decision = (cfg.out, refusal)
+        except rundir.RunDirError as e:
+            decision = ("", str(e))
     out, refusal = all_gather(decision, info)[0]
     if refusal:
         raise TrainError(refusal)
-    return out
+    if not cfg.resume:
+        cfg.out = out
 
 
 # --- the steps before the first epoch ------------------------------------------------------------------------------
