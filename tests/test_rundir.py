@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from test_train import TINY, make_folder
 
 import alexnet
 from alexnet import options, rundir, train
 from alexnet.cli import main as cli_main
+from alexnet.train.config import RUN_DEFINING_SETTINGS, run_settings
 
 
 def test_skipped_names_stay_one_entry_each(tmp_path):
@@ -248,3 +252,85 @@ def test_demo_and_ablate_own_their_folders(tmp_path):
         with pytest.raises(rundir.RunFolderBusy, match=f"process {owner.pid},"):
             ablate.run_ablation(ablate.AblationConfig(data=str(tmp_path / "none"), out=str(out)))
         assert [p.name for p in out.iterdir()] == [rundir.LOCK]
+
+
+# --- resume is checked against what state.pt records, not an editable config.json (issue 24, item 3) ----------------
+@pytest.mark.parametrize(
+    "field, edited, true",
+    [("lr", 0.05, 0.01), ("model_options", {**TINY, "conv_channels": [8, 16, 16, 16, 16]}, TINY)],
+)
+def test_resume_refuses_an_edited_config_json(done_run, tmp_path, capsys, field, edited, true):
+    run = tmp_path / "run"
+    shutil.copytree(done_run, run)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved[field] == true
+    (run / "config.json").write_text(json.dumps({**saved, field: edited}, indent=2))
+    before = _snapshot(run)
+    assert cli_main(["train", "--resume", str(run), "--epochs", "2"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"alexnet train: error: {run / 'config.json'}: {field} {json.dumps(edited)} is not the run's "
+        f"{json.dumps(true)} (recorded in its state.pt): config.json was edited, but these define the run and "
+        "cannot change when it resumes; put them back (or start a new run from its weights with another --out)"
+    )
+    assert _snapshot(run) == before  # nothing trained, the edited value not written back as the truth
+    # the library path reads the same state: a config built from the edited file is refused too
+    cfg = train.resolve_config({**saved, field: edited, "resume": str(run), "epochs": 2})
+    with pytest.raises(train.TrainError, match=f"{field} .* is not the run's"):
+        train.main(cfg)
+    # put back, the run resumes; the state goes on recording the settings it trained with
+    (run / "config.json").write_text(json.dumps(saved, indent=2))
+    assert train.main(dataclasses.replace(cfg, **{field: true})).epochs_done == 2
+    assert train.load_state(run)["settings"] == run_settings(dataclasses.replace(cfg, **{field: true}))
+
+
+def test_state_records_the_settings_that_define_the_run(done_run):
+    settings = torch.load(done_run / "state.pt", weights_only=True)["settings"]
+    assert list(settings) == list(RUN_DEFINING_SETTINGS)
+    assert (settings["lr"], settings["model_options"], settings["arch"]) == (0.01, TINY, "alexnet_owt")
+
+
+# --- one home for the run folder's file names (issue 23, item 2) ---------------------------------------------------
+def _spelled_out_run_files() -> list[str]:
+    """Every string literal in src/ (outside rundir.py) that names a run folder's file: the name alone or a path
+    ending in it. ``tensorboard`` is also a setting's name, so it counts only as a path (``run / "tensorboard"``)."""
+    names = [n for n in rundir.RUN_FOLDER_NAMES if n != rundir.TENSORBOARD]
+    pattern = re.compile(r"^(?:.*/)?(?:" + "|".join(map(re.escape, names)) + r")$")
+    found = []
+    for path in sorted((SRC / "alexnet").rglob("*.py")):
+        if path.name == "rundir.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            joined = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+            for c in [node.right] if joined else [node]:
+                if not (isinstance(c, ast.Constant) and isinstance(c.value, str)):
+                    continue
+                if pattern.match(c.value) or (joined and c.value.strip("/") == rundir.TENSORBOARD):
+                    found.append(f"{path.relative_to(SRC)}:{c.lineno}: {c.value!r}")
+    return sorted(set(found))
+
+
+def test_run_folder_file_names_are_spelled_out_in_rundir_only():
+    assert _spelled_out_run_files() == []
+
+
+def test_the_run_folder_object_names_every_file(tmp_path):
+    run = rundir.RunDir(tmp_path)
+    paths = [run.config, run.metrics, run.skipped, run.eval, run.test_eval, run.report, run.diagnostics, run.state,
+             run.last, run.best, run.previous_last, run.lock_file, run.tensorboard]  # fmt: skip
+    assert sorted(p.name for p in paths) == sorted(rundir.RUN_FOLDER_NAMES)
+    assert all(p.parent == tmp_path for p in paths) and os.fspath(run) == str(tmp_path)
+    assert run.weights() is None and not run.is_resumable() and run.describe() is None
+    run.last.write_bytes(b"w")
+    assert run.weights() == run.last
+    run.best.write_bytes(b"w")
+    assert run.weights() == run.best
+    run.write_config({"epochs": 3})
+    assert run.read_config() == {"epochs": 3} and run.describe() == "epoch 0 of 3"
+    run.write_test_eval({"num_samples": 2}, "best.safetensors")
+    assert json.loads(run.test_eval.read_text()) == {"num_samples": 2, "weights": "best.safetensors"}
+    assert json.loads(run.eval.read_text()) == {"weights": "best.safetensors", "num_samples": 2}
+    run.config.write_text("[1]")
+    with pytest.raises(rundir.RunDirError) as e:
+        run.read_config()
+    assert str(e.value) == f"{run.config}: not an object of settings"

@@ -352,7 +352,7 @@ def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[s
     from .evaluate import evaluate_dataset
     from .weights import load_model
 
-    model, pre = load_model(folder / "last.safetensors")
+    model, pre = load_model(rundir.RunDir(folder).last)
     out = {}
     for name, ten in (("centre", False), ("ten_crop", True)):
         splits.test.transform = pre.geometry(False, ten_crop=ten)
@@ -369,8 +369,9 @@ def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[s
 def _prune(folder: Path) -> None:
     """A finished, evaluated run needs no resume state: keep last.safetensors (the evaluated weights), drop the
     rest (a 60M-parameter run writes about 1 GB of checkpoints)."""
-    for name in ("state.pt", "best.safetensors"):
-        (folder / name).unlink(missing_ok=True)
+    run = rundir.RunDir(folder)
+    for path in (run.state, run.best):
+        path.unlink(missing_ok=True)
 
 
 def _train_and_record(plan: RunPlan, splits: Splits, config: AblationConfig, settings: Settings) -> dict[str, Any]:
@@ -380,7 +381,7 @@ def _train_and_record(plan: RunPlan, splits: Splits, config: AblationConfig, set
     from .runtime import resolve_device
 
     tc = plan.train_config
-    if (plan.folder / "state.pt").is_file():
+    if rundir.RunDir(plan.folder).is_resumable():
         tc = dataclasses.replace(tc, resume=str(plan.folder))
     splits.train.transform = None  # each run gives the views its own geometry (no-augment: the centre crop)
     splits.val.transform = None
@@ -421,9 +422,9 @@ def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         _check_same(plan, record["train_config"], plan.folder)
         return record, "skip (finished)"
-    config_path = plan.folder / "config.json"
-    if (plan.folder / "state.pt").is_file() and config_path.is_file():
-        _check_same(plan, json.loads(config_path.read_text(encoding="utf-8")), plan.folder)
+    run = rundir.RunDir(plan.folder)
+    if run.is_resumable() and run.config.is_file():
+        _check_same(plan, run.read_config(), plan.folder)
         return None, "resume"
     return None, "train"
 

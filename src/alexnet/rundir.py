@@ -38,10 +38,15 @@ __all__ = [
     "METRICS",
     "METRICS_COLUMNS",
     "PREVIOUS_LAST",
+    "REPORT",
+    "RUN_FOLDER_NAMES",
     "RUN_FILES",
     "SKIPPED",
     "STATE",
+    "TEST_EVAL",
+    "DIAGNOSTICS",
     "TENSORBOARD",
+    "RunDir",
     "RunDirError",
     "RunFolderBusy",
     "RunLock",
@@ -60,16 +65,22 @@ __all__ = [
     "write_eval",
     "write_metrics",
     "write_skipped",
+    "write_test_eval",
 ]
 
 CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
 TENSORBOARD = "tensorboard"
+# written by others into a run folder: the demo's held-out test evaluation, the HTML report (`alexnet.report`),
+# what the training's checks found (`alexnet.train.diagnostics`)
+TEST_EVAL, REPORT, DIAGNOSTICS = "test_eval.json", "report.html", "diagnostics.json"
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
 STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
 # LOCK: present while a process owns the folder (`RunLock`); never a run file (`clear_run` leaves it alone)
 LOCK = ".lock"
 RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
+# every name a run folder can hold (tests/test_rundir.py refuses one of them spelled out anywhere else in src/)
+RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, DIAGNOSTICS, LOCK, TENSORBOARD)
 METRICS_COLUMNS = (
     "epoch",
     "lr",
@@ -150,10 +161,18 @@ def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
     return atomic_write_text(Path(out) / CONFIG, json.dumps(dict(config), indent=2) + "\n")
 
 
-def write_eval(out: str | Path, epoch: int, evaluation: Mapping[str, Any], weights: str = "last.safetensors") -> Path:
-    """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch``."""
-    doc = {"epoch": epoch, "weights": weights, **evaluation}
+def write_eval(out: str | Path, epoch: int | None, evaluation: Mapping[str, Any], weights: str = LAST) -> Path:
+    """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch`` (None: the run's end)."""
+    doc = {**({"epoch": epoch} if epoch is not None else {}), "weights": weights, **evaluation}
     return atomic_write_text(Path(out) / EVAL, json.dumps(doc, indent=2) + "\n")
+
+
+def write_test_eval(out: str | Path, evaluation: Mapping[str, Any], weights: str) -> Path:
+    """test_eval.json (the demo's evaluation of ``weights`` on held-out test images) and eval.json, the same
+    evaluation, which the report shows."""
+    doc = {**evaluation, "weights": weights}
+    atomic_write_text(Path(out) / TEST_EVAL, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return write_eval(out, None, doc, weights)
 
 
 # --- metrics.csv --------------------------------------------------------------------------------------------------
@@ -448,3 +467,94 @@ def lock_fresh_run_dir(base: str | Path) -> Iterator[Path]:
                 continue
             yield candidate
             return
+
+
+# --- the run folder as one object ---------------------------------------------------------------------------------
+class RunDir:
+    """A run folder: each attribute is the path of one of its files (`RUN_FOLDER_NAMES`), each method one of the
+    reads and writes above, so no other module spells a file name out.
+
+    >>> run = RunDir("runs/train")
+    >>> run.last                           # runs/train/last.safetensors
+    >>> rows = run.read_metrics()
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # the files
+    config = property(lambda self: self.path / CONFIG, doc="config.json: the resolved configuration")
+    metrics = property(lambda self: self.path / METRICS, doc="metrics.csv: one row per epoch")
+    skipped = property(lambda self: self.path / SKIPPED, doc="skipped.txt: the images the run skipped")
+    eval = property(lambda self: self.path / EVAL, doc="eval.json: the last evaluation")
+    test_eval = property(lambda self: self.path / TEST_EVAL, doc="test_eval.json: the demo's test evaluation")
+    report = property(lambda self: self.path / REPORT, doc="report.html: `alexnet report`'s page")
+    diagnostics = property(lambda self: self.path / DIAGNOSTICS, doc="diagnostics.json: the training's checks")
+    state = property(lambda self: self.path / STATE, doc="state.pt: what an exact resume needs")
+    last = property(lambda self: self.path / LAST, doc="last.safetensors: the last epoch's weights")
+    best = property(lambda self: self.path / BEST, doc="best.safetensors: the best epoch's weights")
+    previous_last = property(lambda self: self.path / PREVIOUS_LAST, doc="the last weights kept while saving")
+    lock_file = property(lambda self: self.path / LOCK, doc=".lock: present while a process owns the folder")
+    tensorboard = property(lambda self: self.path / TENSORBOARD, doc="tensorboard/: the optional scalars")
+
+    def weights(self) -> Path | None:
+        """The run's best weights when kept, else its last; None when it has neither."""
+        return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def is_resumable(self) -> bool:
+        """Whether the run saved a checkpoint that ``--resume`` can continue (state.pt)."""
+        return self.state.is_file()
+
+    # reads and writes (the module's functions, on this folder)
+    def describe(self) -> str | None:
+        return describe_run(self.path)
+
+    def prepare(self) -> Path:
+        return prepare_run_dir(self.path)
+
+    def clear(self) -> list[Path]:
+        return clear_run(self.path)
+
+    def lock(self, *, create: bool = True) -> contextlib.AbstractContextManager[Path]:
+        return lock_run(self.path, create=create)
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json as a dict (`RunDirError` when missing or unreadable)."""
+        try:
+            d = json.loads(self.config.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{self.config}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{self.config}: cannot read ({e})") from None
+        if not isinstance(d, dict):
+            raise RunDirError(f"{self.config}: not an object of settings")
+        return d
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        return write_config(self.path, config)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> Path:
+        return write_metrics(self.path, rows)
+
+    def read_skipped(self) -> list[str]:
+        return read_skipped(self.path)
+
+    def write_skipped(self, names: Sequence[str]) -> Path:
+        return write_skipped(self.path, names)
+
+    def write_eval(self, epoch: int | None, evaluation: Mapping[str, Any], weights: str = LAST) -> Path:
+        return write_eval(self.path, epoch, evaluation, weights)
+
+    def write_test_eval(self, evaluation: Mapping[str, Any], weights: str) -> Path:
+        return write_test_eval(self.path, evaluation, weights)

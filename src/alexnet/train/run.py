@@ -45,7 +45,16 @@ from .checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from .config import DEFAULT_OUT, TrainConfig, TrainError, check_config, check_resume, load_config_file, normalize_config
+from .config import (
+    DEFAULT_OUT,
+    TrainConfig,
+    TrainError,
+    check_config,
+    check_resume,
+    load_config_file,
+    normalize_config,
+    run_settings,
+)
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
 
 __all__ = ["TrainResult", "main"]
@@ -80,7 +89,8 @@ def main(
 
     A folder that already holds a run is refused unless ``config.resume`` continues it or ``overwrite`` (never a
     config key: only the caller's explicit word) starts it afresh; ``config.out`` None picks a new folder.
-    A resumed run refuses settings that define it when they differ from its config.json (`check_resume`).
+    A resumed run refuses settings that define it when they differ from what its state.pt records
+    (`check_resume`), be they flags or an edited config.json.
     """
     cfg = normalize_config(config)
     check_config(cfg)
@@ -94,7 +104,7 @@ def main(
         with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
             _own_folder(cfg, info, overwrite, owned)
             resume_state = load_state(cfg.resume) if cfg.resume else None
-            changes = _resume_settings(cfg) if resume_state is not None else []
+            changes = _resume_settings(cfg, resume_state) if resume_state is not None else []
             if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
                 return _complete(cfg, resume_state)
             if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
@@ -105,9 +115,10 @@ def main(
         shutdown_distributed(info)
 
 
-def _resume_settings(cfg: TrainConfig) -> list[str]:
-    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal its config.json's
-    (else `TrainError`); returns the others that changed."""
+def _resume_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
+    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal those its state.pt
+    records (`check_resume`; an older state without them: its config.json's), else `TrainError`; returns the
+    others that changed."""
     run_dir = Path(cfg.resume)
     saved_path = run_dir / rundir.CONFIG
     saved = load_config_file(saved_path) if saved_path.exists() else {}
@@ -118,8 +129,8 @@ def _resume_settings(cfg: TrainConfig) -> list[str]:
         )
     cfg.out = str(cfg.resume)
     if cfg.arch is None:
-        cfg.arch = saved.get("arch")
-    return check_resume(cfg, saved, run_dir)
+        cfg.arch = state.get("arch", saved.get("arch"))
+    return check_resume(cfg, saved, run_dir, state.get("settings") or None)
 
 
 def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
@@ -333,7 +344,7 @@ def _assemble(
     optimizer = setup.make_optimizer(cfg, groups, device)
     epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
     t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
-                   env.precision.grad_scaler(device))  # fmt: skip
+                   env.precision.grad_scaler(device), run_settings(cfg))  # fmt: skip
     run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
     if resume_state is not None:
         run.state = restore_progress(resume_state, t, run.out, info, device)
@@ -422,7 +433,7 @@ class _Run:
             cfg, self.data.train_ds, self.data.val_ds, self.env.local_batch, self.sampler, info, self.env.workers,
             self.env.device,
         )  # fmt: skip
-        self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
+        self.tb = rundir.TensorBoardLog(rundir.RunDir(self.out).tensorboard, cfg.tensorboard and info.is_main)
         self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
 
     def train(self) -> TrainResult:
@@ -473,7 +484,8 @@ class _Run:
             stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
                                              stats=stats)  # fmt: skip
         except NonFiniteLoss as e:
-            kept = f"{self.out / 'last.safetensors'} kept" if (self.out / "state.pt").exists() else "none saved yet"
+            run = rundir.RunDir(self.out)
+            kept = f"{run.last} kept" if run.state.exists() else "none saved yet"
             raise NonFiniteLoss(f"{e}; stopped (last good checkpoint: {kept}); try a lower --lr") from None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []
