@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data.device_decode import materialize
+from .data.batch import Batch
 from .distributed import DistInfo, eval_sampler, setup_distributed, shutdown_distributed
 from .errors import AlexnetError
 from .options import check_workers, resolve_progress
@@ -185,25 +185,23 @@ class EvalResult:
         return d
 
 
-def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    """Yield ``(images, labels, bad, refs)``: the loader's batches plus ``refs``, one ``(index, name)`` per kept
-    sample.
+def batches_with_refs(loader: Any, names: Sequence[str]) -> Iterator[Batch]:
+    """Yield the loader's batches (`Batch`) with their ``refs``, one ``(index, name)`` per kept sample.
 
     The indices come from the loader's (deterministic, unshuffled) batch sampler; the samples the loader dropped
     as bad are recognised by name. Where that does not add up, refs are ``(-1, "")``: counts stay exact, only
     the pictures of a report lose their source.
     """
     chunks = iter(loader.batch_sampler) if getattr(loader, "batch_sampler", None) is not None else None
-    for batch in loader:
-        images, labels = batch[0], batch[1]
-        bad = list(batch[2]) if len(batch) > 2 else []
+    for item in loader:
+        batch = Batch.of(item)
         idx = list(next(chunks, [])) if chunks is not None else []
-        if bad:
-            bad_set = {str(b) for b in bad}
+        if batch.bad:
+            bad_set = {str(b) for b in batch.bad}
             idx = [i for i in idx if str(names[i]) not in bad_set]
-        known = len(idx) == len(labels)
-        refs = [(int(i), str(names[i])) for i in idx] if known else [(-1, "")] * len(labels)
-        yield images, labels, bad, refs
+        known = len(idx) == len(batch.labels)
+        refs = [(int(i), str(names[i])) for i in idx] if known else [(-1, "")] * len(batch.labels)
+        yield batch._replace(refs=refs)
 
 
 class _Tally:
@@ -299,8 +297,8 @@ def evaluate(
 ) -> EvalResult:
     """Top-1/top-5 accuracy, mean cross-entropy and the confusion matrix of ``model`` over ``loader``.
 
-    ``loader`` yields ``(images, labels)``, ``(images, labels, bad_names)`` or, from `batches_with_refs`,
-    ``(images, labels, bad_names, refs)``. A 5-D batch (N, 10, 3, S, S) is 10-crop testing: the softmax is
+    ``loader`` yields `alexnet.data.batch.Batch` es (`make_loader`; with ``refs`` from `batches_with_refs`) or a
+    caller's ``(images, labels)`` pairs. A 5-D batch (N, 10, 3, S, S) is 10-crop testing: the softmax is
     averaged over the crops, as the paper does (section 4.1), and the loss is the NLL of that average.
     ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``autocast``: a training run's precision,
     whose autocast the forward runs under (fp32 master weights); a model already cast by
@@ -338,21 +336,11 @@ def evaluate(
 
 
 def _unpack(batch: Any, device: torch.device, skipped: list[str]) -> tuple[torch.Tensor, torch.Tensor, list | None]:
-    """(images on ``device``, labels on ``device``, refs) of a loader batch; encoded or prepared batches are made
-    real first (`materialize`), and the names of the images dropped on the way added to ``skipped``."""
-    images, labels = batch[0], batch[1]
-    refs = batch[3] if len(batch) > 3 and batch[3] is not None else None
-    if len(batch) > 2 and batch[2]:
-        skipped.extend(str(b) for b in batch[2])
-    images, labels, dropped = materialize(images, labels, device)  # a batch still encoded
-    if dropped:
-        skipped.extend(dropped)
-        gone = set(dropped)
-        refs = [r for r in refs if r[1] not in gone] if refs is not None else None
-    labels = torch.as_tensor(labels)
-    if len(labels) == 0:
-        return images, labels, refs
-    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), refs
+    """(images on ``device``, labels on ``device``, refs) of a loader batch (`Batch.on`: encoded or prepared
+    batches made real there); the names of the images dropped, in the loader or on the way, join ``skipped``."""
+    b = Batch.of(batch).on(device)
+    skipped.extend(str(n) for n in b.bad)
+    return b.images, b.labels, None if b.refs is None else list(b.refs)
 
 
 # --- a whole data set, from the command line or torchrun --------------------------------------------------------------

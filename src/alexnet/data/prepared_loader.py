@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .base import DataError, PreparedDataset, Subset
+from .batch import Batch
 from .device_decode import sample_seed
 from .geometry import CenterPatch, ResizeCenterCrop
 from .transforms import mirror_draw, patch_and_mirror, patch_offsets
@@ -247,7 +248,7 @@ class PreparedLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[Batch]:
         if self._closed:
             raise RuntimeError("this PreparedLoader is closed")
         if self.generator is not None and (self._passes == 0 or self.threads == 0):
@@ -287,7 +288,7 @@ class PreparedLoader:
             buf = self._local.buf = np.empty((n, 3, s, s), dtype=np.uint8)
         return buf[:n]
 
-    def _batch(self, indices: Sequence[int], out: torch.Tensor) -> tuple[Any, torch.Tensor, list[str]]:
+    def _batch(self, indices: Sequence[int], out: torch.Tensor) -> Batch:
         seed = getattr(indices, "seed", None)
         idx = [int(i) for i in indices]
         rows = idx if self.rows is None else [self.rows[i] for i in idx]
@@ -298,7 +299,7 @@ class PreparedLoader:
             self._shards.read_into(out.numpy(), rows, self.names)
             offsets = torch.tensor([(t, l) for t, l, _ in draws], dtype=torch.int64).reshape(n, 2)
             flips = torch.tensor([f for _, _, f in draws], dtype=torch.bool)
-            return CropBatch(out, offsets, flips, p), labels, []
+            return Batch(CropBatch(out, offsets, flips, p), labels, [])
         # Cutting and mirroring: torch's flip copies at memcpy speed and numpy's ``[..., ::-1]`` does not, but torch
         # runs each copy on its intra-op thread pool, and a reader thread calling it starts a pool of its own,
         # which oversubscribes the cores (several times slower on 2 cores, in a trial); numpy stays in the thread
@@ -313,7 +314,7 @@ class PreparedLoader:
                         o[k] = o[k][..., ::-1].copy()
                     else:
                         out[k] = out[k].flip(-1)
-            return out, labels, []
+            return Batch(out, labels, [])
         full = self._scratch(n)
         self._shards.read_into(full, rows, self.names)
         if in_reader:
@@ -326,7 +327,7 @@ class PreparedLoader:
             for k, (t, l, f) in enumerate(draws):
                 patch = tf[k, :, t : t + p, l : l + p]
                 out[k] = patch.flip(-1) if f else patch
-        return out, labels, []
+        return Batch(out, labels, [])
 
     def close(self) -> None:
         """Stop the reader threads and close the shard files (also done when the loader is collected, which may
