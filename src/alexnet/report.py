@@ -130,7 +130,7 @@ def _evaluation(
 ) -> tuple[dict[str, Any] | None, str, Path | None]:
     """(the evaluation to show, where it comes from, the weights it is of): the run's eval.json, or a fresh
     evaluation that also names the misclassified images (train's eval.json has the counts only)."""
-    from .evaluate import EvaluationError, read_eval_json
+    from .eval_metrics import EvaluationError, read_eval_json
 
     evaluation: dict[str, Any] | None = None
     source = ""

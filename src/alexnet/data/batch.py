@@ -3,7 +3,7 @@ and every consumer reads (the training step, evaluation, the feature cache, feat
 
 ``images`` is one of three things, told apart by type, never by position or length: a uint8 tensor (N, 3, S, S)
 (or (N, 10, 3, S, S) for ten-crop testing) already cut in the loader; an `device_decode.EncodedBatch`, JPEGs still
-to be decoded on the device; or a `prepared_loader.CropBatch`, whole stored squares still to be cropped on the
+to be decoded on the device; or a `CropBatch`, whole stored squares (`prepared_loader`'s) still to be cropped on the
 device. `Batch.on` makes the last two real (`device_decode.materialize`). A NamedTuple, so the DataLoader pins its
 tensors and sends it from a worker like any tuple of tensors; torchvision-style ``(images, labels)`` pairs from a
 caller's own loader become a `Batch` through `Batch.of`.
@@ -12,18 +12,44 @@ caller's own loader become a `Batch` through `Batch.of`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
 from .device_decode import EncodedBatch, materialize
 
-if TYPE_CHECKING:
-    from .prepared_loader import CropBatch
+__all__ = ["Batch", "BatchImages", "CropBatch"]
 
-__all__ = ["Batch", "BatchImages"]
 
-BatchImages = Union[torch.Tensor, EncodedBatch, "CropBatch"]  # noqa: UP007 - a forward reference in the union
+class CropBatch:
+    """Whole stored images (uint8 (n, 3, S, S), pinned when bound for a GPU) with each one's crop offsets and
+    mirror flag; `crop` cuts the batch on a device in one gather."""
+
+    def __init__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, out: int) -> None:
+        self.images, self.offsets, self.flips, self.out = images, offsets, flips, int(out)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def crop(self, device: torch.device | str) -> torch.Tensor:
+        """uint8 (n, 3, out, out) on ``device``: ``images[k, :, top:top+out, left:left+out]``, mirrored where
+        flagged (the values the reader thread's slices give, tested equal)."""
+        device = torch.device(device)
+        x = self.images.to(device, non_blocking=True)
+        n, p = len(x), self.out
+        if n == 0:
+            return x[:, :, :p, :p]
+        off = self.offsets.to(device, non_blocking=True)
+        flips = self.flips.to(device, non_blocking=True)
+        ar = torch.arange(p, device=device)
+        rows = off[:, 0, None] + ar  # (n, p)
+        cols = torch.where(flips[:, None], off[:, 1, None] + (p - 1) - ar, off[:, 1, None] + ar)
+        nk = torch.arange(n, device=device)[:, None, None, None]
+        ch = torch.arange(x.shape[1], device=device)[None, :, None, None]
+        return x[nk, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+BatchImages = torch.Tensor | EncodedBatch | CropBatch
 
 
 class Batch(NamedTuple):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .base import DataError, PreparedDataset, Subset
-from .batch import Batch
+from .batch import Batch, CropBatch
 from .device_decode import sample_seed
 from .geometry import CenterPatch, ResizeCenterCrop
 from .transforms import mirror_draw, patch_and_mirror, patch_offsets
@@ -91,34 +91,6 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
         out = transform.input_size
         return CropPlan(size, out, 0, int(round((size - out) / 2.0)), 0.0)  # torchvision's centre-crop offset
     return None
-
-
-class CropBatch:
-    """Whole stored images (uint8 (n, 3, S, S), pinned when bound for a GPU) with each one's crop offsets and
-    mirror flag; `crop` cuts the batch on a device in one gather."""
-
-    def __init__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, out: int) -> None:
-        self.images, self.offsets, self.flips, self.out = images, offsets, flips, int(out)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def crop(self, device: torch.device | str) -> torch.Tensor:
-        """uint8 (n, 3, out, out) on ``device``: ``images[k, :, top:top+out, left:left+out]``, mirrored where
-        flagged (the values the reader thread's slices give, tested equal)."""
-        device = torch.device(device)
-        x = self.images.to(device, non_blocking=True)
-        n, p = len(x), self.out
-        if n == 0:
-            return x[:, :, :p, :p]
-        off = self.offsets.to(device, non_blocking=True)
-        flips = self.flips.to(device, non_blocking=True)
-        ar = torch.arange(p, device=device)
-        rows = off[:, 0, None] + ar  # (n, p)
-        cols = torch.where(flips[:, None], off[:, 1, None] + (p - 1) - ar, off[:, 1, None] + ar)
-        nk = torch.arange(n, device=device)[:, None, None, None]
-        ch = torch.arange(x.shape[1], device=device)[None, :, None, None]
-        return x[nk, ch, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class _Shards:
