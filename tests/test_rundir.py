@@ -150,7 +150,7 @@ def test_a_second_process_is_refused_naming_the_owner_and_a_sigkilled_owner_leav
     fresh = tmp_path / "new" / "run"
     with rundir.lock_run(fresh):
         assert fresh.is_dir()
-    assert not fresh.exists()  # the lock made the folder and nothing else was written: nothing is left
+    assert not (tmp_path / "new").exists()  # the lock made both folders and nothing was written: nothing is left
 
 
 def test_the_lock_is_reentrant_and_kept_out_of_the_run_files(tmp_path):

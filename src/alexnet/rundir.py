@@ -345,7 +345,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK
         self._fd: int | None = None
-        self._made_folder = False
+        self._made: list[Path] = []  # the folders this lock made, innermost first (removed again when left empty)
 
     @property
     def held(self) -> bool:
@@ -364,8 +364,9 @@ class RunLock:
             if not self.folder.is_dir():
                 if not create:
                     raise RunDirError(f"{self.folder}: no such run folder")
+                missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self._made_folder = True
+                self._made = self._made or missing
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:  # the folder was removed by the owner releasing it
@@ -387,16 +388,18 @@ class RunLock:
         raise RunDirError(f"{self.path}: could not take the run folder's lock")
 
     def release(self) -> None:
-        """Remove the lock file (and the folder, when this lock made it and it holds nothing else), then let go."""
+        """Remove the lock file (and the folders this lock made, where they hold nothing else), then let go."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
             with contextlib.suppress(OSError):
                 self.path.unlink()
-            if self._made_folder:
-                with contextlib.suppress(OSError):
-                    self.folder.rmdir()  # only when empty: a run that wrote nothing leaves nothing
+            for folder in self._made:  # only while empty: a run that wrote nothing leaves nothing behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         finally:
             os.close(fd)
 
