@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     sync(device)
                     t0, c0, seen = time.perf_counter(), time.process_time(), 0
                 train = k != 1
-                for x, y, _bad in loader:
+                for x, y, *_ in loader:
                     x, y, _ = materialize(x, y, device)  # encoded (decode_on_device): decoded; CropBatch: cut
                     x = bt(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                     y = y.to(device, non_blocking=True)

@@ -54,7 +54,7 @@ def measure(case: str, root: str, batch: int, workers: int, passes: int) -> list
     rates, cpu = [], []
     for k in range(passes + 1):
         t, c, n, steps = time.perf_counter(), time.process_time(), 0, 0
-        for x, y, _ in loader:
+        for x, y, *_ in loader:
             x = x.images if case == "rows" else x
             x.view(-1)[::4096].sum()  # every page, as a copy to the GPU reads them
             n += len(y)

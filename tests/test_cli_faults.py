@@ -148,8 +148,8 @@ def test_server_memory_returns_after_a_burst_of_large_requests(tmp_path):
 
     import httpx
     import numpy as np
-    from PIL import Image
     from _builders import make_weights, start_server
+    from PIL import Image
 
     x, y = np.meshgrid(np.linspace(0, 255, 3000), np.linspace(0, 255, 3000))
     buf = io.BytesIO()

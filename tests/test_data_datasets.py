@@ -77,7 +77,7 @@ def test_loader_with_workers_reports_bad_names(tmp_path):
     root = _write_images(tmp_path / "data", per_class=(3, 3), bad=("class0/broken.png",))
     ds = D.open_dataset(root, transform=ResizeCenterCrop(16))
     seen, bad = 0, []
-    for images, labels, b in D.make_loader(ds, batch_size=4, workers=1, shuffle=True, seed=3):
+    for images, labels, b, *_ in D.make_loader(ds, batch_size=4, workers=1, shuffle=True, seed=3):
         seen += len(labels)
         bad += b
         assert images.shape[1:] == (3, 16, 16) and labels.dtype == torch.int64
@@ -97,7 +97,7 @@ class _Pid(torch.utils.data.Dataset):
 
 
 def _draws(loader):
-    return [(x.clone(), y.tolist()) for x, y, _ in loader]
+    return [(x.clone(), y.tolist()) for x, y, *_ in loader]
 
 
 def test_random_transforms_follow_the_batch_not_the_worker():

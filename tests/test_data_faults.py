@@ -190,5 +190,5 @@ def test_torch_stays_usable(tmp_path):
     """The checks above add no state: a normal data set still loads (guard against an over-eager scan)."""
     root = _tree(tmp_path / "data", per_class=2)
     ds = D.open_dataset(root, transform=ResizeCenterCrop(8))
-    x, y, bad = next(iter(D.make_loader(ds, batch_size=4)))
+    x, y, bad, *_ = next(iter(D.make_loader(ds, batch_size=4)))
     assert x.shape == (4, 3, 8, 8) and x.dtype == torch.uint8 and not bad

@@ -54,7 +54,7 @@ def _batches(ds, encoded: bool, workers: int = 0):
     loader = D.make_loader(ds, batch_size=8, workers=workers, seed=4)
     loader.batch_sampler.set_epoch(1)
     out = []
-    for x, y, bad in loader:
+    for x, y, bad, *_ in loader:
         x, y, dropped = materialize(x, y, "cpu")
         out.append((x, y, sorted(bad + dropped)))
     return out

@@ -16,6 +16,7 @@ from torch import nn
 
 import alexnet
 from alexnet.cli import main
+from alexnet.cli.evaluation import format_table
 from alexnet.data.decode import decode_image
 from alexnet.data.transforms import resize_center_crop
 from alexnet.evaluate import (
@@ -24,7 +25,6 @@ from alexnet.evaluate import (
     eval_sampler,
     evaluate,
     evaluate_dataset,
-    format_table,
     read_eval_json,
     topk_correct,
 )
@@ -230,7 +230,13 @@ def _rank(rank: int, world: int, port: int, data: str, weights: str, out: str) -
          "MASTER_PORT": str(port)}
     )  # fmt: skip
     torch.set_num_threads(1)
-    r = evaluate_dataset(weights, data, batch_size=2, device="cpu")
+    from alexnet.distributed import setup_distributed, shutdown_distributed
+
+    info = setup_distributed(torch.device("cpu"))  # what `alexnet evaluate` does under torchrun
+    try:
+        r = evaluate_dataset(weights, data, batch_size=2, device="cpu")
+    finally:
+        shutdown_distributed(info)
     torch.save({"dict": r.to_dict(top_misclassified=100), "rank": r.rank}, f"{out}.{rank}")
 
 
@@ -250,6 +256,18 @@ def test_two_process_evaluation_counts_every_sample_once(tmp_path: Path):
         assert d["num_samples"] == 9 and d["confusion_matrix"] == single["confusion_matrix"]
         assert d["top1_error"] == single["top1_error"] and d["loss"] == pytest.approx(single["loss"], rel=1e-5)
         assert [m["name"] for m in d["misclassified"]] == [m["name"] for m in single["misclassified"]]
+
+
+def test_the_library_joins_a_process_group_and_never_starts_one(tmp_path: Path, monkeypatch):
+    """torchrun's variables alone (no group started by the caller) leave evaluate_dataset one process of one: it
+    used to start the group itself (and fail here, with no MASTER_ADDR to reach)."""
+    data = image_folder(tmp_path / "val", per_class=2)
+    w = saved_weights(tmp_path / "w.safetensors")
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    r = evaluate_dataset(w, data, batch_size=2, device="cpu")
+    assert (r.rank, r.num_samples) == (0, 6) and not torch.distributed.is_initialized()
 
 
 def test_eval_result_to_dict_is_stable_for_train():

@@ -22,7 +22,7 @@ LAYERS = [
     ["data"],
     ["preprocessing", "weights"],
     ["distributed", "rundir"],
-    ["evaluate", "predict", "features"],
+    ["eval_metrics", "evaluate", "predict", "features"],
     ["train", "plots", "report", "ablate_report", "ablate_stats"],
     [
         "demo",

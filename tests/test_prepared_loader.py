@@ -73,7 +73,7 @@ def test_batches_equal_the_dataloader_path(prepared, monkeypatch, geometry, work
     for _ in range(2):  # two passes: the second reshuffles and reseeds, as the DataLoader does
         batches = list(zip(fast, on_device, ref, strict=True))
         assert sum(len(b[2][1]) for b in batches) == len(ds)
-        for (x, y, bad), (c, yc, _), (xr, yr, badr) in batches:
+        for (x, y, bad, *_), (c, yc, *_), (xr, yr, badr, *_) in batches:
             assert isinstance(c, PL.CropBatch) and c.images.shape[-1] == 40
             c, yc, dropped = materialize(c, yc, "cpu")
             assert bad == badr == dropped == []
@@ -95,7 +95,7 @@ def test_without_preadv_the_dataloader_path_reads_the_same(prepared, monkeypatch
     monkeypatch.delattr(PL.os, "preadv")
     slow = D.make_loader(ds, batch_size=8, shuffle=True, seed=1)
     assert isinstance(slow, torch.utils.data.DataLoader)
-    for (a, ya, _), (b, yb, _) in zip(got, slow, strict=True):
+    for (a, ya, *_), (b, yb, *_) in zip(got, slow, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
@@ -111,9 +111,9 @@ def test_crop_batch_cuts_each_patch_and_mirror():
 def test_every_sample_once_in_a_sequential_pass(prepared):
     ds = D.open_dataset(prepared)
     loader = D.make_loader(ds, batch_size=5, workers=2)
-    got = torch.cat([x for x, _, _ in loader])
+    got = torch.cat([x for x, *_ in loader])
     assert torch.equal(got, torch.stack([ds[i][0] for i in range(len(ds))]))
-    assert [int(t) for _, y, _ in loader for t in y] == ds.targets
+    assert [int(t) for _, y, *_ in loader for t in y] == ds.targets
 
 
 def test_damaged_shards_are_one_line_errors(prepared, tmp_path):
@@ -236,5 +236,5 @@ def test_short_reads_and_too_many_shards_read_the_same(prepared, monkeypatch):
     per_read = D.make_loader(ds, batch_size=4, shuffle=True, seed=3, workers=2)
     assert per_read._shards.fds == []
     for other in (got, list(per_read)):
-        for (a, ya, _), (b, yb, _) in zip(want, other, strict=True):
+        for (a, ya, *_), (b, yb, *_) in zip(want, other, strict=True):
             assert torch.equal(a, b) and torch.equal(ya, yb)

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .ablate_data import Counts, Splits
 from .ablate_runs import RUN_RECORD, train_and_record
 from .ablate_variants import SCALES, VARIANTS, AblationError, Scale, Variant, parse_variants
 from .data.fileio import check_output_dir
-from .errors import AlexnetError
 
 __all__ = [
     "AblationError",
@@ -267,15 +267,21 @@ def _existing(plan: RunPlan) -> tuple[dict[str, Any] | None, str]:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         _check_same(plan, record["train_config"], plan.folder)
         return record, "skip (finished)"
-    config_path = plan.folder / "config.json"
-    if (plan.folder / "state.pt").is_file() and config_path.is_file():
-        _check_same(plan, json.loads(config_path.read_text(encoding="utf-8")), plan.folder)
+    run = rundir.RunDir(plan.folder)
+    if run.is_resumable() and run.config.is_file():
+        _check_same(plan, run.read_config(), plan.folder)
         return None, "resume"
     return None, "train"
 
 
 def run_ablation(config: AblationConfig, *, log: Callable[[str], Any] = print) -> AblationResult:
-    """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``."""
+    """Train and evaluate every variant with every seed, then write the ablation's outputs into ``config.out``,
+    which this process owns meanwhile (`rundir.lock_run`: a second ablation there is refused)."""
+    with rundir.lock_run(config.out):
+        return _run_ablation(config, log)
+
+
+def _run_ablation(config: AblationConfig, log: Callable[[str], Any]) -> AblationResult:
     from . import ablate_data, ablate_report
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import ablate_stats
+from . import ablate_stats, rundir
 from .ablate_data import Splits
 from .ablate_variants import AblationError
 
@@ -54,7 +54,7 @@ def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[s
     from .evaluate import evaluate_dataset
     from .weights import load_model
 
-    model, pre = load_model(folder / "last.safetensors")
+    model, pre = load_model(rundir.RunDir(folder).last)
     out: dict[str, Any] = {}
     for name, ten in (("centre", False), ("ten_crop", True)):
         splits.test.transform = pre.geometry(False, ten_crop=ten)
@@ -74,13 +74,14 @@ def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[s
 def _prune(folder: Path) -> None:
     """A finished, evaluated run needs no resume state: keep last.safetensors (the evaluated weights), drop the
     rest (a 60M-parameter run writes about 1 GB of checkpoints)."""
-    for name in ("state.pt", "best.safetensors"):
-        (folder / name).unlink(missing_ok=True)
+    run = rundir.RunDir(folder)
+    for path in (run.state, run.best):
+        path.unlink(missing_ok=True)
 
 
 def _train(tc: Any, splits: Splits) -> tuple[list[dict[str, Any]], list[tuple[int, int, int, float]], str | None]:
     """(metrics rows, the running totals after every step, why the loss stopped the run or None)."""
-    from . import rundir, train
+    from . import train
     from .train.loop import NonFiniteLoss, step_hook
 
     trace: list[tuple[int, int, int, float]] = []
@@ -91,7 +92,8 @@ def _train(tc: Any, splits: Splits) -> tuple[list[dict[str, Any]], list[tuple[in
             result = train.main(tc, train_dataset=splits.train, val_dataset=splits.val)
     except NonFiniteLoss as e:
         folder = Path(tc.out)
-        rows = rundir.read_metrics(folder) if (folder / rundir.METRICS).exists() else []
+        run = rundir.RunDir(folder)
+        rows = run.read_metrics() if run.metrics.exists() else []
         return rows, trace, f"training loss not finite: {e}"
     if result.interrupted:
         raise AblationError(f"stopped in {tc.out}; run the same command again to resume it")
@@ -106,7 +108,7 @@ def train_and_record(
     from .runtime import resolve_device
 
     folder = Path(tc.out)
-    resumed = (folder / "state.pt").is_file()
+    resumed = rundir.RunDir(folder).is_resumable()
     metrics, trace, nonfinite = _train(dataclasses.replace(tc, resume=str(folder)) if resumed else tc, splits)
     curve = epoch_curve(metrics)
     diverged = nonfinite or ablate_stats.diverged_reason(curve, splits.num_classes)
@@ -134,7 +136,7 @@ def train_and_record(
         "steps": steps,
         "train_config": tc.to_dict(),
     }
-    if nonfinite is None and (folder / "last.safetensors").is_file():
+    if nonfinite is None and rundir.RunDir(folder).last.is_file():
         ev = _evaluate(folder, splits, resolve_device(device), workers)
         record.update(centre=ev["centre"], ten_crop=ev["ten_crop"], test_samples=ev["num_samples"])
     atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2) + "\n")

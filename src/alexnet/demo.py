@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import rundir
 from .errors import AlexnetError
 from .options import cpu_count
 from .runtime import resolve_device
@@ -218,10 +219,11 @@ def _test_figures(
 ) -> tuple[Any, Any, Any, Path]:
     """Evaluate the best checkpoint on the held-out test images; write test_eval.json (and eval.json, which the
     report shows). Returns (evaluation, model, preprocessing, weights path)."""
-    from .evaluate import evaluate_dataset, write_json
+    from .evaluate import evaluate_dataset
     from .weights import load_model
 
-    best = out / "best.safetensors" if (out / "best.safetensors").is_file() else out / "last.safetensors"
+    run = rundir.RunDir(out)
+    best = run.weights() or run.last
     model, pre = load_model(best)
     test_ds.transform = pre.geometry(False)
     ev = evaluate_dataset(
@@ -229,15 +231,18 @@ def _test_figures(
         collect=True,
     )  # fmt: skip
     ev.data = {"source": str(folder), "split": "test"}  # test_idx are the first N: indices match the full set
-    d = ev.to_dict(top_misclassified=24)
-    d["weights"] = best.name
-    write_json(d, out / "test_eval.json")
-    write_json(d, out / "eval.json")  # the report shows the held-out test evaluation
+    run.write_test_eval(ev.to_dict(top_misclassified=24), best.name)  # and eval.json, which the report shows
     return ev, model, pre, best
 
 
 def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
-    """Run the demo end to end and return where everything is; ``log`` prints progress lines."""
+    """Run the demo end to end and return where everything is; ``log`` prints progress lines. The run folder is
+    this process's from the look at what it holds to the report (`rundir.lock_run`)."""
+    with rundir.lock_run(cfg.out):
+        return _run_demo(cfg, log)
+
+
+def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
     from . import train
     from .data import datasets
     from .predict import classify
@@ -268,12 +273,13 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
         f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"
     )
     # a rerun of the demo replaces the demo's previous run (test_eval.json marks one); any other run is refused
-    rerun = (Path(c.out) / "test_eval.json").is_file()
+    rerun = rundir.RunDir(c.out).test_eval.is_file()
     result = train.main(tc, train_dataset=train_ds, val_dataset=val_ds, overwrite=rerun)
     if result.interrupted:
         raise DemoError(f"interrupted; the run so far is in {result.out}")
 
     out = Path(result.out)
+    run = rundir.RunDir(out)
     ev, model, pre, best = _test_figures(out, datasets.Subset(test_base, test_idx), c, device, folder)
     log(
         f"test: top-1 error {ev.top1_error:.2%} (accuracy {1 - ev.top1_error:.2%}), top-5 error "
@@ -290,10 +296,10 @@ def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
     files = {
         "run": out,
         "best": best,
-        "metrics": out / "metrics.csv",
+        "metrics": run.metrics,
         "report": report_path,
-        "test_eval": out / "test_eval.json",
-        "config": out / "config.json",
+        "test_eval": run.test_eval,
+        "config": run.config,
     }
     return DemoResult(
         out=out,

@@ -29,6 +29,7 @@ __all__ = [
     "any_rank",
     "eval_sampler",
     "gather_lists",
+    "joined_group",
     "reduce_max",
     "reduce_sums",
     "setup_distributed",
@@ -69,6 +70,16 @@ def setup_distributed(device: torch.device) -> DistInfo:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, started_here=True)
+
+
+def joined_group() -> DistInfo:
+    """This process's place in the process group its caller started (a command under torchrun:
+    `setup_distributed`), or rank 0 of 1 when none is started: a library function joins a group, never starts
+    one."""
+    local_rank = env_local_rank()
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+    return DistInfo(local_rank=local_rank)
 
 
 def shutdown_distributed(info: DistInfo) -> None:

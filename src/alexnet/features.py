@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.batch import Batch
 from .errors import AlexnetError
 from .models import LAYER_NAMES, AlexNet
 from .options import check_workers, resolve_progress
@@ -119,12 +120,11 @@ def extract_features(
     feats, labels, refs, skipped = [], [], [], []
     try:
         for batch in track(loader, f"features {layer}", resolve_progress(progress)):
-            images, y = batch[0], torch.as_tensor(batch[1])
-            if len(batch) > 2 and batch[2]:
-                skipped.extend(str(b) for b in batch[2])
+            b = Batch.of(batch).on(device)
+            skipped.extend(map(str, b.bad))
+            images, y = b.images, b.labels
             if len(y) == 0:
                 continue
-            images = images.to(device, non_blocking=True)
             crops = images.ndim == 5
             if crops:
                 n, k = images.shape[:2]
@@ -136,7 +136,7 @@ def extract_features(
                 f = f.view(n, k, -1).mean(dim=1)
             feats.append(f.cpu())
             labels.append(y.cpu().long())
-            refs.extend(batch[3] if len(batch) > 3 and batch[3] is not None else [(-1, "")] * len(y))
+            refs.extend(b.refs if b.refs is not None else [(-1, "")] * len(y))
     finally:
         model.train(was_training)
     if not feats:

@@ -208,7 +208,7 @@ def plot_confusion(
 ) -> bytes:
     """The confusion matrix of an evaluation JSON (rows = true class), each row normalised to sum to 1 when
     ``normalize`` (so rare classes are as visible as common ones); returns the PNG bytes and writes ``out``."""
-    from .evaluate import read_eval_json
+    from .eval_metrics import read_eval_json
 
     d = read_eval_json(evaluation) if not isinstance(evaluation, dict) else evaluation
     m = torch.tensor(d["confusion_matrix"], dtype=torch.float64)

@@ -56,10 +56,7 @@ def _note(text: str) -> str:
 
 
 def _find_weights(run: Path) -> Path | None:
-    for name in ("best.safetensors", "last.safetensors"):
-        if (run / name).is_file():
-            return run / name
-    return None
+    return rundir.RunDir(run).weights()
 
 
 def _metrics_table(rows: list[tuple[str, str]]) -> str:
@@ -133,7 +130,7 @@ def _evaluation(
 ) -> tuple[dict[str, Any] | None, str, Path | None]:
     """(the evaluation to show, where it comes from, the weights it is of): the run's eval.json, or a fresh
     evaluation that also names the misclassified images (train's eval.json has the counts only)."""
-    from .evaluate import EvaluationError, read_eval_json
+    from .eval_metrics import EvaluationError, read_eval_json
 
     evaluation: dict[str, Any] | None = None
     source = ""
@@ -305,8 +302,8 @@ def report(
     run = Path(run_dir)
     if not run.is_dir():
         raise PlotError(f"{run}: no such run folder")
-    out = Path(out) if out is not None else run / "report.html"
-    if (run / "ablation.json").is_file() and not (run / "config.json").is_file():  # an `alexnet ablate` folder
+    out = Path(out) if out is not None else rundir.RunDir(run).report
+    if (run / "ablation.json").is_file() and not rundir.RunDir(run).config.is_file():  # an `alexnet ablate` folder
         title = f"alexnet ablation: {run.resolve().name}"
         body = f"<h1>{html.escape(title)}</h1>{ablation_section(run)}"
         return atomic_write_text(out, _html(title, _Page(parts=[body])))

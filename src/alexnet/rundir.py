@@ -14,31 +14,48 @@ import csv
 import io
 import json
 import math
+import os
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .data.fileio import atomic_write_text, remove_stale_temps
 from .errors import AlexnetError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "BEST",
     "CONFIG",
     "EVAL",
     "LAST",
+    "LOCK",
     "METRICS",
     "METRICS_COLUMNS",
     "PREVIOUS_LAST",
+    "REPORT",
+    "RUN_FOLDER_NAMES",
     "RUN_FILES",
     "SKIPPED",
     "STATE",
+    "TEST_EVAL",
+    "DIAGNOSTICS",
     "TENSORBOARD",
+    "RunDir",
     "RunDirError",
+    "RunFolderBusy",
+    "RunLock",
     "TensorBoardLog",
     "clear_run",
     "describe_run",
     "fresh_run_dir",
+    "lock_fresh_run_dir",
+    "lock_run",
     "format_metrics",
     "prepare_run_dir",
     "read_metrics",
@@ -48,14 +65,22 @@ __all__ = [
     "write_eval",
     "write_metrics",
     "write_skipped",
+    "write_test_eval",
 ]
 
 CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
 TENSORBOARD = "tensorboard"
+# written by others into a run folder: the demo's held-out test evaluation, the HTML report (`alexnet.report`),
+# what the training's checks found (`alexnet.train.diagnostics`)
+TEST_EVAL, REPORT, DIAGNOSTICS = "test_eval.json", "report.html", "diagnostics.json"
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
 STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
+# LOCK: present while a process owns the folder (`RunLock`); never a run file (`clear_run` leaves it alone)
+LOCK = ".lock"
 RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
+# every name a run folder can hold (tests/test_rundir.py refuses one of them spelled out anywhere else in src/)
+RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, DIAGNOSTICS, LOCK, TENSORBOARD)
 METRICS_COLUMNS = (
     "epoch",
     "lr",
@@ -118,14 +143,15 @@ def clear_run(out: str | Path) -> list[Path]:
     return removed
 
 
-def fresh_run_dir(base: str | Path) -> Path:
+def fresh_run_dir(base: str | Path, avoid: Sequence[Path] = ()) -> Path:
     """``base`` when it holds no run, else the first of ``base-2``, ``base-3``, ... that holds nothing (the
-    default ``--out``: two plain ``alexnet train`` commands never write into one folder)."""
+    default ``--out``: two plain ``alexnet train`` commands never write into one folder); ``avoid``: folders
+    found owned by another process."""
     base = Path(base)
-    if describe_run(base) is None:
+    if describe_run(base) is None and base not in avoid:
         return base
     n = 2
-    while (candidate := base.with_name(f"{base.name}-{n}")).exists():
+    while (candidate := base.with_name(f"{base.name}-{n}")).exists() or candidate in avoid:
         n += 1
     return candidate
 
@@ -135,10 +161,18 @@ def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
     return atomic_write_text(Path(out) / CONFIG, json.dumps(dict(config), indent=2) + "\n")
 
 
-def write_eval(out: str | Path, epoch: int, evaluation: Mapping[str, Any], weights: str = "last.safetensors") -> Path:
-    """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch``."""
-    doc = {"epoch": epoch, "weights": weights, **evaluation}
+def write_eval(out: str | Path, epoch: int | None, evaluation: Mapping[str, Any], weights: str = LAST) -> Path:
+    """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch`` (None: the run's end)."""
+    doc = {**({"epoch": epoch} if epoch is not None else {}), "weights": weights, **evaluation}
     return atomic_write_text(Path(out) / EVAL, json.dumps(doc, indent=2) + "\n")
+
+
+def write_test_eval(out: str | Path, evaluation: Mapping[str, Any], weights: str) -> Path:
+    """test_eval.json (the demo's evaluation of ``weights`` on held-out test images) and eval.json, the same
+    evaluation, which the report shows."""
+    doc = {**evaluation, "weights": weights}
+    atomic_write_text(Path(out) / TEST_EVAL, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return write_eval(out, None, doc, weights)
 
 
 # --- metrics.csv --------------------------------------------------------------------------------------------------
@@ -282,3 +316,248 @@ class TensorBoardLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+# --- the lock: one process owns a run folder ----------------------------------------------------------------------
+class RunFolderBusy(RunDirError):
+    """The run folder is owned by another live process (``pid`` names it, or is None when it did not say)."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        self.folder, self.pid = folder, pid
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"{folder}: in use by {who}, which is writing this run folder; wait for it to end (or stop it), "
+            "or choose another --out"
+        )
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``fcntl.flock`` on `LOCK` inside it, holding the owner's PID.
+
+    The kernel releases a flock when the last descriptor of it closes, so a crashed or SIGKILLed owner never
+    leaves it stuck (a forked DataLoader worker shares the descriptor and holds it until it notices its parent
+    is gone, a few seconds). The lock file is removed on release; a process that opened it just before then
+    sees that the path no longer names the file it locked and tries again, so two owners never coexist.
+    Where ``fcntl`` is missing (Windows) there is no lock.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self._fd: int | None = None
+        self._made: list[Path] = []  # the folders this lock made, innermost first (removed again when left empty)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, create: bool = True) -> RunLock:
+        """Take the lock (``create``: making the folder, and its parents, when missing), or raise `RunFolderBusy`
+        naming the owner's PID; a file where the folder should be is a `RunDirError`."""
+        if self._fd is not None:
+            return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunDirError(f"{self.folder}: is a file, not a run folder; choose another --out")
+        if fcntl is None:
+            return self
+        for _ in range(100):  # a retry only when the file was removed between our open and our lock
+            if not self.folder.is_dir():
+                if not create:
+                    raise RunDirError(f"{self.folder}: no such run folder")
+                missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._made = self._made or missing
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was removed by the owner releasing it
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderBusy(self.folder, _read_pid(self.path)) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return self
+            os.close(fd)  # the owner removed the file after we opened it: lock the new one
+        raise RunDirError(f"{self.path}: could not take the run folder's lock")
+
+    def release(self) -> None:
+        """Remove the lock file (and the folders this lock made, where they hold nothing else), then let go."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            for folder in self._made:  # only while empty: a run that wrote nothing leaves nothing behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _read_pid(path: Path) -> int | None:
+    """The owner's PID from its lock file (it writes it right after locking: give it a moment)."""
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text(encoding="ascii").split()[0])
+        time.sleep(0.05)
+    return None
+
+
+_HELD: dict[Path, list[Any]] = {}  # resolved folder -> [RunLock, depth]: this process's locks, re-entrant
+
+
+@contextlib.contextmanager
+def lock_run(folder: str | Path, *, create: bool = True) -> Iterator[Path]:
+    """Own ``folder`` for the ``with`` block: the first process gets it, any other gets `RunFolderBusy` (one
+    line naming the owner's PID). Re-entrant within a process (the demo holds its folder around ``train.main``,
+    which locks it again). ``create``: make the folder when missing (else a `RunDirError`)."""
+    key = Path(os.path.abspath(folder))
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield Path(folder)
+        finally:
+            _HELD[key][1] -= 1
+        return
+    lock = RunLock(folder).acquire(create=create)
+    _HELD[key] = [lock, 1]
+    try:
+        yield Path(folder)
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
+@contextlib.contextmanager
+def lock_fresh_run_dir(base: str | Path) -> Iterator[Path]:
+    """`fresh_run_dir` of ``base``, owned (`lock_run`) for the ``with`` block: two processes started at the same
+    moment get two folders (``runs/train`` and ``runs/train-2``), never one."""
+    avoid: list[Path] = []
+    while True:
+        candidate = fresh_run_dir(base, avoid)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(lock_run(candidate))
+            except RunFolderBusy:
+                avoid.append(candidate)
+                continue
+            if describe_run(candidate) is not None:  # another process ran there between our look and our lock
+                avoid.append(candidate)
+                continue
+            yield candidate
+            return
+
+
+# --- the run folder as one object ---------------------------------------------------------------------------------
+class RunDir:
+    """A run folder: each attribute is the path of one of its files (`RUN_FOLDER_NAMES`), each method one of the
+    reads and writes above, so no other module spells a file name out.
+
+    >>> run = RunDir("runs/train")
+    >>> run.last                           # runs/train/last.safetensors
+    >>> rows = run.read_metrics()
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # the files
+    config = property(lambda self: self.path / CONFIG, doc="config.json: the resolved configuration")
+    metrics = property(lambda self: self.path / METRICS, doc="metrics.csv: one row per epoch")
+    skipped = property(lambda self: self.path / SKIPPED, doc="skipped.txt: the images the run skipped")
+    eval = property(lambda self: self.path / EVAL, doc="eval.json: the last evaluation")
+    test_eval = property(lambda self: self.path / TEST_EVAL, doc="test_eval.json: the demo's test evaluation")
+    report = property(lambda self: self.path / REPORT, doc="report.html: `alexnet report`'s page")
+    diagnostics = property(lambda self: self.path / DIAGNOSTICS, doc="diagnostics.json: the training's checks")
+    state = property(lambda self: self.path / STATE, doc="state.pt: what an exact resume needs")
+    last = property(lambda self: self.path / LAST, doc="last.safetensors: the last epoch's weights")
+    best = property(lambda self: self.path / BEST, doc="best.safetensors: the best epoch's weights")
+    previous_last = property(lambda self: self.path / PREVIOUS_LAST, doc="the last weights kept while saving")
+    lock_file = property(lambda self: self.path / LOCK, doc=".lock: present while a process owns the folder")
+    tensorboard = property(lambda self: self.path / TENSORBOARD, doc="tensorboard/: the optional scalars")
+
+    def weights(self) -> Path | None:
+        """The run's best weights when kept, else its last; None when it has neither."""
+        return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def is_resumable(self) -> bool:
+        """Whether the run saved a checkpoint that ``--resume`` can continue (state.pt)."""
+        return self.state.is_file()
+
+    # reads and writes (the module's functions, on this folder)
+    def describe(self) -> str | None:
+        return describe_run(self.path)
+
+    def prepare(self) -> Path:
+        return prepare_run_dir(self.path)
+
+    def clear(self) -> list[Path]:
+        return clear_run(self.path)
+
+    def lock(self, *, create: bool = True) -> contextlib.AbstractContextManager[Path]:
+        return lock_run(self.path, create=create)
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json as a dict (`RunDirError` when missing or unreadable)."""
+        try:
+            d = json.loads(self.config.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{self.config}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{self.config}: cannot read ({e})") from None
+        if not isinstance(d, dict):
+            raise RunDirError(f"{self.config}: not an object of settings")
+        return d
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        return write_config(self.path, config)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> Path:
+        return write_metrics(self.path, rows)
+
+    def read_skipped(self) -> list[str]:
+        return read_skipped(self.path)
+
+    def write_skipped(self, names: Sequence[str]) -> Path:
+        return write_skipped(self.path, names)
+
+    def write_eval(self, epoch: int | None, evaluation: Mapping[str, Any], weights: str = LAST) -> Path:
+        return write_eval(self.path, epoch, evaluation, weights)
+
+    def write_test_eval(self, evaluation: Mapping[str, Any], weights: str) -> Path:
+        return write_test_eval(self.path, evaluation, weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..names import LAYER_NAMES
 from .flags import (
@@ -18,7 +19,10 @@ from .flags import (
     weights_spec,
 )
 
-__all__ = ["add_commands"]
+if TYPE_CHECKING:
+    from ..eval_metrics import EvalResult
+
+__all__ = ["add_commands", "format_table"]
 
 EXACT = "fp32: the exact figures; bf16/fp16 (auto: bf16 where the device computes it natively): weights cast once"
 
@@ -57,23 +61,30 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_dataset, format_table, write_json
+    from ..distributed import setup_distributed, shutdown_distributed
+    from ..eval_metrics import write_json
+    from ..evaluate import evaluate_dataset
+    from ..runtime import resolve_device
 
     spec = weights_spec(args)
-    result = evaluate_dataset(
-        spec,
-        args.data,
-        ten_crop=args.ten_crop,
-        split=args.split,
-        val_split=args.val_split,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        check_class_names=not args.ignore_class_names,
-        progress=args.progress,
-        precision=args.precision,
-    )
+    info = setup_distributed(resolve_device(args.device))  # under torchrun: the group every rank evaluates in
+    try:
+        result = evaluate_dataset(
+            spec,
+            args.data,
+            ten_crop=args.ten_crop,
+            split=args.split,
+            val_split=args.val_split,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            check_class_names=not args.ignore_class_names,
+            progress=args.progress,
+            precision=args.precision,
+        )
+    finally:
+        shutdown_distributed(info)
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
     d = result.to_dict(top_misclassified=args.top_misclassified)
@@ -305,3 +316,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {path}")
     return EXIT_OK
+
+
+# --- a result as text (the command line's, not the library's) ----------------------------------------------------
+def format_table(result: EvalResult | dict[str, Any], *, max_classes: int = 50) -> str:
+    """The result as a plain-text table: the paper's two error rates, the loss, then per-class accuracy and (for
+    a few classes) the confusion matrix, rows = true class."""
+    d = result.to_dict() if hasattr(result, "to_dict") else result
+    crop = "10-crop" if d.get("ten_crop") else "centre crop"
+    loss = d.get("loss")
+    skipped = f", {len(d['skipped'])} bad images skipped" if d.get("skipped") else ""
+    lines = [
+        f"samples      {d['num_samples']:>10,}   ({crop}{skipped})",
+        f"top-1 error  {100 * d['top1_error']:>10.2f} %",
+        f"top-5 error  {100 * d['top5_error']:>10.2f} %",
+        f"loss         {loss:>10.4f}" if loss is not None else "loss                n/a",
+    ]
+    names = list(d["classes"])
+    m = d["confusion_matrix"]
+    if len(names) <= max_classes:
+        w = max(8, *(len(n) for n in names))
+        lines += ["", f"{'class':<{w}}  {'samples':>8}  {'accuracy':>8}"]
+        for n, row in zip(names, m):
+            acc = d["per_class_accuracy"].get(n)
+            lines.append(f"{n:<{w}}  {sum(row):>8}  {'n/a' if acc is None else f'{100 * acc:7.2f}%':>8}")
+    if len(names) <= 12:
+        cw = max(6, *(len(str(v)) + 1 for row in m for v in row))
+        w = max(8, *(len(n) for n in names))
+        lines += ["", "confusion (rows = true class, columns = predicted)"]
+        lines.append(" " * w + "".join(f"{i:>{cw}}" for i in range(len(names))))
+        for i, (n, row) in enumerate(zip(names, m)):
+            lines.append(f"{n:<{w}}" + "".join(f"{v:>{cw}}" for v in row) + f"  [{i}]")
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from . import prepared_loader
 from .base import IMAGE_EXTENSIONS, PREPARED_MANIFEST, DataError, PreparedDataset, Subset, Transform, read_manifest
+from .batch import Batch
 from .decode import BadImageError, decode_image, read_bytes
 from .device_decode import EncodedBatch, EncodedJpeg, plain_jpeg, sample_seed
 from .fashion_mnist import (
@@ -456,35 +457,33 @@ class _Collate:
         self.names = names
         self.transform, self.on_bad_image = transform, on_bad_image  # for batches still encoded
 
-    def __call__(self, batch: list[tuple[int, Any, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def __call__(self, batch: list[tuple[int, Any, str | None]]) -> Batch:
+        no_labels = torch.empty(0, dtype=torch.int64)
         for _, _, err in batch:
-            if err is not None:
-                return _Failure(err)  # type: ignore[return-value]
+            if err is not None:  # on_bad_image="fail": raised by `_Loader` in the calling process, as one line
+                return Batch(torch.empty(0, dtype=torch.uint8), no_labels, failure=err)
         good = [s for _, s, _ in batch if s is not None]
         bad = [self.names[i] for i, s, _ in batch if s is None]
         if not good:
-            return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
+            return Batch(torch.empty(0, dtype=torch.uint8), no_labels, bad)
         labels = torch.tensor([int(y) for _, y in good], dtype=torch.int64)
         if any(isinstance(x, EncodedJpeg) for x, _ in good):
             kept = [self.names[i] for i, s, _ in batch if s is not None]
             positions = [p for p, (_, s, _) in enumerate(batch) if s is not None]
             encoded = EncodedBatch([x for x, _ in good], kept, self.transform, getattr(batch, "seed", None),
                                    self.on_bad_image, positions)  # fmt: skip
-            return encoded, labels, bad  # type: ignore[return-value]
+            return Batch(encoded, labels, bad)
         images = torch.stack([torch.as_tensor(x) for x, _ in good])
-        return images, labels, bad
-
-
-class _Failure:
-    def __init__(self, message: str) -> None:
-        self.message = message
+        return Batch(images, labels, bad)
 
 
 class _Loader(DataLoader):
-    def __iter__(self):  # type: ignore[override]
+    """torch's DataLoader yielding `Batch` es; a batch that carries a bad image's ``failure`` is raised here."""
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         for batch in super().__iter__():
-            if isinstance(batch, _Failure):
-                raise BadImageError(batch.message)
+            if batch.failure is not None:
+                raise BadImageError(batch.failure)
             yield batch
 
 
@@ -505,13 +504,13 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool | None = None,
     crop_device: torch.device | str | None = None,
-) -> DataLoader | Any:
-    """A DataLoader whose batches are ``(images, labels, bad)``: ``images`` the stacked uint8 (or transformed)
-    tensors, ``labels`` int64, ``bad`` the names of the samples dropped from this batch as bad images (a batch may
-    hold fewer than ``batch_size`` samples, or none). With ``on_bad_image == "fail"`` the first bad image raises
-    `BadImageError` in the calling process. Shuffling and the random transforms follow ``seed`` (batch by batch,
-    see `SeededBatchSampler`, whose ``set_epoch`` the loader's ``batch_sampler`` has). The workers are kept from
-    one pass over the loader to the next.
+) -> DataLoader | prepared_loader.PreparedLoader:
+    """A DataLoader whose batches are `Batch` es: ``images`` the stacked uint8 (or transformed) tensors, or JPEGs
+    still encoded (`device_decode.EncodedBatch`), ``labels`` int64, ``bad`` the names of the samples dropped
+    from this batch as bad images (a batch may hold fewer than ``batch_size`` samples, or none). With
+    ``on_bad_image == "fail"`` the first bad image raises `BadImageError` in the calling process. Shuffling and the
+    random transforms follow ``seed`` (batch by batch, see `SeededBatchSampler`, whose ``set_epoch`` the loader's
+    ``batch_sampler`` has). The workers are kept from one pass over the loader to the next.
 
     A prepared set whose transform only crops and mirrors its stored squares (`prepared_loader.crop_plan`) gets
     a `prepared_loader.PreparedLoader` instead: the same batches, read by ``workers`` threads straight from the

@@ -119,10 +119,10 @@ def _write_shard(
     targets_in = [ds.targets[i] for i in indices]
     skipped: list[str] = []
     chunks = []
-    for images, _, bad in loader:
-        skipped += bad
-        if images.numel():
-            chunks.append(images.numpy())
+    for batch in loader:
+        skipped += batch.bad
+        if batch.images.numel():
+            chunks.append(batch.images.numpy())
     bad_set = set(skipped)
     keep = [j for j, name in enumerate(names_in) if name not in bad_set]
     array = np.concatenate(chunks) if chunks else np.zeros((0, 3, size, size), np.uint8)

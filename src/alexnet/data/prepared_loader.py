@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .base import DataError, PreparedDataset, Subset
+from .batch import Batch, CropBatch
 from .device_decode import sample_seed
 from .geometry import CenterPatch, ResizeCenterCrop
 from .transforms import mirror_draw, patch_and_mirror, patch_offsets
@@ -90,34 +91,6 @@ def crop_plan(transform: nn.Module | None, size: int) -> CropPlan | None:
         out = transform.input_size
         return CropPlan(size, out, 0, int(round((size - out) / 2.0)), 0.0)  # torchvision's centre-crop offset
     return None
-
-
-class CropBatch:
-    """Whole stored images (uint8 (n, 3, S, S), pinned when bound for a GPU) with each one's crop offsets and
-    mirror flag; `crop` cuts the batch on a device in one gather."""
-
-    def __init__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, out: int) -> None:
-        self.images, self.offsets, self.flips, self.out = images, offsets, flips, int(out)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def crop(self, device: torch.device | str) -> torch.Tensor:
-        """uint8 (n, 3, out, out) on ``device``: ``images[k, :, top:top+out, left:left+out]``, mirrored where
-        flagged (the values the reader thread's slices give, tested equal)."""
-        device = torch.device(device)
-        x = self.images.to(device, non_blocking=True)
-        n, p = len(x), self.out
-        if n == 0:
-            return x[:, :, :p, :p]
-        off = self.offsets.to(device, non_blocking=True)
-        flips = self.flips.to(device, non_blocking=True)
-        ar = torch.arange(p, device=device)
-        rows = off[:, 0, None] + ar  # (n, p)
-        cols = torch.where(flips[:, None], off[:, 1, None] + (p - 1) - ar, off[:, 1, None] + ar)
-        nk = torch.arange(n, device=device)[:, None, None, None]
-        ch = torch.arange(x.shape[1], device=device)[None, :, None, None]
-        return x[nk, ch, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class _Shards:
@@ -247,7 +220,7 @@ class PreparedLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[Batch]:
         if self._closed:
             raise RuntimeError("this PreparedLoader is closed")
         if self.generator is not None and (self._passes == 0 or self.threads == 0):
@@ -287,7 +260,7 @@ class PreparedLoader:
             buf = self._local.buf = np.empty((n, 3, s, s), dtype=np.uint8)
         return buf[:n]
 
-    def _batch(self, indices: Sequence[int], out: torch.Tensor) -> tuple[Any, torch.Tensor, list[str]]:
+    def _batch(self, indices: Sequence[int], out: torch.Tensor) -> Batch:
         seed = getattr(indices, "seed", None)
         idx = [int(i) for i in indices]
         rows = idx if self.rows is None else [self.rows[i] for i in idx]
@@ -298,7 +271,7 @@ class PreparedLoader:
             self._shards.read_into(out.numpy(), rows, self.names)
             offsets = torch.tensor([(t, l) for t, l, _ in draws], dtype=torch.int64).reshape(n, 2)
             flips = torch.tensor([f for _, _, f in draws], dtype=torch.bool)
-            return CropBatch(out, offsets, flips, p), labels, []
+            return Batch(CropBatch(out, offsets, flips, p), labels, [])
         # Cutting and mirroring: torch's flip copies at memcpy speed and numpy's ``[..., ::-1]`` does not, but torch
         # runs each copy on its intra-op thread pool, and a reader thread calling it starts a pool of its own,
         # which oversubscribes the cores (several times slower on 2 cores, in a trial); numpy stays in the thread
@@ -313,7 +286,7 @@ class PreparedLoader:
                         o[k] = o[k][..., ::-1].copy()
                     else:
                         out[k] = out[k].flip(-1)
-            return out, labels, []
+            return Batch(out, labels, [])
         full = self._scratch(n)
         self._shards.read_into(full, rows, self.names)
         if in_reader:
@@ -326,7 +299,7 @@ class PreparedLoader:
             for k, (t, l, f) in enumerate(draws):
                 patch = tf[k, :, t : t + p, l : l + p]
                 out[k] = patch.flip(-1) if f else patch
-        return out, labels, []
+        return Batch(out, labels, [])
 
     def close(self) -> None:
         """Stop the reader threads and close the shard files (also done when the loader is collected, which may

@@ -91,8 +91,9 @@ def compute_stats(
     sum_outer = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
     skipped: list[str] = []
-    for images, _, bad in track(loader, "stats", progress):
-        skipped += bad
+    for batch in track(loader, "stats", progress):
+        images = batch.images
+        skipped += batch.bad
         if images.numel() == 0:
             continue
         if images.shape[1:] != (3, size, size):

@@ -1,8 +1,9 @@
 """A run's checkpoint: the pair ``last.safetensors`` (the model's weights, for users and for resuming) and
 ``state.pt`` (state dicts and plain values only, so it loads with ``torch.load(weights_only=True)``): everything
 else an exact resume needs (pytorch/examples' imagenet habit): optimizer, scheduler, scaler, epoch, the step
-reached inside an interrupted epoch, best metric, every RNG a step touches, and the digest of the weights it goes
-with. Each tensor is stored once: state.pt refers to last.safetensors' weights instead of repeating them, and
+reached inside an interrupted epoch, best metric, every RNG a step touches, the digest of the weights it goes
+with, and the settings that define the run (a resume is checked against them, never against an editable
+config.json). Each tensor is stored once: state.pt refers to last.safetensors' weights instead of repeating them, and
 ``best.safetensors`` is a hard link to last.safetensors when the epoch improved (a copy where links fail).
 
 Writing the pair: the previous last.safetensors is kept (a hard link, `rundir.PREVIOUS_LAST`) until the new
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 STATE_FORMAT = "alexnet-train-state"
-STATE_VERSION = 2  # 1: state.pt held the weights too (still read)
+STATE_VERSION = 3  # 1: state.pt held the weights too; 2: no run-defining settings (both still read)
 
 
 def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -184,7 +185,7 @@ def model_from_state(state: Mapping[str, Any], cfg: TrainConfig) -> tuple[AlexNe
         pre = Preprocessing.from_dict(dict(state["preprocessing"]))
     except (KeyError, ValueError, TypeError) as e:
         raise TrainError(f"{cfg.resume}: corrupt training state ({e})") from None
-    check_state_dict(model, state["model"], f"{cfg.resume}/state.pt")
+    check_state_dict(model, state["model"], str(rundir.RunDir(str(cfg.resume)).state))
     model.load_state_dict(state["model"])
     return model, pre, set(state.get("new_layers", []))
 
@@ -201,6 +202,7 @@ class Trainables:
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
     scaler: torch.amp.GradScaler | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # `config.run_settings`: what a resume is checked against
 
 
 @dataclass
@@ -237,6 +239,7 @@ def _build_state(
         "best_epoch": progress.best_epoch,
         "world_size": world,
         "rng": rngs,
+        "settings": t.settings,  # the run-defining settings (`config.run_settings`), checked on resume
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import options
+from .. import options, rundir
 from ..errors import AlexnetError
 from ..limits import MAX_IMAGE_SIDE
 from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
@@ -30,6 +30,7 @@ __all__ = [
     "load_config_file",
     "normalize_config",
     "resolve_config",
+    "run_settings",
 ]
 
 
@@ -264,7 +265,7 @@ def config_from_sources(
     names: list[str] = []
     resume = flags.get("resume")
     if resume:
-        saved_path = Path(resume) / "config.json"
+        saved_path = rundir.RunDir(resume).config
         if not Path(resume).is_dir():
             raise TrainError(f"{resume}: no such run folder to resume")
         if not saved_path.exists():
@@ -298,20 +299,46 @@ def _flag(name: str, value: Any) -> str:
     return f"--{name.replace('_', '-')} {json.dumps(value) if isinstance(value, dict | list) else value}"
 
 
-def check_resume(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: str | Path) -> list[str]:
-    """Compare a resumed run's ``cfg`` with the run's own config.json (``saved``): a `TrainError` listing, in one
-    line, every `RUN_DEFINING_SETTINGS` value that differs; else the `RESUMABLE_SETTINGS` that changed, as
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The `RUN_DEFINING_SETTINGS` of ``cfg`` as plain JSON values: what a checkpoint's state.pt records, so that a
+    resume is checked against what the run trained with rather than against config.json, which anyone can edit."""
+    return json.loads(json.dumps({name: getattr(cfg, name) for name in RUN_DEFINING_SETTINGS}))
+
+
+def _defining(name: str, value: Any) -> Any:
+    """One spelling of a run-defining value for comparison (layer lists normalised, tuples as lists)."""
+    if name in ("train_layers", "reinit") and value is not None:
+        value = _layer_list(value, name)
+    return json.loads(json.dumps(value))
+
+
+def check_resume(
+    cfg: TrainConfig, saved: Mapping[str, Any], run_dir: str | Path, proved: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Compare a resumed run's ``cfg`` with what the run trained with: ``proved``, the `run_settings` its state.pt
+    records (older states hold none: then its config.json, ``saved``). A `TrainError` listing, in one line, every
+    `RUN_DEFINING_SETTINGS` value that differs, naming config.json when that is where the different value was
+    written (an edited file is never taken as the truth); else the `RESUMABLE_SETTINGS` that changed, as
     ``"epochs 4 (was 2)"`` for the log. An ``arch`` of None means the run's."""
     defaults = TrainConfig()
-    refused = []
+    truth = saved if proved is None else proved
+    edited, refused = [], []
     for name in RUN_DEFINING_SETTINGS:
-        mine, theirs = getattr(cfg, name), saved.get(name, getattr(defaults, name))
-        if name == "arch" and mine is None:
+        mine = _defining(name, getattr(cfg, name))
+        theirs = _defining(name, truth.get(name, getattr(defaults, name)))
+        if (name == "arch" and getattr(cfg, name) is None) or mine == theirs:
             continue
-        if name in ("train_layers", "reinit") and theirs is not None:
-            theirs = _layer_list(theirs, name)
-        if mine != theirs:
+        written = _defining(name, saved.get(name, getattr(defaults, name)))
+        if proved is not None and written != theirs:
+            edited.append(f"{name} {json.dumps(written)} is not the run's {json.dumps(theirs)}")
+        else:
             refused.append(f"{_flag(name, mine)} differs from the run's {theirs}")
+    if edited:
+        raise TrainError(
+            f"{rundir.RunDir(run_dir).config}: {'; '.join(edited)} (recorded in its state.pt): config.json was "
+            "edited, but these define the run and cannot change when it resumes; put them back (or start a new run "
+            "from its weights with another --out)"
+        )
     if refused:
         raise TrainError(
             f"{run_dir}: {'; '.join(refused)}: these define the run and cannot change when it resumes; drop them "

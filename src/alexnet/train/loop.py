@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.device_decode import materialize
+from ..data.batch import Batch
 from ..distributed import any_rank
 from ..progress import Progress
 from .config import TrainError
@@ -176,21 +176,22 @@ def _next_batch(it: Iterator, stop: StopFlag | None) -> tuple[Any, bool]:
         raise
 
 
-def _inputs(batch: Any, stats: EpochStats, o: EpochOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A batch ``(x, labels[, bad_names])`` on the device and transformed; None when every image was bad."""
-    x, labels = batch[0], batch[1]
-    if len(batch) > 2 and batch[2]:
-        stats.bad.extend(batch[2])
-    x, labels, dropped = materialize(x, labels, o.device)  # a batch still encoded: decoded on the device
-    stats.bad.extend(dropped)
-    if len(labels) == 0:  # every image of this batch was bad
+def _inputs(
+    batch: Batch | Sequence[Any], stats: EpochStats, o: EpochOptions
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: E501
+    """A `Batch` on the device (decoded or cropped there when it came encoded) and transformed; None when every
+    image was bad."""
+    b = Batch.of(batch).materialized(o.device)
+    stats.bad.extend(b.bad)
+    if len(b.labels) == 0:  # every image of this batch was bad
         return None
+    labels = b.labels
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= o.num_classes:
         bad = lo if lo < 0 else hi
         raise TrainError(f"label {bad} out of range: the data set has {o.num_classes} classes (0..{o.num_classes - 1})")
-    x = x.to(o.device, non_blocking=True)
-    labels = labels.to(o.device, non_blocking=True)
+    b = b.on(o.device)
+    x, labels = b.images, b.labels
     if o.batch_transform is not None:
         x = o.batch_transform(x)  # uint8 (N, 3, S, S) -> normalised float, PCA lighting when training
     if o.channels_last and x.ndim == 4:

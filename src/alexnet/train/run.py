@@ -45,7 +45,16 @@ from .checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from .config import DEFAULT_OUT, TrainConfig, TrainError, check_config, check_resume, load_config_file, normalize_config
+from .config import (
+    DEFAULT_OUT,
+    TrainConfig,
+    TrainError,
+    check_config,
+    check_resume,
+    load_config_file,
+    normalize_config,
+    run_settings,
+)
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
 
 __all__ = ["TrainResult", "main"]
@@ -80,34 +89,36 @@ def main(
 
     A folder that already holds a run is refused unless ``config.resume`` continues it or ``overwrite`` (never a
     config key: only the caller's explicit word) starts it afresh; ``config.out`` None picks a new folder.
-    A resumed run refuses settings that define it when they differ from its config.json (`check_resume`).
+    A resumed run refuses settings that define it when they differ from what its state.pt records
+    (`check_resume`), be they flags or an edited config.json.
     """
     cfg = normalize_config(config)
     check_config(cfg)
     runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
-    resume_state = load_state(cfg.resume) if cfg.resume else None
-    changes = _resume_settings(cfg) if resume_state is not None else []
-    if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
-        return _complete(cfg, resume_state)
     try:
         device = runtime.resolve_device(cfg.device)
     except AlexnetError as e:
         raise TrainError(str(e)) from None
     info = setup_distributed(device)
     try:
-        if resume_state is None:
-            cfg.out = _out_folder(cfg, info, overwrite)
-        elif changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
-            print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
-        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
-        return run.train()
+        with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
+            _own_folder(cfg, info, overwrite, owned)
+            resume_state = load_state(cfg.resume) if cfg.resume else None
+            changes = _resume_settings(cfg, resume_state) if resume_state is not None else []
+            if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
+                return _complete(cfg, resume_state)
+            if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
+                print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
+            run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
+            return run.train()
     finally:
         shutdown_distributed(info)
 
 
-def _resume_settings(cfg: TrainConfig) -> list[str]:
-    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal its config.json's
-    (else `TrainError`); returns the others that changed."""
+def _resume_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
+    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal those its state.pt
+    records (`check_resume`; an older state without them: its config.json's), else `TrainError`; returns the
+    others that changed."""
     run_dir = Path(cfg.resume)
     saved_path = run_dir / rundir.CONFIG
     saved = load_config_file(saved_path) if saved_path.exists() else {}
@@ -118,8 +129,8 @@ def _resume_settings(cfg: TrainConfig) -> list[str]:
         )
     cfg.out = str(cfg.resume)
     if cfg.arch is None:
-        cfg.arch = saved.get("arch")
-    return check_resume(cfg, saved, run_dir)
+        cfg.arch = state.get("arch", saved.get("arch"))
+    return check_resume(cfg, saved, run_dir, state.get("settings") or None)
 
 
 def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
@@ -134,29 +145,38 @@ def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
     return TrainResult(out, done, None if math.isinf(best) else best, rows)
 
 
-def _out_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool) -> str:
-    """The folder of a new run, decided by the first process (all take its word): ``cfg.out``, which must not
-    hold a run unless ``overwrite`` (its run files are then removed when the run opens), or a fresh
-    ``runs/train[-N]``."""
+def _own_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool, owned: contextlib.ExitStack) -> None:
+    """The first process takes the run folder's lock (`rundir.lock_run`, kept in ``owned`` until the run ends)
+    before anything in it is read or written, so two processes never write one folder; every rank takes its
+    word. A new run's folder (``cfg.out``) must not hold a run unless ``overwrite`` (its run files are then
+    removed when the run opens); None picks a fresh ``runs/train[-N]``. A resumed run locks its own folder."""
     decision: tuple[str, str | None] = ("", None)
     if info.is_main:
-        if cfg.out is None:
-            decision = (str(rundir.fresh_run_dir(DEFAULT_OUT)), None)
-        else:
-            held = rundir.describe_run(cfg.out)
-            refusal = None
-            if held is not None and not overwrite:
-                refusal = (
-                    f"{cfg.out} holds a run, {held}: continue it with --resume {cfg.out}, or choose another --out, "
-                    "or pass --overwrite to start it afresh"
-                )
+        try:
+            if cfg.resume:
+                if Path(cfg.resume).is_dir():  # else load_state says there is no run to resume
+                    owned.enter_context(rundir.lock_run(cfg.resume, create=False))
+            elif cfg.out is None:
+                decision = (str(owned.enter_context(rundir.lock_fresh_run_dir(DEFAULT_OUT))), None)
             elif Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-                refusal = f"--out {cfg.out}: is a file, not a folder; choose another --out"
-            decision = (cfg.out, refusal)
+                decision = (cfg.out, f"--out {cfg.out}: is a file, not a folder; choose another --out")
+            else:
+                owned.enter_context(rundir.lock_run(cfg.out))
+                held = rundir.describe_run(cfg.out)
+                refusal = None
+                if held is not None and not overwrite:
+                    refusal = (
+                        f"{cfg.out} holds a run, {held}: continue it with --resume {cfg.out}, or choose another "
+                        "--out, or pass --overwrite to start it afresh"
+                    )
+                decision = (cfg.out, refusal)
+        except rundir.RunDirError as e:
+            decision = ("", str(e))
     out, refusal = all_gather(decision, info)[0]
     if refusal:
         raise TrainError(refusal)
-    return out
+    if not cfg.resume:
+        cfg.out = out
 
 
 # --- the steps before the first epoch ------------------------------------------------------------------------------
@@ -324,7 +344,7 @@ def _assemble(
     optimizer = setup.make_optimizer(cfg, groups, device)
     epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
     t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
-                   env.precision.grad_scaler(device))  # fmt: skip
+                   env.precision.grad_scaler(device), run_settings(cfg))  # fmt: skip
     run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
     if resume_state is not None:
         run.state = restore_progress(resume_state, t, run.out, info, device)
@@ -413,7 +433,7 @@ class _Run:
             cfg, self.data.train_ds, self.data.val_ds, self.env.local_batch, self.sampler, info, self.env.workers,
             self.env.device,
         )  # fmt: skip
-        self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
+        self.tb = rundir.TensorBoardLog(rundir.RunDir(self.out).tensorboard, cfg.tensorboard and info.is_main)
         self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
 
     def train(self) -> TrainResult:
@@ -464,7 +484,8 @@ class _Run:
             stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
                                              stats=stats)  # fmt: skip
         except NonFiniteLoss as e:
-            kept = f"{self.out / 'last.safetensors'} kept" if (self.out / "state.pt").exists() else "none saved yet"
+            run = rundir.RunDir(self.out)
+            kept = f"{run.last} kept" if run.state.exists() else "none saved yet"
             raise NonFiniteLoss(f"{e}; stopped (last good checkpoint: {kept}); try a lower --lr") from None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []

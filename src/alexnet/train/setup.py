@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.batch import Batch
 from ..models import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
 from ..preprocessing import Preprocessing, default_preprocessing, paper_resize
 from ..progress import track
@@ -236,12 +237,11 @@ def compute_features(
     feats, labels, bad = [], [], []
     try:
         for batch in track(loader, desc, progress, unit="batch"):
-            x, y = batch[0], batch[1]
-            if len(batch) > 2 and batch[2]:
-                bad.extend(batch[2])
+            b = Batch.of(batch).on(device)
+            bad.extend(b.bad)
+            x, y = b.images, b.labels
             if len(y) == 0:
                 continue
-            x = x.to(device, non_blocking=True)
             if batch_transform is not None:
                 x = batch_transform(x)
             if channels_last:
