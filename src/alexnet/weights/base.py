@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AlexnetError
+from ..errors import AlexnetError, one_line
 from ..models import AlexNet, AlexNetConfig, get_config
 from ..preprocessing import TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
 
@@ -157,12 +157,6 @@ def guess_arch(config: AlexNetConfig) -> str:
         if all(ref[k] == mine[k] for k in ref if k not in ("init", "dropout", "num_classes", "lrn_k")):
             return name
     return "custom"
-
-
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line of at most 300 characters, for a `WeightsError`."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def hub_file(url: str, model_dir: str | Path | None = None) -> Path:
