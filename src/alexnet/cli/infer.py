@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import AlexnetError
+from ..schemas import tagged
 from .flags import (
     EXIT_ERROR,
     EXIT_OK,
@@ -57,7 +58,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print_json(rows)
+        weights = [
+            {"name": name, "arch": rec.arch, "num_classes": rec.num_classes, "format": rec.file_format}
+            for name, rec in PRETRAINED.items()
+        ]
+        weights += [
+            {"name": f"caffe:{name}" if name in PRETRAINED else name, "arch": z.arch, "num_classes": z.num_classes,
+             "format": "caffemodel"}
+            for name, z in CAFFE_ZOO.items()
+        ]  # fmt: skip
+        print_json(tagged("models", {"models": rows, "weights": weights}))
         return EXIT_OK
     print(f"{'name':<14}{'parameters':>14}{'GFLOPs':>9}{'input':>9}")
     for r in rows:
@@ -93,7 +103,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
         "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.predict): per file predictions or error"
+    )
     p.set_defaults(func=_cmd_predict, fast_exit=True)
 
 
@@ -129,7 +141,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
         results.append(r)
     if args.json:
-        print_json([r.to_dict() for r in results])
+        body = {"weights": str(weights_spec(args)), "ten_crop": args.ten_crop, "topk": args.topk}
+        print_json(tagged("predict", {**body, "results": [r.to_dict() for r in results]}))
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
@@ -170,7 +183,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for line in save_notes(model, pre, dst):
         print(f"alexnet convert: {line}", file=sys.stderr)
     if args.json:
-        print_json({"src": str(spec.source), "dst": str(dst), "format": dst.suffix[1:].lower()})
+        print_json(tagged("convert", {"src": str(spec.source), "dst": str(dst), "format": weights_format(dst)}))
     else:
         print(f"wrote {dst}")
     return EXIT_OK
@@ -201,7 +214,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, pre = spec.load()
     diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
     if args.json:
-        print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
+        print_json(tagged("export", {"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff}))
     else:
         check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
         print(f"wrote {args.onnx}{check}")

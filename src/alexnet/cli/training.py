@@ -10,6 +10,7 @@ from typing import Any
 
 from ..names import INIT_SCHEMES
 from ..options import PRECISIONS, PROGRESS_MODES, default_workers
+from ..schemas import tagged
 from .flags import (
     EXIT_OK,
     Formatter,
@@ -293,17 +294,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         r = run_demo(cfg, log=print)
     if args.json:
         print_json(
-            {
-                "mode": r.mode,
-                "test_top1_error": r.test_top1_error,
-                "test_top5_error": r.test_top5_error,
-                "test_accuracy": r.test_accuracy,
-                "test_samples": r.test_samples,
-                "seconds": r.seconds,
-                "files": {k: str(v) for k, v in r.files.items()},
-                "examples": r.examples,
-                "notes": r.notes,
-            }
+            tagged(
+                "demo",
+                {
+                    "mode": r.mode,
+                    "test_top1_error": r.test_top1_error,
+                    "test_top5_error": r.test_top5_error,
+                    "test_accuracy": r.test_accuracy,
+                    "test_samples": r.test_samples,
+                    "seconds": r.seconds,
+                    "files": {k: str(v) for k, v in r.files.items()},
+                    "examples": r.examples,
+                    "notes": r.notes,
+                },
+            )
         )
         return EXIT_OK
     _print_demo(r)

@@ -112,7 +112,9 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
                 arr = np.asarray(_to_rgb(im), dtype=np.uint8)
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, EOFError) as e:
+    except UnidentifiedImageError:  # Pillow's message names its BytesIO object, nothing a reader can use
+        raise BadImageError(f"{label}: not a readable image (no image format recognised in its bytes)") from None
+    except (OSError, SyntaxError, ValueError, RuntimeError, EOFError) as e:
         raise BadImageError(f"{label}: not a readable image ({one_line(e, what='the image')})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(f"{label}: too many pixels ({one_line(e, what='the image')})") from None
