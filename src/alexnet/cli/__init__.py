@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    infer.add_commands(sub)  # models, predict, convert, export, serve
+    infer.add_commands(sub)  # models, predict, convert, export, serve, info
     evaluation.add_commands(sub)  # evaluate, features, neighbors, plot, report
     data.add_commands(sub)  # stats, prepare
     training.add_commands(sub)  # train, finetune, demo

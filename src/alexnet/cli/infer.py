@@ -1,4 +1,4 @@
-"""Commands that run or move weights: models, predict, convert, export, serve. Parsing and wiring only."""
+"""Commands that run or move weights: models, predict, convert, export, serve, info. Parsing and wiring only."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_convert(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_info(sub)
 
 
 # --- models -----------------------------------------------------------------------------------------------------------
@@ -172,14 +173,16 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights import save_notes, save_weights, weights_format
+    from ..weights import parent_of, read_provenance, save_notes, save_weights, weights_format
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
     weights_format(args.dst)  # an unknown suffix is refused before loading anything
     model, pre = spec.load()
-    dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy)
+    carried = read_provenance(spec) or {}  # the same weights: their data, epochs and metrics stay theirs
+    provenance = {**{k: carried.get(k) for k in ("data", "epochs", "metrics")}, "parent": parent_of(spec)}
+    dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy, provenance=provenance)
     for line in save_notes(model, pre, dst):
         print(f"alexnet convert: {line}", file=sys.stderr)
     if args.json:
@@ -218,6 +221,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
         print(f"wrote {args.onnx}{check}")
+    return EXIT_OK
+
+
+# --- info -------------------------------------------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="what a weights file is and where it comes from (provenance)",
+        description="The weights' architecture and description, classes, parameters, preprocessing, SHA-256 and "
+        "the provenance our files record: package version, parent weights and their hash, data, epochs, final "
+        "metrics, date (docs/FORMATS.md). Files written before provenance was recorded show none.",
+        formatter_class=Formatter,
+    )
+    add_weights_flags(p, default=None, positional=True)
+    p.add_argument("--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.info)")
+    p.set_defaults(func=_cmd_info, fast_exit=True)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..weights import format_info, weights_info
+
+    spec = weights_spec(args)
+    if spec is None:
+        raise AlexnetError("info needs weights: alexnet info WEIGHTS (or --weights WEIGHTS)")
+    info = weights_info(spec)
+    if args.json:
+        print_json(tagged("info", info))
+    else:
+        print(format_info(info))
     return EXIT_OK
 
 

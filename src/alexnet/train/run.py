@@ -325,6 +325,8 @@ def _assemble(
     epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
     t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
                    env.precision.grad_scaler(device))  # fmt: skip
+    if info.is_main:  # what the weights it writes carry (alexnet.weights.provenance): hashed once, by the writer
+        t.origin = _origin(cfg, train_dataset)
     run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
     if resume_state is not None:
         run.state = restore_progress(resume_state, t, run.out, info, device)
@@ -332,6 +334,14 @@ def _assemble(
         run.state.skipped = data.skipped
     run.open(overwrite=overwrite)
     return run
+
+
+def _origin(cfg: TrainConfig, train_dataset: Any | None) -> dict[str, Any]:
+    """The parent weights (name and SHA-256) and the data source a run's weights record."""
+    from ..weights import parent_of
+
+    data = cfg.data or (type(train_dataset).__name__ if train_dataset is not None else None)
+    return {"parent": parent_of(cfg.weights) if cfg.weights else None, "data": data}
 
 
 # --- the epochs ---------------------------------------------------------------------------------------------------

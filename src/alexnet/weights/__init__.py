@@ -28,6 +28,7 @@ from .bvlc import (
     read_bvlc_npy,
     state_dict_to_bvlc,
 )
+from .info import format_info, weights_info
 from .io import (
     SAVE_FORMATS,
     WeightsSource,
@@ -68,6 +69,7 @@ __all__ = [
     "export_onnx",
     "export_pth",
     "file_sha256",
+    "format_info",
     "guess_arch",
     "imagenet_classes",
     "load_bvlc_npy",
@@ -88,6 +90,7 @@ __all__ = [
     "state_dict_to_bvlc",
     "verify_onnx",
     "weights_format",
+    "weights_info",
 ]
 
 
