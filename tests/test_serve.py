@@ -455,7 +455,9 @@ def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, refer
             t.join()
         for i, b in enumerate(blobs):
             assert answers[i].status_code == 200, answers[i].text
-            check_predictions(answers[i].json()["results"][0]["predictions"], reference(b, ten_crop=bool(i % 2)), 3 if i % 2 else 5)
+            check_predictions(
+                answers[i].json()["results"][0]["predictions"], reference(b, ten_crop=bool(i % 2)), 3 if i % 2 else 5
+            )
         # six concurrent clients, at most two passes (one may start before the others arrive)
         assert model.calls - calls_before <= 2
     finally:

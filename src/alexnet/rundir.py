@@ -21,6 +21,7 @@ from typing import Any
 
 from .data.fileio import atomic_write_text, remove_stale_temps
 from .errors import AlexnetError
+from .schemas import tagged
 
 __all__ = [
     "BEST",
@@ -137,7 +138,7 @@ def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
 
 def write_eval(out: str | Path, epoch: int, evaluation: Mapping[str, Any], weights: str = "last.safetensors") -> Path:
     """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch``."""
-    doc = {"epoch": epoch, "weights": weights, **evaluation}
+    doc = tagged("evaluate", {"epoch": epoch, "weights": weights, **evaluation})  # docs/JSON.md
     return atomic_write_text(Path(out) / EVAL, json.dumps(doc, indent=2) + "\n")
 
 

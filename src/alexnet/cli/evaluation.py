@@ -77,11 +77,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
-    d = result.to_dict(top_misclassified=args.top_misclassified)
+    d = tagged("evaluate", result.to_dict(top_misclassified=args.top_misclassified))
     if args.out:
         write_json(d, args.out)
     if args.json:
-        print_json(tagged("evaluate", d))
+        print_json(d)
     else:
         print(format_table(d))
         if args.out:
