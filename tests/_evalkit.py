@@ -51,7 +51,9 @@ def saved_weights(path: Path, classes: list[str] | None = None, seed: int = 0) -
     return path
 
 
-METRICS_HEADER = "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,images_per_s,seconds\n"
+METRICS_HEADER = (
+    "epoch,lr,train_loss,train_top1_accuracy,val_loss,val_top1_accuracy,val_top5_accuracy,images_per_s,seconds\n"
+)
 
 
 def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path | None = None) -> Path:
@@ -63,7 +65,9 @@ def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path
     lines = [METRICS_HEADER]
     for e in range(1, epochs + 1):
         lr = 0.01 if e <= epochs // 2 else 0.001
-        lines.append(f"{e},{lr},{1.2 - 0.1 * e:.3f},{30 + 10 * e},{1.1 - 0.05 * e:.3f},{33 + 8 * e},100,55.5,2.5\n")
+        lines.append(
+            f"{e},{lr},{1.2 - 0.1 * e:.3f},{0.3 + 0.1 * e:g},{1.1 - 0.05 * e:.3f},{0.33 + 0.08 * e:g},1,55.5,2.5\n"
+        )
     if partial:
         lines.append(f"{epochs + 1},0.001,0.7")  # killed while writing: no line end, fields missing
     (root / "metrics.csv").write_text("".join(lines))

@@ -56,7 +56,7 @@ def test_plot_filters_png_size(tmp_path: Path):
 def test_read_metrics_partial_last_line(run: Path):
     with pytest.warns(UserWarning, match=r"metrics.csv:6: partial last line"):
         rows = read_metrics(run)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["val_acc1"] == 65
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["val_top1_accuracy"] == 0.65
 
 
 def test_read_metrics_bad_files(tmp_path: Path):
@@ -70,8 +70,15 @@ def test_read_metrics_bad_files(tmp_path: Path):
     with pytest.raises(PlotError, match="no 'epoch' column"):
         read_metrics(m)
     # a resumed run repeats epoch 2 after a garbled line: the last row of an epoch wins
-    m.write_text(METRICS_HEADER + "1,0.1,1,1,1,10,50,1,1\n2,0.1,1,1,1,20,50,1,1\n2,0.1,1,1,1,30,50,1,1\n")
-    assert [r["val_acc1"] for r in read_metrics(m)] == [10, 30]
+    m.write_text(METRICS_HEADER + "1,0.1,1,1,1,0.1,0.5,1,1\n2,0.1,1,1,1,0.2,0.5,1,1\n2,0.1,1,1,1,0.3,0.5,1,1\n")
+    assert [r["val_top1_accuracy"] for r in read_metrics(m)] == [0.1, 0.3]
+    # a run folder written before rates were fractions everywhere: its percent columns read as fractions
+    m.write_text(
+        "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,images_per_s,seconds\n1,0.1,1,40,1,25,50,1,1\n"
+    )
+    (row,) = read_metrics(m)
+    assert (row["train_top1_accuracy"], row["val_top1_accuracy"], row["val_top5_accuracy"]) == (0.4, 0.25, 0.5)
+    assert "val_acc1" not in row
 
 
 def test_every_plot_command_writes_a_png_of_the_asked_size(run: Path, tmp_path: Path, capsys):

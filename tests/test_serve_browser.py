@@ -75,7 +75,7 @@ def served(tmp_path_factory):
     names = [f"kind {chr(ord('a') + i)}" for i in range(NUM_CLASSES)]
     pre = alexnet.Preprocessing(input_size=64, resize_size=72, class_names=names)
     provenance = {"parent": {"weights": "parent.safetensors", "sha256": "ab" * 32}, "data": "photos/", "epochs": 3,
-                  "metrics": {"val_acc1": 0.625, "best_val_top1_error": 0.375, "best_epoch": 3}}  # fmt: skip
+                  "metrics": {"val_top1_accuracy": 0.625, "best_val_top1_error": 0.375, "best_epoch": 3}}  # fmt: skip
     path = alexnet.save_model(
         model, pre, tmp_path_factory.mktemp("browser") / "page-model.safetensors", provenance=provenance
     )

@@ -165,21 +165,24 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 def plot_curves(
     source: str | Path, out: str | Path | None = None, *, size: tuple[int, int] = (1500, 450), title: str | None = None
 ) -> bytes:
-    """Loss, top-1/top-5 error (the paper's measures, in percent) and learning rate per epoch, from the run's
+    """Loss, top-1/top-5 error (the paper's measures, drawn in percent) and learning rate per epoch, from the run's
     ``metrics.csv`` only; returns the PNG bytes and writes ``out``."""
     rows = read_metrics(source)
     col = {k: [r.get(k, math.nan) for r in rows] for k in METRICS_COLUMNS}
     epochs = col["epoch"]
-    err = {k: [100.0 - v for v in col[k]] for k in ("train_acc1", "val_acc1", "val_acc5")}
+    err = {
+        k: [100.0 * (1.0 - v) for v in col[k]]
+        for k in ("train_top1_accuracy", "val_top1_accuracy", "val_top5_accuracy")
+    }  # fractions
     fig = _figure(size)
     ax_loss, ax_err, ax_lr = fig.subplots(1, 3)
     marker = "o" if len(rows) < 30 else None
     ax_loss.plot(epochs, col["train_loss"], marker=marker, label="train")
     ax_loss.plot(epochs, col["val_loss"], marker=marker, label="validation")
     ax_loss.set(title="loss (cross-entropy)", xlabel="epoch")
-    ax_err.plot(epochs, err["train_acc1"], marker=marker, label="train top-1")
-    ax_err.plot(epochs, err["val_acc1"], marker=marker, label="validation top-1")
-    ax_err.plot(epochs, err["val_acc5"], marker=marker, label="validation top-5")
+    ax_err.plot(epochs, err["train_top1_accuracy"], marker=marker, label="train top-1")
+    ax_err.plot(epochs, err["val_top1_accuracy"], marker=marker, label="validation top-1")
+    ax_err.plot(epochs, err["val_top5_accuracy"], marker=marker, label="validation top-5")
     ax_err.set(title="error rate (%)", xlabel="epoch")
     ax_lr.plot(epochs, col["lr"], marker=marker, color="tab:gray")
     ax_lr.set(title="learning rate", xlabel="epoch")

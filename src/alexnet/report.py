@@ -200,10 +200,10 @@ def _final_metrics_section(
     elif last_row is not None:
         page.parts.append(_note(f"no eval.json: the last epoch of metrics.csv (epoch {last_row['epoch']:g})"))
         rows = [
-            ("validation top-1 error", _pct((100 - last_row.get("val_acc1", math.nan)) / 100)),
-            ("validation top-5 error", _pct((100 - last_row.get("val_acc5", math.nan)) / 100)),
+            ("validation top-1 error", _pct(1 - last_row.get("val_top1_accuracy", math.nan))),
+            ("validation top-5 error", _pct(1 - last_row.get("val_top5_accuracy", math.nan))),
             ("validation loss", f"{last_row.get('val_loss', math.nan):.4f}"),
-            ("training top-1 error", _pct((100 - last_row.get("train_acc1", math.nan)) / 100)),
+            ("training top-1 error", _pct(1 - last_row.get("train_top1_accuracy", math.nan))),
         ]
         page.parts.append(_metrics_table(rows))
     else:

@@ -61,10 +61,10 @@ METRICS_COLUMNS = (
     "epoch",
     "lr",
     "train_loss",
-    "train_acc1",
+    "train_top1_accuracy",
     "val_loss",
-    "val_acc1",
-    "val_acc5",
+    "val_top1_accuracy",
+    "val_top5_accuracy",
     "images_per_s",
     "seconds",
 )
@@ -163,10 +163,21 @@ def write_metrics(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     return atomic_write_text(Path(out) / METRICS, format_metrics(rows))
 
 
+# metrics.csv before rates were fractions everywhere (alexnet.schemas): accuracies in percent under these names
+_PERCENT_COLUMNS = {
+    "train_acc1": "train_top1_accuracy",
+    "val_acc1": "val_top1_accuracy",
+    "val_acc5": "val_top5_accuracy",
+}
+
+
 def _parse_row(header: list[str], values: list[str]) -> dict[str, Any]:
     if len(values) != len(header):
         raise ValueError("wrong number of fields")
     row: dict[str, Any] = {h: float(v) if v.strip() else math.nan for h, v in zip(header, values)}
+    for old, new in _PERCENT_COLUMNS.items():  # an older run folder: read as fractions
+        if old in row:
+            row.setdefault(new, row.pop(old) / 100.0)
     if not math.isfinite(row["epoch"]):
         raise ValueError("no epoch")
     row["epoch"] = int(row["epoch"]) if row["epoch"].is_integer() else row["epoch"]

@@ -70,7 +70,7 @@ function provenanceRows(p) {
   const m = p.metrics || {};
   const pct = (v) => `${(100 * v).toFixed(2)}%`;
   const figures = [];
-  if (m.val_acc1 !== null && m.val_acc1 !== undefined) figures.push(`validation top-1 accuracy ${pct(m.val_acc1)}`);
+  if (m.val_top1_accuracy !== null && m.val_top1_accuracy !== undefined) figures.push(`validation top-1 accuracy ${pct(m.val_top1_accuracy)}`);
   if (m.best_val_top1_error !== null && m.best_val_top1_error !== undefined) {
     figures.push(`best validation top-1 error ${pct(m.best_val_top1_error)} (epoch ${m.best_epoch})`);
   }

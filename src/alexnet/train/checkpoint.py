@@ -258,7 +258,10 @@ def _provenance(t: Trainables, progress: RunProgress, epochs: int) -> dict[str, 
     """What the saved weights carry about their making (`alexnet.weights.provenance`): parent and data from the
     run, the epochs done, and the last epoch's figures (rates as fractions) with the best so far."""
     row = progress.metrics[-1] if progress.metrics else {}
-    metrics = {k: row.get(k) for k in ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5")}
+    metrics = {
+        k: row.get(k)
+        for k in ("train_loss", "train_top1_accuracy", "val_loss", "val_top1_accuracy", "val_top5_accuracy")
+    }
     metrics = {k: (None if v is None or v != v else float(v)) for k, v in metrics.items()}  # NaN: not measured
     metrics["best_epoch"] = progress.best_epoch or None
     metrics["best_val_top1_error"] = None if math.isinf(progress.best_err) else float(progress.best_err)

@@ -347,13 +347,13 @@ def _origin(cfg: TrainConfig, train_dataset: Any | None) -> dict[str, Any]:
 # --- the epochs ---------------------------------------------------------------------------------------------------
 def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
     val = (
-        f" val loss {row['val_loss']:.4f} top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+        f" val loss {row['val_loss']:.4f} top-1 {row['val_top1_accuracy']:.2%} top-5 {row['val_top5_accuracy']:.2%}"
         if not math.isnan(row["val_loss"])
         else ""
     )
     return (
         f"epoch {row['epoch']}/{epochs} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
-        f"top-1 {row['train_acc1']:.2f}%{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
+        f"top-1 {row['train_top1_accuracy']:.2%}{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
     )
 
 
@@ -362,10 +362,10 @@ def _metrics_row(epoch: int, lr: float, train: Mapping[str, float], seconds: flo
         "epoch": epoch,
         "lr": lr,
         "train_loss": train["loss"],
-        "train_acc1": train["acc1"],
+        "train_top1_accuracy": train["acc1"] / 100.0,  # metrics.csv holds fractions, as every file (alexnet.schemas)
         "val_loss": val.loss if val is not None else math.nan,
-        "val_acc1": 100.0 * val.acc1 if val is not None else math.nan,
-        "val_acc5": 100.0 * val.acc5 if val is not None else math.nan,
+        "val_top1_accuracy": val.acc1 if val is not None else math.nan,
+        "val_top5_accuracy": val.acc5 if val is not None else math.nan,
         "images_per_s": train["images_per_s"],
         "seconds": seconds,
     }

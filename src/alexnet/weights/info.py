@@ -88,8 +88,8 @@ def _metrics(m: dict[str, Any] | None) -> str:
     if not m:
         return "not recorded"
     words = {
-        "val_acc1": "validation top-1 accuracy",
-        "val_acc5": "validation top-5 accuracy",
+        "val_top1_accuracy": "validation top-1 accuracy",
+        "val_top5_accuracy": "validation top-5 accuracy",
         "best_val_top1_error": "best validation top-1 error",
     }
     parts = [f"{w} {m[k]:.2%}" for k, w in words.items() if m.get(k) is not None]
