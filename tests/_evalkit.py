@@ -59,7 +59,8 @@ METRICS_HEADER = (
 def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path | None = None) -> Path:
     """A run folder as alexnet train leaves it: config.json, metrics.csv, best/last weights, and with ``data``
     (a folder with train/ and val/) eval.json of the last weights on val/."""
-    from alexnet.evaluate import evaluate_dataset, write_json
+    from alexnet import rundir
+    from alexnet.evaluate import evaluate_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     lines = [METRICS_HEADER]
@@ -78,7 +79,7 @@ def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path
     saved_weights(root / "last.safetensors", seed=1)
     if data is not None:
         result = evaluate_dataset(root / "last.safetensors", data, device="cpu")
-        write_json({"epoch": epochs, "weights": "last.safetensors", **result.to_dict()}, root / "eval.json")
+        rundir.write_eval(root, epochs, result.to_dict(), "last.safetensors")
     return root
 
 

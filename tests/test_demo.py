@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from _jsondocs import check
 
 from alexnet import cli, demo
 from alexnet.data import datasets
@@ -56,6 +57,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     argv += ["--test-samples", "40", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--json"]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert check(summary) == []  # the alexnet.demo/1 document of docs/JSON.md
     assert summary["mode"] == "scratch" and summary["test_samples"] == 40
     assert 0.0 <= summary["test_top1_error"] <= 1.0 and summary["test_top5_error"] <= summary["test_top1_error"]
     assert any("from scratch" in n for n in summary["notes"])
@@ -64,6 +66,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 3
     ev = json.loads((out / "test_eval.json").read_text())
+    assert ev["schema"] == "alexnet.evaluate/1" and check(ev) == []
     assert ev["num_samples"] == 40 and len(ev["confusion_matrix"]) == 10
     assert ev["classes"] == datasets.FASHION_MNIST_CLASSES
     html = (out / "report.html").read_text()

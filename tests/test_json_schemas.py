@@ -9,18 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _evalkit import image_folder, run_folder, saved_weights, write_image
+from _jsondocs import check, documented
 
 from alexnet.cli import main
 from alexnet.schemas import SCHEMAS, schema_id
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _evalkit import image_folder, run_folder, saved_weights, write_image  # noqa: E402
-from _jsondocs import check, documented  # noqa: E402
-
-
-def _json(capsys, argv: list[str], code: int = 0) -> dict:
-    assert main(argv) == code, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +89,11 @@ def _old_file(w: Path, dst: Path) -> Path:
 
 def _served(w: Path, image: Path) -> dict[str, list[dict]]:
     pytest.importorskip("fastapi", reason="needs the [serve] extra")
-    from fastapi.testclient import TestClient
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's note on its own httpx use: nothing of ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fastapi.testclient import TestClient
 
     import alexnet
     from alexnet import serve

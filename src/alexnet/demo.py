@@ -32,6 +32,7 @@ import torch
 from .errors import AlexnetError
 from .options import cpu_count
 from .runtime import resolve_device
+from .schemas import tagged
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "locate_data", "pretrained_available"]
 
@@ -229,8 +230,7 @@ def _test_figures(
         collect=True,
     )  # fmt: skip
     ev.data = {"source": str(folder), "split": "test"}  # test_idx are the first N: indices match the full set
-    d = ev.to_dict(top_misclassified=24)
-    d["weights"] = best.name
+    d = tagged("evaluate", {**ev.to_dict(top_misclassified=24), "weights": best.name})  # docs/JSON.md
     write_json(d, out / "test_eval.json")
     write_json(d, out / "eval.json")  # the report shows the held-out test evaluation
     return ev, model, pre, best

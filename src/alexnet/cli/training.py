@@ -304,7 +304,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     "test_samples": r.test_samples,
                     "seconds": r.seconds,
                     "files": {k: str(v) for k, v in r.files.items()},
-                    "examples": r.examples,
+                    "examples": [{**e, "top3": [{"name": n, "prob": p} for n, p in e["top3"]]} for e in r.examples],
                     "notes": r.notes,
                 },
             )
