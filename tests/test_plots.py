@@ -165,8 +165,18 @@ def test_report_is_self_contained_valid_html(run: Path, tmp_path: Path):
     for section in ("Configuration", "Training curves", "Final metrics", "Confusion matrix", "conv1 kernels"):
         assert section in text
     assert "partial last line" in text  # the interrupted run is said, not hidden
+    # the first screen is a summary a person reads; the raw config is folded away at the end
+    first = page.index("<h2>")
+    assert page[first:].startswith("<h2>Summary</h2>") and page.index("<details>") > page.index("conv1 kernels")
+    assert "<summary>Configuration (config.json)</summary><pre>" in page
+    summary = page[first : page.index("<h2>Training curves</h2>")]
+    described = "alexnet_owt, 64x64, channels 16-32-32-32-32, fc6/fc7 width 64"  # the weights' config in words
+    assert f'<th class="l">model</th><td class="l">{described}</td>' in summary and "custom" not in summary
+    assert '<th class="l">epochs</th><td class="l">4</td>' in summary  # the partial 5th epoch is not counted
+    assert "4: validation top-1 error 35.00 %, top-5 error 0.00 %" in summary  # metrics.csv's best epoch
     ev = json.loads((run / "eval.json").read_text())
     assert f"{100 * ev['top1_error']:.2f} %" in text
+    assert f'final figures</th><td class="l">top-1 error {100 * ev["top1_error"]:.2f} %' in summary
     wrong = ev["num_samples"] - sum(ev["confusion_matrix"][i][i] for i in range(3))
     # the images: 4 plots + one thumbnail per misclassified image (found by re-evaluating the run's data)
     assert sum(v.startswith("data:image/jpeg") for _, _, v in p.urls) == min(wrong, 24)
