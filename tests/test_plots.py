@@ -214,3 +214,24 @@ def test_plots_and_report_do_not_import_training():
     code = "import sys, alexnet.plots, alexnet.report; print('alexnet.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("names", "size"),
+    [(["a", "b"], (300, 300)), (["cat", "dog", "fox"], (900, 800)), ([str(i) for i in range(10)], (400, 300))],
+)
+def test_confusion_matrix_labels_are_whole_whatever_the_names(names, size):
+    """No text is cut at the picture's edges: "true class" beside short class names, the title of a narrow
+    picture (wrapped), the colour bar's label of a short one."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    c = len(names)
+    d = {"confusion_matrix": (np.eye(c, dtype=int) * 5 + 1).tolist(), "classes": names, "top1_error": 0.27}
+    for normalize in (True, False):
+        a = np.asarray(Image.open(io.BytesIO(plot_confusion(d, size=size, normalize=normalize))).convert("L"))
+        assert a.shape == (size[1], size[0])
+        edges = {"left": a[:, :2], "right": a[:, -2:], "top": a[:2], "bottom": a[-2:]}
+        assert {k: int((v < 128).sum()) for k, v in edges.items()} == dict.fromkeys(edges, 0)
