@@ -54,7 +54,7 @@ def _figure(size: tuple[int, int]) -> Figure:
     return Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
 
 
-def text_outside(fig: Figure, margin: float = 2.0) -> dict[str, float]:
+def _text_outside(fig: Figure, margin: float = 2.0) -> dict[str, float]:
     """How many pixels of the figure's texts (labels, titles, tick labels) lie beyond each edge of the picture
     (``left``, ``right``, ``bottom``, ``top``; 0 where none), as drawn: what a reader would see cut."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,12 +73,12 @@ def text_outside(fig: Figure, margin: float = 2.0) -> dict[str, float]:
     }
 
 
-def keep_text_inside(fig: Figure, tries: int = 3) -> None:
-    """Move the axes in until no text is cut at the picture's edges (`text_outside`): tight_layout measures the
+def _keep_text_inside(fig: Figure, tries: int = 3) -> None:
+    """Move the axes in until no text is cut at the picture's edges (`_text_outside`): tight_layout measures the
     tick labels, not always the axis labels beyond them (a short class name left "true class" at the edge)."""
     w, h = fig.bbox.width, fig.bbox.height
     for _ in range(tries):
-        out = text_outside(fig)
+        out = _text_outside(fig)
         if not any(out.values()):
             return
         p = fig.subplotpars
@@ -278,7 +278,7 @@ def plot_confusion(
     wrap = "\n" if size[0] < 500 else " "  # a narrow picture: the title on two lines, not cut at both ends
     ax.set_title("confusion matrix" + (f"{wrap}(top-1 error {100 * top1:.2f}%)" if top1 is not None else ""))
     fig.tight_layout()
-    keep_text_inside(fig)  # the axis labels whole, however short or long the class names
+    _keep_text_inside(fig)  # the axis labels whole, however short or long the class names
     return _save(fig, out)
 
 
