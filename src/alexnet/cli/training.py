@@ -306,6 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     "files": {k: str(v) for k, v in r.files.items()},
                     "examples": [{**e, "top3": [{"name": n, "prob": p} for n, p in e["top3"]]} for e in r.examples],
                     "notes": r.notes,
+                    "next": r.next_commands,
                 },
             )
         )
@@ -336,12 +337,8 @@ def _print_demo(r: Any) -> None:
     print(f"  test figures {f['test_eval']}")
     print()
     print("Next:")
-    print(f"  alexnet predict your_photo.jpg --weights {f['best']}")
-    print(f"  alexnet evaluate fashion-mnist --weights {f['best']} --ten-crop")
-    print(
-        "  alexnet finetune path/to/your/images --weights torchvision --train-layers fc6,fc7,fc8 --reinit fc8 "
-        "--val-split 0.1 --out runs/mine"
-    )
+    for command in r.next_commands:
+        print(f"  {command}")
 
 
 # --- ablate ---------------------------------------------------------------------------------------------------------
