@@ -92,7 +92,7 @@ def _served(w: Path, image: Path) -> dict[str, list[dict]]:
     import warnings
 
     with warnings.catch_warnings():  # starlette's note on its own httpx use: nothing of ours
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
     import alexnet
