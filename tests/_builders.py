@@ -69,19 +69,24 @@ def saved_weights(path: Path, classes: list[str] | None = None, seed: int = 0) -
     return path
 
 
-METRICS_HEADER = "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,images_per_s,seconds\n"
+METRICS_HEADER = (
+    "epoch,lr,train_loss,train_top1_accuracy,val_loss,val_top1_accuracy,val_top5_accuracy,images_per_s,seconds\n"
+)
 
 
 def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path | None = None) -> Path:
     """A run folder as alexnet train leaves it: config.json, metrics.csv, best/last weights, and with ``data``
     (a folder with train/ and val/) eval.json of the last weights on val/."""
-    from alexnet.evaluate import evaluate_dataset, write_json
+    from alexnet import rundir
+    from alexnet.evaluate import evaluate_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     lines = [METRICS_HEADER]
     for e in range(1, epochs + 1):
         lr = 0.01 if e <= epochs // 2 else 0.001
-        lines.append(f"{e},{lr},{1.2 - 0.1 * e:.3f},{30 + 10 * e},{1.1 - 0.05 * e:.3f},{33 + 8 * e},100,55.5,2.5\n")
+        lines.append(
+            f"{e},{lr},{1.2 - 0.1 * e:.3f},{0.3 + 0.1 * e:g},{1.1 - 0.05 * e:.3f},{0.33 + 0.08 * e:g},1,55.5,2.5\n"
+        )
     if partial:
         lines.append(f"{epochs + 1},0.001,0.7")  # killed while writing: no line end, fields missing
     (root / "metrics.csv").write_text("".join(lines))
@@ -92,7 +97,7 @@ def run_folder(root: Path, *, epochs: int = 4, partial: bool = False, data: Path
     saved_weights(root / "last.safetensors", seed=1)
     if data is not None:
         result = evaluate_dataset(root / "last.safetensors", data, device="cpu")
-        write_json({"epoch": epochs, "weights": "last.safetensors", **result.to_dict()}, root / "eval.json")
+        rundir.write_eval(root, epochs, result.to_dict(), "last.safetensors")
     return root
 
 

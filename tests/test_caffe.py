@@ -329,7 +329,7 @@ def test_cli_convert_and_predict_a_caffemodel(tmp_path, capsys):
     argv = ["predict", str(img), "--weights", str(model_path), "--prototxt", str(proto), "--labels", str(names)]
     assert main([*argv, "--json", "--precision", "fp32", "--topk", "2"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got[0]["predictions"][0]["name"].startswith("class ")
+    assert got["schema"] == "alexnet.predict/1" and got["results"][0]["predictions"][0]["name"].startswith("class ")
     assert main(["predict", str(img), "--weights", str(model_path), "--mean", "104,117,123", "--json"]) == 1
     assert "--prototxt" in capsys.readouterr().err  # a caffemodel without its net definition: one line
     assert main(["predict", str(img), "--weights", str(out), "--prototxt", str(proto)]) == 1

@@ -8,9 +8,12 @@ import pytest
 import torch
 import torchvision
 from _builders import make_fashion
+from _jsondocs import check
 
+import alexnet
 from alexnet import cli, demo
 from alexnet.data import datasets
+from alexnet.weights import file_sha256, read_provenance, weights_info
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     argv += ["--test-samples", "40", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--json"]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert check(summary) == []  # the alexnet.demo/1 document of docs/JSON.md
     assert summary["mode"] == "scratch" and summary["test_samples"] == 40
     assert 0.0 <= summary["test_top1_error"] <= 1.0 and summary["test_top5_error"] <= summary["test_top1_error"]
     assert any("from scratch" in n for n in summary["notes"])
@@ -39,6 +43,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 3
     ev = json.loads((out / "test_eval.json").read_text())
+    assert ev["schema"] == "alexnet.evaluate/1" and check(ev) == []
     assert ev["num_samples"] == 40 and len(ev["confusion_matrix"]) == 10
     assert ev["classes"] == datasets.FASHION_MNIST_CLASSES
     html = (out / "report.html").read_text()
@@ -46,6 +51,13 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     assert len(summary["examples"]) == 5 and len(summary["examples"][0]["top3"]) == 3
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "alexnet2012" and cfg["input_size"] == 67 and cfg["init"] == "kaiming"
+    # the weights say where they come from (provenance), and what they are in words
+    prov = read_provenance(out / "best.safetensors")
+    assert (prov["alexnet_version"], prov["parent"], prov["data"]) == (alexnet.__version__, None, str(fashion))
+    assert prov["epochs"] in (1, 2) and 0.0 <= prov["metrics"]["val_top1_accuracy"] <= 1.0
+    assert prov["metrics"]["best_val_top1_error"] == pytest.approx(1 - prov["metrics"]["val_top1_accuracy"])
+    info = weights_info(out / "best.safetensors")
+    assert info["arch"] == "alexnet2012" and info["description"] == "alexnet2012, 67x67, adaptive pooling"
 
 
 def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, capsys):
@@ -55,6 +67,20 @@ def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, c
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "test accuracy" in text and str(out / "report.html") in text and "alexnet predict" in text
+    # offline (the pretrained weights unreachable): every suggested command works without the network
+    best = out / "best.safetensors"
+    suggested = text.split("Next:\n", 1)[1].splitlines()
+    assert [s.strip() for s in suggested] == [
+        f"alexnet predict your_photo.jpg --weights {best}",
+        f"alexnet evaluate {fashion} --split test --weights {best} --ten-crop",
+        f"alexnet info {best}",
+        f"alexnet finetune path/to/your/images --weights {best} --reinit fc8 --val-split 0.1 --out runs/mine",
+    ]
+    for line in suggested[1:3]:  # the others need the user's own images
+        assert cli.main(line.split()[1:] + (["--batch-size", "20"] if "evaluate" in line else [])) == 0, line
+    info = capsys.readouterr().out
+    assert "model        alexnet2012, 67x67, adaptive pooling (arch alexnet2012)" in info
+    assert f"data         {fashion}" in info and "epochs       1" in info
 
 
 def test_demo_fine_tunes_when_pretrained_weights_are_cached(fashion, tmp_path, monkeypatch, capsys):
@@ -71,6 +97,11 @@ def test_demo_fine_tunes_when_pretrained_weights_are_cached(fashion, tmp_path, m
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["mode"] == "finetune"
+    assert summary["next"][-1].startswith("alexnet finetune path/to/your/images --weights torchvision --train-layers")
+    # the parent weights and their hash travel in the fine-tuned weights
+    prov = read_provenance(out / "best.safetensors")
+    assert prov["parent"] == {"weights": "torchvision", "sha256": file_sha256(home / "hub" / "checkpoints" /
+                                                                             "alexnet-owt-7be5be79.pth")}  # fmt: skip
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["weights"] == "torchvision" and cfg["cache_features"] and cfg["train_layers"] == ["fc6", "fc7", "fc8"]
 

@@ -199,7 +199,12 @@ def test_cli_evaluate_json_and_out(tmp_path: Path, capsys):
     assert main(["evaluate", str(tmp_path / "data"), "--weights", str(w), "--json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = read_eval_json(out)
-    assert printed == saved and saved["num_samples"] == 6 and saved["data"]["split"] == "val"
+    assert (
+        printed == saved
+        and saved["schema"] == "alexnet.evaluate/1"
+        and saved["num_samples"] == 6
+        and saved["data"]["split"] == "val"
+    )
     assert main(["evaluate", str(data), "--weights", str(w), "--ten-crop"]) == 0
     text = capsys.readouterr().out
     assert "10-crop" in text and "top-5 error" in text

@@ -119,7 +119,11 @@ def test_cli_export(tmp_path, capsys):
     alexnet.save_model(model, W.default_preprocessing(model.config), tmp_path / "m.safetensors")
     assert main(["export", str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.onnx"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["max_abs_diff_vs_pytorch"] <= 1e-4 and (tmp_path / "m.onnx").is_file()
+    assert (
+        out["schema"] == "alexnet.export/1"
+        and out["max_abs_diff_vs_pytorch"] <= 1e-4
+        and (tmp_path / "m.onnx").is_file()
+    )
     assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "m.pt")]) == 0
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -119,14 +119,23 @@ def test_cli_features_and_neighbors(indexed, tmp_path: Path, capsys):
     root, data, w, _ = indexed
     out = tmp_path / "conv5.safetensors"
     assert main(["features", str(data), "--weights", str(w), "--layer", "conv5", "--out", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"out": str(out), "layer": "conv5", "images": 9, "dim": 1152}
+    assert json.loads(capsys.readouterr().out) == {
+        "schema": "alexnet.features/1", "out": str(out), "layer": "conv5", "images": 9, "dim": 1152
+    }  # fmt: skip
     query = data / "fox" / "fox2.png"
     png = tmp_path / "nb.png"
     args = ["neighbors", str(query), str(data / "cat" / "cat0.png"), "--index", str(out), "-k", "3"]
     assert main([*args, "--out", str(png), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["schema"], doc["layer"], doc["metric"], doc["index"]) == (
+        "alexnet.neighbors/1",
+        "conv5",
+        "euclidean",
+        str(out),
+    )
+    res = doc["queries"]
     assert [r["neighbors"][0]["name"] for r in res] == [str(query), str(data / "cat" / "cat0.png")]
-    assert all(len(r["neighbors"]) == 3 and r["layer"] == "conv5" for r in res)
+    assert all(len(r["neighbors"]) == 3 for r in res)
     assert png_size(png) == (180 * 4, 200 * 2) and png.stat().st_size > 1000
     # an index of another layer than asked: one clear line, exit 1
     assert main([*args, "--layer", "fc7"]) == 1

@@ -56,7 +56,7 @@ def test_plot_filters_png_size(tmp_path: Path):
 def test_read_metrics_partial_last_line(run: Path):
     with pytest.warns(UserWarning, match=r"metrics.csv:6: partial last line"):
         rows = read_metrics(run)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["val_acc1"] == 65
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["val_top1_accuracy"] == 0.65
 
 
 def test_read_metrics_bad_files(tmp_path: Path):
@@ -70,8 +70,15 @@ def test_read_metrics_bad_files(tmp_path: Path):
     with pytest.raises(PlotError, match="no 'epoch' column"):
         read_metrics(m)
     # a resumed run repeats epoch 2 after a garbled line: the last row of an epoch wins
-    m.write_text(METRICS_HEADER + "1,0.1,1,1,1,10,50,1,1\n2,0.1,1,1,1,20,50,1,1\n2,0.1,1,1,1,30,50,1,1\n")
-    assert [r["val_acc1"] for r in read_metrics(m)] == [10, 30]
+    m.write_text(METRICS_HEADER + "1,0.1,1,1,1,0.1,0.5,1,1\n2,0.1,1,1,1,0.2,0.5,1,1\n2,0.1,1,1,1,0.3,0.5,1,1\n")
+    assert [r["val_top1_accuracy"] for r in read_metrics(m)] == [0.1, 0.3]
+    # a run folder written before rates were fractions everywhere: its percent columns read as fractions
+    m.write_text(
+        "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,images_per_s,seconds\n1,0.1,1,40,1,25,50,1,1\n"
+    )
+    (row,) = read_metrics(m)
+    assert (row["train_top1_accuracy"], row["val_top1_accuracy"], row["val_top5_accuracy"]) == (0.4, 0.25, 0.5)
+    assert "val_acc1" not in row
 
 
 def test_every_plot_command_writes_a_png_of_the_asked_size(run: Path, tmp_path: Path, capsys):
@@ -158,8 +165,18 @@ def test_report_is_self_contained_valid_html(run: Path, tmp_path: Path):
     for section in ("Configuration", "Training curves", "Final metrics", "Confusion matrix", "conv1 kernels"):
         assert section in text
     assert "partial last line" in text  # the interrupted run is said, not hidden
+    # the first screen is a summary a person reads; the raw config is folded away at the end
+    first = page.index("<h2>")
+    assert page[first:].startswith("<h2>Summary</h2>") and page.index("<details>") > page.index("conv1 kernels")
+    assert "<summary>Configuration (config.json)</summary><pre>" in page
+    summary = page[first : page.index("<h2>Training curves</h2>")]
+    described = "alexnet_owt, 64x64, channels 16-32-32-32-32, fc6/fc7 width 64"  # the weights' config in words
+    assert f'<th class="l">model</th><td class="l">{described}</td>' in summary and "custom" not in summary
+    assert '<th class="l">epochs</th><td class="l">4</td>' in summary  # the partial 5th epoch is not counted
+    assert "4: validation top-1 error 35.00 %, top-5 error 0.00 %" in summary  # metrics.csv's best epoch
     ev = json.loads((run / "eval.json").read_text())
     assert f"{100 * ev['top1_error']:.2f} %" in text
+    assert f'final figures</th><td class="l">top-1 error {100 * ev["top1_error"]:.2f} %' in summary
     wrong = ev["num_samples"] - sum(ev["confusion_matrix"][i][i] for i in range(3))
     # the images: 4 plots + one thumbnail per misclassified image (found by re-evaluating the run's data)
     assert sum(v.startswith("data:image/jpeg") for _, _, v in p.urls) == min(wrong, 24)
@@ -197,3 +214,24 @@ def test_plots_and_report_do_not_import_training():
     code = "import sys, alexnet.plots, alexnet.report; print('alexnet.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("names", "size"),
+    [(["a", "b"], (300, 300)), (["cat", "dog", "fox"], (900, 800)), ([str(i) for i in range(10)], (400, 300))],
+)
+def test_confusion_matrix_labels_are_whole_whatever_the_names(names, size):
+    """No text is cut at the picture's edges: "true class" beside short class names, the title of a narrow
+    picture (wrapped), the colour bar's label of a short one."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    c = len(names)
+    d = {"confusion_matrix": (np.eye(c, dtype=int) * 5 + 1).tolist(), "classes": names, "top1_error": 0.27}
+    for normalize in (True, False):
+        a = np.asarray(Image.open(io.BytesIO(plot_confusion(d, size=size, normalize=normalize))).convert("L"))
+        assert a.shape == (size[1], size[0])
+        edges = {"left": a[:, :2], "right": a[:, -2:], "top": a[:2], "bottom": a[-2:]}
+        assert {k: int((v < 128).sum()) for k, v in edges.items()} == dict.fromkeys(edges, 0)

@@ -118,10 +118,24 @@ def test_cli_predict_json_and_exit_code(small, folder, tmp_path_factory, capsys)
     argv = ["predict", str(root), "--weights", str(weights), "--topk", "3", "--batch-size", "2", "--device", "cpu"]
     assert main([*argv, "--json"]) == 1  # some files are bad
     out, err = capsys.readouterr()
-    rows = json.loads(out)
-    ok = [r for r in rows if "predictions" in r]
+    doc = json.loads(out)
+    assert (doc["schema"], doc["weights"], doc["ten_crop"], doc["topk"]) == (
+        "alexnet.predict/1",
+        str(weights),
+        False,
+        3,
+    )
+    rows = doc["results"]
+    assert all(set(r) == {"file", "predictions", "error"} for r in rows)  # one shape, classified or not
+    ok = [r for r in rows if r["error"] is None]
     assert len(rows) == 8 and {r["file"] for r in ok} == {str(p) for p in good} | {str(root / "big.jpg")}
     assert all(len(r["predictions"]) == 3 and r["predictions"][0]["name"] in CLASSES for r in ok)
+    failed = {r["file"]: r["error"] for r in rows if r["error"] is not None}
+    assert all(failed[f].startswith(f"{f}: ") for f in failed) and not any(r["predictions"] for r in rows if r["error"])
+    # no Python repr (Pillow names its BytesIO object): the message says what is wrong
+    corrupt = str(root / "corrupt.png")
+    assert failed[corrupt] == f"{corrupt}: not a readable image (no image format recognised in its bytes)"
+    assert "object at 0x" not in out + err
     assert "corrupt.png" in err and "3 of 8 files failed" in err
     # only good files: exit 0, text output
     assert main([*argv[:1], str(good[0]), *argv[2:], "--ten-crop"]) == 0
@@ -175,8 +189,8 @@ def test_the_program_flushes_its_answer_before_its_fast_exit(tmp_path):
     cmd = [sys.executable, "-m", "alexnet", "predict", "--weights", str(weights), "--precision", "fp32", "--json"]
     ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
     assert ok.returncode == 0, ok.stderr
-    assert len(json.loads(ok.stdout)) == 40  # all of it, through a pipe
+    assert len(json.loads(ok.stdout)["results"]) == 40  # all of it, through a pipe
     bad = subprocess.run([*cmd, str(tmp_path / "00.png"), str(tmp_path / "missing.jpg")], capture_output=True,
                          text=True, timeout=HANG_S)  # fmt: skip
     assert bad.returncode == 1 and "missing.jpg: no such file" in bad.stderr
-    assert len(json.loads(bad.stdout)) == 2
+    assert len(json.loads(bad.stdout)["results"]) == 2

@@ -51,8 +51,8 @@ def test_skipped_missing_and_empty(tmp_path):
 
 def test_metrics_read_back_exactly(tmp_path):
     rows = [
-        {"epoch": e, "lr": 0.01 / 3, "train_loss": 1 / 7, "train_acc1": 33.3, "val_loss": math.nan,
-         "val_acc1": math.nan, "val_acc5": math.nan, "images_per_s": 1e3 / 3, "seconds": 2.5 * e}
+        {"epoch": e, "lr": 0.01 / 3, "train_loss": 1 / 7, "train_top1_accuracy": 0.333, "val_loss": math.nan,
+         "val_top1_accuracy": math.nan, "val_top5_accuracy": math.nan, "images_per_s": 1e3 / 3, "seconds": 2.5 * e}
         for e in (1, 2)
     ]  # fmt: skip
     rundir.write_metrics(tmp_path, rows)
@@ -67,7 +67,7 @@ def test_metrics_read_back_exactly(tmp_path):
 def test_metrics_missing_columns_are_nan_and_errors_are_one_line(tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,lr\n1,0.1\n")
     (row,) = rundir.read_metrics(tmp_path)
-    assert row["lr"] == 0.1 and math.isnan(row["val_acc1"])
+    assert row["lr"] == 0.1 and math.isnan(row["val_top1_accuracy"])
     with pytest.raises(rundir.RunDirError, match="no such file"):
         rundir.read_metrics(tmp_path / "nope.csv")
     (tmp_path / "metrics.csv").write_text(",".join(rundir.METRICS_COLUMNS) + "\n")
@@ -328,8 +328,8 @@ def test_the_run_folder_object_names_every_file(tmp_path):
     run.write_config({"epochs": 3})
     assert run.read_config() == {"epochs": 3} and run.describe() == "epoch 0 of 3"
     run.write_test_eval({"num_samples": 2}, "best.safetensors")
-    assert json.loads(run.test_eval.read_text()) == {"num_samples": 2, "weights": "best.safetensors"}
-    assert json.loads(run.eval.read_text()) == {"weights": "best.safetensors", "num_samples": 2}
+    doc = {"schema": "alexnet.evaluate/1", "num_samples": 2, "weights": "best.safetensors"}  # docs/JSON.md
+    assert json.loads(run.test_eval.read_text()) == json.loads(run.eval.read_text()) == doc
     run.config.write_text("[1]")
     with pytest.raises(rundir.RunDirError) as e:
         run.read_config()

@@ -98,7 +98,9 @@ def check_predictions(preds: list[dict], probs: torch.Tensor, k: int) -> None:
 def assert_error(r: httpx.Response, status: int, *words: str) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
+    body = r.json()
+    assert body["schema"] == "alexnet.serve.error/1" and set(body) == {"schema", "error"}
+    err = body["error"]
     assert err["status"] == status
     for w in words:
         assert w in err["message"], err["message"]
@@ -106,9 +108,13 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> None:
 
 # --- the API ------------------------------------------------------------------------------------------------------
 def test_model_healthz_openapi(server):
-    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/healthz").json() == {"schema": "alexnet.serve.health/1", "status": "ok"}
     info = httpx.get(f"{server}/v1/model").json()
-    assert info["name"] == "tiny.safetensors"
+    assert info["schema"] == "alexnet.serve.model/1" and info["name"] == "tiny.safetensors"
+    assert info["arch"] == "custom"  # for programs; people read the description
+    assert info["description"] == "alexnet_owt, 64x64, channels 16-32-48-32-32, fc6/fc7 width 64"
+    prov = info["provenance"]  # written by save_model: the version and date, nothing else known
+    assert prov["alexnet_version"] == alexnet.__version__ and prov["parent"] is None and prov["epochs"] is None
     assert info["num_classes"] == NUM_CLASSES
     assert info["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
     assert info["preprocessing"]["input_size"] == 64 and info["preprocessing"]["resize_size"] == 72
@@ -131,16 +137,18 @@ def test_predict_one_image_matches_reference(server, reference):
     r = httpx.post(f"{server}/v1/predict", files={"image": ("cat.jpg", data, "image/jpeg")}, params={"topk": 3})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == "tiny.safetensors" and body["ten_crop"] is False
+    # one shape whether one image or several were sent: no top-level "predictions" for a single image
+    assert set(body) == {"schema", "model", "ten_crop", "topk", "results"}
+    assert body["schema"] == "alexnet.serve.predict/1"
+    assert body["model"] == "tiny.safetensors" and body["ten_crop"] is False and body["topk"] == 3
     (res,) = body["results"]
     assert (res["file"], res["width"], res["height"]) == ("cat.jpg", 96, 80)
     check_predictions(res["predictions"], reference(data), 3)
-    assert body["predictions"] == res["predictions"]
     # topk above the number of classes gives them all; the default is 5
     r = httpx.post(f"{server}/v1/predict?topk=50", files={"image": ("cat.jpg", data)})
-    assert len(r.json()["predictions"]) == NUM_CLASSES
+    assert len(r.json()["results"][0]["predictions"]) == NUM_CLASSES
     r = httpx.post(f"{server}/v1/predict", content=data, headers={"content-type": "image/jpeg"})
-    check_predictions(r.json()["predictions"], reference(data), 5)
+    check_predictions(r.json()["results"][0]["predictions"], reference(data), 5)
 
 
 def test_predict_several_images_ten_crop(server, reference):
@@ -149,7 +157,7 @@ def test_predict_several_images_ten_crop(server, reference):
     r = httpx.post(f"{server}/v1/predict", files=files, params={"ten_crop": "true", "topk": 4})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["ten_crop"] is True and "predictions" not in body
+    assert body["ten_crop"] is True and set(body) == {"schema", "model", "ten_crop", "topk", "results"}
     assert [x["file"] for x in body["results"]] == ["im0", "im1", "im2"]
     for res, b in zip(body["results"], blobs, strict=True):
         check_predictions(res["predictions"], reference(b, ten_crop=True), 4)
@@ -298,7 +306,7 @@ def test_load_every_answer_correct_and_batched(server, reference):
                 r = http.post("/v1/predict", files={"image": (f"{i}.jpg", blobs[i])})
                 try:
                     assert r.status_code == 200, r.text
-                    check_predictions(r.json()["predictions"], expected[i], 5)
+                    check_predictions(r.json()["results"][0]["predictions"], expected[i], 5)
                 except AssertionError as e:
                     failures.append(f"client {c} request {n}: {e}")
 
@@ -425,7 +433,9 @@ def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, refer
             t.join()
         for i, b in enumerate(blobs):
             assert answers[i].status_code == 200, answers[i].text
-            check_predictions(answers[i].json()["predictions"], reference(b, ten_crop=bool(i % 2)), 3 if i % 2 else 5)
+            check_predictions(
+                answers[i].json()["results"][0]["predictions"], reference(b, ten_crop=bool(i % 2)), 3 if i % 2 else 5
+            )
         # six concurrent clients, at most two passes (one may start before the others arrive)
         assert 1 <= gate.calls - calls_before <= 2
     finally:

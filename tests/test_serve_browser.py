@@ -74,10 +74,17 @@ def served(tmp_path_factory):
         torch.nn.init.zeros_(layer.bias)
     names = [f"kind {chr(ord('a') + i)}" for i in range(NUM_CLASSES)]
     pre = alexnet.Preprocessing(input_size=64, resize_size=72, class_names=names)
-    path = alexnet.save_model(model, pre, tmp_path_factory.mktemp("browser") / "page-model.safetensors")
+    provenance = {"parent": {"weights": "parent.safetensors", "sha256": "ab" * 32}, "data": "photos/", "epochs": 3,
+                  "metrics": {"val_top1_accuracy": 0.625, "best_val_top1_error": 0.375, "best_epoch": 3}}  # fmt: skip
+    path = alexnet.save_model(
+        model, pre, tmp_path_factory.mktemp("browser") / "page-model.safetensors", provenance=provenance
+    )
     model, pre = alexnet.load_model(path)
     # fp32: the page must show exactly the top-5 computed below (auto would be bf16 on a bf16-native CPU)
-    app = serve_mod.create_app(model, pre, name=path.name, options=serve_mod.ServeOptions(precision="fp32"))
+    options = serve_mod.ServeOptions(precision="fp32")
+    app = serve_mod.create_app(
+        model, pre, name=path.name, options=options, provenance=alexnet.weights.read_provenance(path)
+    )
     sock = serve_mod.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -113,7 +120,16 @@ def test_page_uploads_an_image_and_shows_the_top5(browser, served, tmp_path: Pat
     page.goto(url + "/")
     page.wait_for_selector("body[data-model=ready]", timeout=20_000)
     # the model's name, classes and preprocessing are on the page
-    assert "page-model.safetensors" in page.inner_text("#model-summary")
+    description = "alexnet_owt, 64x64, channels 16-32-48-32-32, fc6/fc7 width 64"
+    assert page.inner_text("#model-summary") == f"page-model.safetensors · {description} · {NUM_CLASSES} classes"
+    # where the weights come from: the provenance the file carries
+    assert page.inner_text("dd[data-field=parent]") == f"parent.safetensors (sha256 {'ab' * 6}…)"
+    assert page.inner_text("dd[data-field=data]") == "photos/"
+    assert page.inner_text("dd[data-field=epochs]") == "3"
+    assert page.inner_text("dd[data-field=metrics]") == (
+        "validation top-1 accuracy 62.50%, best validation top-1 error 37.50% (epoch 3)"
+    )
+    assert page.inner_text("dd[data-field=written]").endswith(f"by alexnet {alexnet.__version__}")
     assert page.inner_text("dd[data-field=classes]").startswith(f"{NUM_CLASSES}: kind a, kind b")
     prep = page.inner_text("dd[data-field=preprocessing]")
     assert "72" in prep and "64×64" in prep and "0.485" in prep

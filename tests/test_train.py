@@ -46,7 +46,7 @@ def test_learns_tiny_dataset_to_100_percent(tmp_path):
     rows = read_metrics(tmp_path / "run")
     assert list(rows[0]) == list(train.METRICS_COLUMNS)
     assert len(rows) == 14 and result.epochs_done == 14
-    assert float(rows[-1]["train_acc1"]) == 100.0
+    assert float(rows[-1]["train_top1_accuracy"]) == 1.0  # a fraction, as every rate the toolkit writes
     # the saved weights classify every training image (eval mode, the eval transform)
     model, pre = load_model(tmp_path / "run" / "last.safetensors")
     assert pre.class_names == ["class0", "class1", "class2"]
@@ -261,7 +261,7 @@ def test_feature_cache_equals_plain_path(data, pretrained, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "cache")
     for x, y in zip(ra, rb):
-        for k in ("train_loss", "train_acc1", "val_loss", "val_acc1"):
+        for k in ("train_loss", "train_top1_accuracy", "val_loss", "val_top1_accuracy"):
             assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6)
 
 
@@ -313,7 +313,7 @@ def test_feature_cache_through_frozen_fc6_equals_plain_path(data, tmp_path):
     assert not torch.equal(a["classifier.3.weight"], model.fc7.weight)
     ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "cache")
     for x, y in zip(ra, rb):
-        for k in ("train_loss", "train_acc1", "val_loss", "val_acc1"):
+        for k in ("train_loss", "train_top1_accuracy", "val_loss", "val_top1_accuracy"):
             assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6)
 
 

@@ -502,6 +502,9 @@ def test_connections_over_the_cap_get_a_503_at_once():
             t0 = time.monotonic()
             answer = extra.recv(4096)
             assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower(), answer
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])  # the server's one error shape, versioned
+            error = {"status": 503, "message": "too many open connections: retry shortly"}
+            assert body == {"schema": "alexnet.serve.error/1", "error": error}
             assert time.monotonic() - t0 < 1.0
         for s in held:  # the idle ones are cut after the header timeout, freeing their slots
             s.settimeout(5)

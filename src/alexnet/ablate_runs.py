@@ -27,13 +27,13 @@ def epoch_curve(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
     total, out = 0.0, []
     for r in metrics:
         total += float(r["seconds"])
-        val = float(r["val_acc1"])
+        val = float(r["val_top1_accuracy"])
         out.append(
             {
                 "epoch": int(r["epoch"]),
-                "train_error": 1.0 - float(r["train_acc1"]) / 100.0,
+                "train_error": 1.0 - float(r["train_top1_accuracy"]),  # metrics.csv: fractions
                 "train_loss": float(r["train_loss"]),
-                "val_error": None if math.isnan(val) else 1.0 - val / 100.0,
+                "val_error": None if math.isnan(val) else 1.0 - val,
                 "seconds": total,
             }
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -77,6 +77,7 @@ class DemoResult:
     files: dict[str, Path]
     examples: list[dict[str, Any]]
     notes: list[str]
+    next_commands: list[str] = field(default_factory=list)  # what to try next; each works offline after the demo
 
     @property
     def test_accuracy(self) -> float:
@@ -235,6 +236,19 @@ def _test_figures(
     return ev, model, pre, best
 
 
+def next_commands(best: Path, folder: Path, pretrained: bool) -> list[str]:
+    """The commands the demo suggests, each one runnable as printed: the data by its folder (found there, not
+    downloaded again), and fine-tuning from torchvision's weights only when they were reachable; from the demo's
+    own weights otherwise (offline, they are the ones at hand)."""
+    start = "torchvision --train-layers fc6,fc7,fc8" if pretrained else f"{best}"
+    return [
+        f"alexnet predict your_photo.jpg --weights {best}",
+        f"alexnet evaluate {folder} --split test --weights {best} --ten-crop",
+        f"alexnet info {best}",
+        f"alexnet finetune path/to/your/images --weights {start} --reinit fc8 --val-split 0.1 --out runs/mine",
+    ]
+
+
 def run_demo(cfg: DemoConfig, *, log: Any = print) -> DemoResult:
     """Run the demo end to end and return where everything is; ``log`` prints progress lines. The run folder is
     this process's from the look at what it holds to the report (`rundir.lock_run`)."""
@@ -311,4 +325,5 @@ def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
         files=files,
         examples=examples,
         notes=notes,
+        next_commands=next_commands(best, folder, finetune),
     )

@@ -54,6 +54,42 @@ def _figure(size: tuple[int, int]) -> Figure:
     return Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
 
 
+def _text_outside(fig: Figure, margin: float = 2.0) -> dict[str, float]:
+    """How many pixels of the figure's texts (labels, titles, tick labels) lie beyond each edge of the picture
+    (``left``, ``right``, ``bottom``, ``top``; 0 where none), as drawn: what a reader would see cut."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    if not boxes:
+        return {"left": 0.0, "right": 0.0, "bottom": 0.0, "top": 0.0}
+    w, h = fig.bbox.width, fig.bbox.height
+    return {
+        "left": max(0.0, margin - min(b.x0 for b in boxes)),
+        "right": max(0.0, max(b.x1 for b in boxes) - (w - margin)),
+        "bottom": max(0.0, margin - min(b.y0 for b in boxes)),
+        "top": max(0.0, max(b.y1 for b in boxes) - (h - margin)),
+    }
+
+
+def _keep_text_inside(fig: Figure, tries: int = 3) -> None:
+    """Move the axes in until no text is cut at the picture's edges (`_text_outside`): tight_layout measures the
+    tick labels, not always the axis labels beyond them (a short class name left "true class" at the edge)."""
+    w, h = fig.bbox.width, fig.bbox.height
+    for _ in range(tries):
+        out = _text_outside(fig)
+        if not any(out.values()):
+            return
+        p = fig.subplotpars
+        fig.subplots_adjust(
+            left=min(p.left + out["left"] / w, 0.45),
+            right=max(p.right - out["right"] / w, 0.55),
+            bottom=min(p.bottom + out["bottom"] / h, 0.45),
+            top=max(p.top - out["top"] / h, 0.55),
+        )
+
+
 def _png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -165,21 +201,24 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 def plot_curves(
     source: str | Path, out: str | Path | None = None, *, size: tuple[int, int] = (1500, 450), title: str | None = None
 ) -> bytes:
-    """Loss, top-1/top-5 error (the paper's measures, in percent) and learning rate per epoch, from the run's
+    """Loss, top-1/top-5 error (the paper's measures, drawn in percent) and learning rate per epoch, from the run's
     ``metrics.csv`` only; returns the PNG bytes and writes ``out``."""
     rows = read_metrics(source)
     col = {k: [r.get(k, math.nan) for r in rows] for k in METRICS_COLUMNS}
     epochs = col["epoch"]
-    err = {k: [100.0 - v for v in col[k]] for k in ("train_acc1", "val_acc1", "val_acc5")}
+    err = {
+        k: [100.0 * (1.0 - v) for v in col[k]]
+        for k in ("train_top1_accuracy", "val_top1_accuracy", "val_top5_accuracy")
+    }  # fractions
     fig = _figure(size)
     ax_loss, ax_err, ax_lr = fig.subplots(1, 3)
     marker = "o" if len(rows) < 30 else None
     ax_loss.plot(epochs, col["train_loss"], marker=marker, label="train")
     ax_loss.plot(epochs, col["val_loss"], marker=marker, label="validation")
     ax_loss.set(title="loss (cross-entropy)", xlabel="epoch")
-    ax_err.plot(epochs, err["train_acc1"], marker=marker, label="train top-1")
-    ax_err.plot(epochs, err["val_acc1"], marker=marker, label="validation top-1")
-    ax_err.plot(epochs, err["val_acc5"], marker=marker, label="validation top-5")
+    ax_err.plot(epochs, err["train_top1_accuracy"], marker=marker, label="train top-1")
+    ax_err.plot(epochs, err["val_top1_accuracy"], marker=marker, label="validation top-1")
+    ax_err.plot(epochs, err["val_top5_accuracy"], marker=marker, label="validation top-5")
     ax_err.set(title="error rate (%)", xlabel="epoch")
     ax_lr.plot(epochs, col["lr"], marker=marker, color="tab:gray")
     ax_lr.set(title="learning rate", xlabel="epoch")
@@ -218,7 +257,13 @@ def plot_confusion(
     fig = _figure(size)
     ax = fig.subplots()
     im = ax.imshow(shown.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class" if normalize else "count")
+    fig.colorbar(
+        im,
+        ax=ax,
+        fraction=0.046,
+        pad=0.04,
+        label=("fraction of the true class" if size[1] >= 320 else "fraction") if normalize else "count",
+    )
     if c <= 40:
         ax.set_xticks(range(c), labels=names, rotation=90 if c > 6 else 0, fontsize="small")
         ax.set_yticks(range(c), labels=names, fontsize="small")
@@ -230,8 +275,10 @@ def plot_confusion(
                         color="white" if dark else "black")  # fmt: skip
     ax.set(xlabel="predicted class", ylabel="true class")
     top1 = d.get("top1_error")
-    ax.set_title("confusion matrix" + (f" (top-1 error {100 * top1:.2f}%)" if top1 is not None else ""))
+    wrap = "\n" if size[0] < 500 else " "  # a narrow picture: the title on two lines, not cut at both ends
+    ax.set_title("confusion matrix" + (f"{wrap}(top-1 error {100 * top1:.2f}%)" if top1 is not None else ""))
     fig.tight_layout()
+    _keep_text_inside(fig)  # the axis labels whole, however short or long the class names
     return _save(fig, out)
 
 

@@ -66,9 +66,9 @@ class FileResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"file": self.file, "error": self.error}
-        return {"file": self.file, "predictions": [s._asdict() for s in self.scores or []]}
+        """One shape for every file (docs/JSON.md, ``alexnet.predict``): ``predictions`` empty and ``error`` a line
+        when it failed, ``error`` None when it was classified."""
+        return {"file": self.file, "predictions": [s._asdict() for s in self.scores or []], "error": self.error}
 
 
 def prepare_image(image: torch.Tensor, preprocessing: Preprocessing, *, ten_crop: bool = False) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""One self-contained HTML page about a training run: its configuration, curves (metrics.csv), final metrics and
-confusion matrix (eval.json, or a fresh evaluation), conv1's kernels (the paper's Figure 3) and the most
-confidently misclassified validation images. Pictures come from `alexnet.plots` and are embedded as base64
-PNG/JPEG, so the page can be sent alone; the run folder is read through `alexnet.rundir`.
+"""One self-contained HTML page about a training run. Its first screen is a summary a person reads (what model,
+which data, how many epochs, the best and the final or test figures); then the curves (metrics.csv), final metrics
+and confusion matrix (eval.json, or a fresh evaluation), conv1's kernels (the paper's Figure 3), the most
+confidently misclassified validation images, and the raw configuration folded away at the end. Pictures come
+from `alexnet.plots` and are embedded as base64 PNG/JPEG, so the page can be sent alone; the run folder is read
+through `alexnet.rundir`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 th{background:#f4f4f4}td.l,th.l{text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 img.plot{max-width:100%;height:auto}.note{color:#777}.grid{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:140px;font-size:.8em;text-align:center}figure img{width:128px;height:128px}
+table.summary th{width:12em}details{margin-top:2em}summary{cursor:pointer;font-weight:600}
 """
 
 
@@ -77,37 +80,106 @@ class _Page:
 
 
 # --- the sections -------------------------------------------------------------------------------------------------
-def _config_section(run: Path, page: _Page) -> dict[str, Any]:
-    page.parts.append("<h2>Configuration</h2>")
+def _read_config(run: Path, page: _Page) -> dict[str, Any]:
+    """config.json as a dict ({} when absent or unreadable, with a note)."""
     cfg_path = run / rundir.CONFIG
     if not cfg_path.is_file():
-        page.parts.append(_note("no config.json in this run folder"))
+        page.notes.append("no config.json in this run folder")
         return {}
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        page.parts.append(_note(f"config.json is unreadable: {e}"))
+        page.notes.append(f"config.json is unreadable: {e}")
         return {}
-    page.parts.append(f"<pre>{html.escape(json.dumps(config, indent=2, sort_keys=True))}</pre>")
     return config if isinstance(config, dict) else {}
 
 
-def _curves_section(run: Path, page: _Page) -> dict[str, float] | None:
-    """The curves; returns the last row of metrics.csv (None without one)."""
-    page.parts.append("<h2>Training curves</h2>")
-    if not (run / rundir.METRICS).is_file():
-        page.parts.append(_note("no metrics.csv in this run folder"))
+def _config_section(config: dict[str, Any], page: _Page) -> None:
+    """The raw configuration, folded away: the summary says what a reader needs first."""
+    if not config:
+        return
+    text = html.escape(json.dumps(config, indent=2, sort_keys=True))
+    page.parts.append(f"<details><summary>Configuration (config.json)</summary><pre>{text}</pre></details>")
+
+
+def _describe_weights(weights: Path | None) -> str | None:
+    """The model in words (`alexnet.weights.describe_config`), from the weights file's metadata."""
+    from .models import AlexNetConfig
+    from .weights import describe_config, read_metadata
+
+    if weights is None:
         return None
-    last_row = None
+    try:
+        meta = read_metadata(weights)
+        if meta.get("description"):
+            return str(meta["description"])
+        return describe_config(AlexNetConfig.from_dict(json.loads(meta["config"]))) if "config" in meta else None
+    except (AlexnetError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _summary_section(
+    run: Path, cfg: dict[str, Any], rows: list[dict[str, float]], evaluation: dict[str, Any] | None,
+    weights: Path | None, page: _Page,
+) -> None:  # fmt: skip
+    """The first screen: architecture, data, epochs, the best epoch's and the final (or test) figures."""
+    page.parts.append("<h2>Summary</h2>")
+    items: list[tuple[str, str]] = []
+    described = _describe_weights(weights)
+    arch = cfg.get("arch")
+    if described or arch:
+        items.append(("model", described or str(arch)))
+    if cfg.get("weights"):
+        items.append(("started from", str(cfg["weights"])))
+    if cfg.get("data"):
+        val = cfg.get("val_split") or 0
+        items.append(("data", str(cfg["data"]) + (f" ({float(val):.0%} held out for validation)" if val else "")))
+    if rows or cfg.get("epochs"):
+        done = f"{rows[-1]['epoch'] if rows else 0:g}"
+        items.append(("epochs", f"{done} of {cfg['epochs']}" if cfg.get("epochs") else done))
+    valid = [r for r in rows if math.isfinite(r.get("val_top1_accuracy", math.nan))]
+    if valid:
+        best = max(valid, key=lambda r: r["val_top1_accuracy"])
+        items.append(
+            ("best epoch", f"{best['epoch']:g}: validation top-1 error {_pct(1 - best['val_top1_accuracy'])}, "
+             f"top-5 error {_pct(1 - best.get('val_top5_accuracy', math.nan))}")
+        )  # fmt: skip
+    if evaluation is not None:
+        what = "test" if (evaluation.get("data") or {}).get("split") == "test" else "final"
+        items.append(
+            (f"{what} figures", f"top-1 error {_pct(evaluation.get('top1_error'))}, top-5 error "
+             f"{_pct(evaluation.get('top5_error'))} on {evaluation.get('num_samples', 0):,} images")
+        )  # fmt: skip
+    if weights is not None:
+        items.append(("weights", weights.name))
+    body = "".join(f'<tr><th class="l">{html.escape(k)}</th><td class="l">{html.escape(v)}</td></tr>' for k, v in items)
+    page.parts.append(f'<table class="summary">{body}</table>' if items else _note(f"{run}: nothing to summarise"))
+
+
+def _read_rows(run: Path, page: _Page) -> list[dict[str, float]]:
+    """metrics.csv's rows ([] without one; its warnings become the page's notes)."""
+    if not (run / rundir.METRICS).is_file():
+        return []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            last_row = read_metrics(run / rundir.METRICS)[-1]
-            page.parts.append(_img_tag(plot_curves(run), "image/png", "training curves", "plot"))
+            rows = read_metrics(run / rundir.METRICS)
         except PlotError as e:
-            page.parts.append(_note(str(e)))
+            page.notes.append(str(e))
+            rows = []
     page.notes += [str(w.message) for w in caught]
-    return last_row
+    return rows
+
+
+def _curves_section(run: Path, rows: list[dict[str, float]], page: _Page) -> None:
+    page.parts.append("<h2>Training curves</h2>")
+    if not rows:
+        page.parts.append(_note("no complete epoch in metrics.csv" if (run / rundir.METRICS).is_file() else
+                                "no metrics.csv in this run folder"))  # fmt: skip
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read once above, its warnings noted there
+        page.parts.append(_img_tag(plot_curves(run), "image/png", "training curves", "plot"))
 
 
 @dataclass
@@ -197,10 +269,10 @@ def _final_metrics_section(
     elif last_row is not None:
         page.parts.append(_note(f"no eval.json: the last epoch of metrics.csv (epoch {last_row['epoch']:g})"))
         rows = [
-            ("validation top-1 error", _pct((100 - last_row.get("val_acc1", math.nan)) / 100)),
-            ("validation top-5 error", _pct((100 - last_row.get("val_acc5", math.nan)) / 100)),
+            ("validation top-1 error", _pct(1 - last_row.get("val_top1_accuracy", math.nan))),
+            ("validation top-5 error", _pct(1 - last_row.get("val_top5_accuracy", math.nan))),
             ("validation loss", f"{last_row.get('val_loss', math.nan):.4f}"),
-            ("training top-1 error", _pct((100 - last_row.get("train_acc1", math.nan)) / 100)),
+            ("training top-1 error", _pct(1 - last_row.get("train_top1_accuracy", math.nan))),
         ]
         page.parts.append(_metrics_table(rows))
     else:
@@ -292,12 +364,13 @@ def report(
     precision: str = "fp32",
     progress: str | bool = "none",
 ) -> Path:
-    """One self-contained HTML page about a training run: its configuration, curves (metrics.csv), final
-    metrics and confusion matrix (eval.json), conv1's kernels (best or last weights), and the ``top`` most
-    confidently misclassified validation images. Pictures are embedded as base64 PNG/JPEG, so the page can be
-    sent alone. The run's eval.json gives the final metrics; to name the misclassified images the weights it
-    names (else best, else last) are evaluated afresh on ``data``, or with ``evaluate`` on the validation split
-    of the run's own data (config.json), and that evaluation is shown instead (eval.json is left as it is).
+    """One self-contained HTML page about a training run: a summary first (model, data, epochs, best and final
+    figures), then curves (metrics.csv), final metrics and confusion matrix (eval.json), conv1's kernels (best or
+    last weights), and the ``top`` most confidently misclassified validation images. Pictures are embedded as
+    base64 PNG/JPEG, so the page can be sent alone; the raw configuration is folded away at the end. The run's
+    eval.json gives the final metrics; to name the misclassified images the weights it names (else best, else
+    last) are evaluated afresh on ``data``, or with ``evaluate`` on the validation split of the run's own data
+    (config.json), and that evaluation is shown instead (eval.json is left as it is).
     Written atomically to ``out`` (default RUN_DIR/report.html)."""
     run = Path(run_dir)
     if not run.is_dir():
@@ -309,12 +382,15 @@ def report(
         return atomic_write_text(out, _html(title, _Page(parts=[body])))
     title = f"alexnet run: {run.resolve().name}"
     page = _Page(parts=[f"<h1>{html.escape(title)}</h1>"])
-    cfg = _config_section(run, page)
-    last_row = _curves_section(run, page)
+    cfg = _read_config(run, page)
+    rows = _read_rows(run, page)
     req = _EvalRequest(data, evaluate, top, ten_crop, batch_size, workers, device, precision, progress)
     evaluation, source, weights = _evaluation(run, cfg, req, page)
-    _final_metrics_section(evaluation, source, last_row, page)
+    _summary_section(run, cfg, rows, evaluation, weights, page)
+    _curves_section(run, rows, page)
+    _final_metrics_section(evaluation, source, rows[-1] if rows else None, page)
     _confusion_section(evaluation, page)
     _filters_section(weights, page)
     _misclassified_section(run, evaluation, top, page)
+    _config_section(cfg, page)
     return atomic_write_text(out, _html(title, page))

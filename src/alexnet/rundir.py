@@ -23,6 +23,7 @@ from typing import Any
 
 from .data.fileio import atomic_write_text, remove_stale_temps
 from .errors import AlexnetError
+from .schemas import tagged
 
 try:
     import fcntl
@@ -85,10 +86,10 @@ METRICS_COLUMNS = (
     "epoch",
     "lr",
     "train_loss",
-    "train_acc1",
+    "train_top1_accuracy",
     "val_loss",
-    "val_acc1",
-    "val_acc5",
+    "val_top1_accuracy",
+    "val_top5_accuracy",
     "images_per_s",
     "seconds",
 )
@@ -163,16 +164,16 @@ def write_config(out: str | Path, config: Mapping[str, Any]) -> Path:
 
 def write_eval(out: str | Path, epoch: int | None, evaluation: Mapping[str, Any], weights: str = LAST) -> Path:
     """eval.json: the evaluation of ``weights`` (a file of the run folder) after ``epoch`` (None: the run's end)."""
-    doc = {**({"epoch": epoch} if epoch is not None else {}), "weights": weights, **evaluation}
+    doc = tagged("evaluate", {**({"epoch": epoch} if epoch is not None else {}), "weights": weights, **evaluation})
     return atomic_write_text(Path(out) / EVAL, json.dumps(doc, indent=2) + "\n")
 
 
 def write_test_eval(out: str | Path, evaluation: Mapping[str, Any], weights: str) -> Path:
     """test_eval.json (the demo's evaluation of ``weights`` on held-out test images) and eval.json, the same
     evaluation, which the report shows."""
-    doc = {**evaluation, "weights": weights}
+    doc = tagged("evaluate", {**evaluation, "weights": weights})  # docs/JSON.md
     atomic_write_text(Path(out) / TEST_EVAL, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return write_eval(out, None, doc, weights)
+    return write_eval(out, None, {k: v for k, v in doc.items() if k != "schema"}, weights)
 
 
 # --- metrics.csv --------------------------------------------------------------------------------------------------
@@ -196,10 +197,21 @@ def write_metrics(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     return atomic_write_text(Path(out) / METRICS, format_metrics(rows))
 
 
+# metrics.csv before rates were fractions everywhere (alexnet.schemas): accuracies in percent under these names
+_PERCENT_COLUMNS = {
+    "train_acc1": "train_top1_accuracy",
+    "val_acc1": "val_top1_accuracy",
+    "val_acc5": "val_top5_accuracy",
+}
+
+
 def _parse_row(header: list[str], values: list[str]) -> dict[str, Any]:
     if len(values) != len(header):
         raise ValueError("wrong number of fields")
     row: dict[str, Any] = {h: float(v) if v.strip() else math.nan for h, v in zip(header, values)}
+    for old, new in _PERCENT_COLUMNS.items():  # an older run folder: read as fractions
+        if old in row:
+            row.setdefault(new, row.pop(old) / 100.0)
     if not math.isfinite(row["epoch"]):
         raise ValueError("no epoch")
     row["epoch"] = int(row["epoch"]) if row["epoch"].is_integer() else row["epoch"]

@@ -10,12 +10,15 @@ Why it is built this way:
   `alexnet.runtime.resolve_precision` resolves (``auto``: bf16 where the device computes it natively), through
   `Precision.inference_model`: a cast copy of a caller's model (left untouched), or, for the model ``alexnet
   serve`` loaded itself, that model cast in place (`alexnet.weights.load_for_inference`: no second copy).
-- A prediction has the command line's vocabulary (``alexnet predict --json``): per image ``file`` and
-  ``predictions``, per class ``index``, ``name`` and ``prob``.
-- Bad input is the client's fault, so it gets a 4xx with a JSON body ``{"error": {"status", "message"}}``, never a
-  500: the body size is checked while it streams in (a client cannot make the server buffer more than
-  ``max_bytes``), multipart parts are counted as they arrive, and image headers are checked before decoding
-  (JPEGs are decoded downscaled, so a 20-megapixel photo costs little); see `alexnet.serve_upload`.
+- Every response is a JSON document with its version key first (``"schema": "alexnet.serve.predict/1"``, ...;
+  `alexnet.schemas`, docs/JSON.md). A prediction has the command line's vocabulary (``alexnet predict --json``):
+  per image ``file`` and ``predictions``, per class ``index``, ``name`` and ``prob``; one shape whether one image
+  or several were sent.
+- Bad input is the client's fault, so it gets a 4xx with a JSON body ``{"schema", "error": {"status",
+  "message"}}``, never a 500: the body size is checked while it streams in (a client cannot make the server
+  buffer more than ``max_bytes``), multipart parts are counted as they arrive, and image headers are checked
+  before decoding (JPEGs are decoded downscaled, so a 20-megapixel photo costs little); see
+  `alexnet.serve_upload`.
 - The web page (``static/``) is plain HTML/CSS/JS served from this package: no CDN, and its Content-Security-Policy
   forbids anything else. FastAPI's /docs pages load from a CDN, so they are off; ``/openapi.json`` stays.
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,7 @@ from .runtime import (
     resolve_precision,
     unwrap_model,
 )
+from .schemas import schema_id, tagged
 from .serve_batch import Batcher
 from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
 from .serve_upload import (
@@ -78,7 +82,7 @@ from .serve_upload import (
     prepare_upload,
     read_images,
 )
-from .weights import PRETRAINED, guess_arch, load_model
+from .weights import PRETRAINED, describe_config, guess_arch, load_model, read_provenance
 
 __all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve", "uvicorn_config"]
 
@@ -153,13 +157,17 @@ class ImageResult(BaseModel):
     predictions: list[Prediction] = Field(description="top-k classes, most probable first")
 
 
+def _schema_field(name: str) -> Any:
+    """The version key: ``schema`` in JSON (a pydantic model's own ``schema`` method keeps its name here)."""
+    return Field(schema_id(name), alias="schema", description="the document's version (docs/JSON.md)")
+
+
 class PredictResponse(BaseModel):
+    schema_: str = _schema_field("serve.predict")
     model: str = Field(description="the served weights' name")
     ten_crop: bool
+    topk: int = Field(description="classes asked for per image (at most the model's classes are given)")
     results: list[ImageResult] = Field(description="one entry per image, in the order sent")
-    predictions: list[Prediction] | None = Field(
-        None, description="the first image's predictions, present when exactly one image was sent"
-    )
 
 
 class ErrorBody(BaseModel):
@@ -168,12 +176,17 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    schema_: str = _schema_field("serve.error")
     error: ErrorBody
 
 
 class ModelInfo(BaseModel):
+    schema_: str = _schema_field("serve.model")
     name: str = Field(description="the served weights' name (file name)")
-    arch: str
+    arch: str = Field(description="the registered architecture the weights fit, or custom")
+    description: str = Field(
+        description="what the model is, from its config: e.g. alexnet2012, 67x67, adaptive pooling"
+    )
     num_classes: int
     class_names: list[str]
     parameters: int
@@ -181,6 +194,9 @@ class ModelInfo(BaseModel):
     device: str
     precision: str = Field(description="fp32, bf16 or fp16: what the forward pass computes in")
     limits: dict[str, Any] = Field(description="the server's limits: ServeOptions' fields, as the flags name them")
+    provenance: dict[str, Any] | None = Field(
+        description="where the weights come from (the file's provenance, docs/FORMATS.md), null when it has none"
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -222,7 +238,7 @@ _PREDICT_BODY = {
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"status": status, "message": clean_message(message)}}
+    body = tagged("serve.error", {"error": {"status": status, "message": clean_message(message)}})
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -231,9 +247,17 @@ class ServedModel:
     as predict runs it), with the class names and facts /v1/model reports."""
 
     def __init__(
-        self, model: torch.nn.Module, preprocessing: Preprocessing, name: str, opts: ServeOptions, *, own: bool = False
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        name: str,
+        opts: ServeOptions,
+        *,
+        own: bool = False,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         self.name, self.preprocessing, self.options = name, preprocessing, opts
+        self.provenance = dict(provenance) if provenance is not None else None
         self.device = resolve_device(opts.device)
         self.precision: Precision = resolve_precision(opts.precision, self.device)
         self.model = model
@@ -243,6 +267,8 @@ class ServedModel:
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
         self.arch = _arch_name(model)
+        config = getattr(unwrap_model(model), "config", None)
+        self.description = describe_config(config) if config is not None else self.arch
 
     # Softmax rows, not predict.classify_batch's top-k: one pass here mixes requests with and without ten_crop and
     # with different topk, so averaging over crops and the top-k happen per request, after the pass.
@@ -260,6 +286,7 @@ class ServedModel:
         return ModelInfo(
             name=self.name,
             arch=self.arch,
+            description=self.description,
             num_classes=self.num_classes,
             class_names=self.class_names,
             parameters=count_parameters(self.model),
@@ -267,6 +294,7 @@ class ServedModel:
             device=str(self.device),
             precision=self.precision.name,
             limits=self.options.limits(),
+            provenance=self.provenance,
         )
 
     def results(self, files: list[str], sizes: list[tuple[int, int]], probs: torch.Tensor, topk: int) -> list[dict]:
@@ -293,15 +321,17 @@ def create_app(
     name: str = "alexnet",
     options: ServeOptions | None = None,
     own_model: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``model``: the page at ``/``, the API under ``/v1``, ``/healthz``, ``/openapi.json``.
 
     Tests and embedding programs call this directly (with uvicorn or any ASGI server); ``serve`` adds loading and
     listening. The caller's ``model`` is left as it is (a bf16/fp16 server runs a cast copy) unless ``own_model``
-    says the app may cast it in place (``serve``, which loaded it: no second copy of the weights).
+    says the app may cast it in place (``serve``, which loaded it: no second copy of the weights). ``provenance``:
+    the weights file's (`alexnet.weights.read_provenance`), shown by /v1/model and the page.
     """
     opts = options or ServeOptions()
-    served = ServedModel(model, preprocessing, name, opts, own=own_model)
+    served = ServedModel(model, preprocessing, name, opts, own=own_model, provenance=provenance)
     batcher = Batcher(served.forward, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1000.0)
 
     @asynccontextmanager
@@ -369,7 +399,7 @@ def _add_page_and_info(app: FastAPI, served: ServedModel, batcher: Batcher) -> N
     async def healthz() -> dict[str, str]:
         if not batcher.running:
             raise ApiError(503, "the batching worker is not running")
-        return {"status": "ok"}
+        return tagged("serve.health", {"status": "ok"})
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The served model: arch, classes, preprocessing")
     async def model_info() -> ModelInfo:
@@ -377,7 +407,7 @@ def _add_page_and_info(app: FastAPI, served: ServedModel, batcher: Batcher) -> N
 
     @app.get("/v1/stats", summary="Batching counters since start (forward passes, rows, largest batch)")
     async def stats() -> dict[str, Any]:
-        return batcher.stats.to_dict()
+        return tagged("serve.stats", batcher.stats.to_dict())
 
 
 def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: PixelBudget) -> None:
@@ -393,7 +423,6 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        response_model_exclude_none=True,
         responses=_ERRORS,
         openapi_extra=_PREDICT_BODY,
         summary="Classify one or several images",
@@ -442,10 +471,7 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
         if ten_crop:
             probs = probs.view(len(uploads), 10, -1).mean(dim=1)  # the paper: average the 10 patches' softmax
         results = served.results([u.filename for u in uploads], [p[1] for p in prepared], probs, topk)
-        body: dict[str, Any] = {"model": served.name, "ten_crop": ten_crop, "results": results}
-        if len(results) == 1:
-            body["predictions"] = results[0]["predictions"]
-        return body
+        return tagged("serve.predict", {"model": served.name, "ten_crop": ten_crop, "topk": topk, "results": results})
 
 
 def _num_classes(
@@ -510,13 +536,14 @@ def serve(
     one_malloc_arena()  # a no-op when `alexnet serve` did it first, before loading
     model, preprocessing = loaded or load_model(weights, arch=arch, allow_pickle=allow_pickle)
     name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
-    app = create_app(model, preprocessing, name=name, options=options, own_model=True)
+    provenance = read_provenance(weights)
+    app = create_app(model, preprocessing, name=name, options=options, own_model=True, provenance=provenance)
     served: ServedModel = app.state.served
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"alexnet serve: {name} ({served.arch}, {served.num_classes} classes, {served.device} "
+        f"alexnet serve: {name} ({served.description}, {served.num_classes} classes, {served.device} "
         f"{served.precision.name}) on http://{shown}:{actual}/  (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,

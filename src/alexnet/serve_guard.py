@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AlexnetError
+from .schemas import tagged
 
 try:
     import h11
@@ -43,7 +44,8 @@ class ConnectionLimits:
 
 
 def _busy_response() -> bytes:
-    body = json.dumps({"error": {"status": 503, "message": "too many open connections: retry shortly"}}).encode()
+    error = {"error": {"status": 503, "message": "too many open connections: retry shortly"}}
+    body = json.dumps(tagged("serve.error", error)).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
         f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"

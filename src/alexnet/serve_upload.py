@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import AlexnetError
+from .errors import AlexnetError, one_line
 
 try:
     from fastapi import Request
@@ -47,14 +46,12 @@ __all__ = [
 
 IMAGE_FIELD = "image"  # the multipart field name of an image; repeat it to send several
 MAX_BOUNDARY = 256  # longest multipart boundary python-multipart accepts (RFC 2046: 70)
-_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def clean_message(text: str) -> str:
-    """An error text fit for a client: Python object reprs (``<_io.BytesIO object at 0x7f...>``, which Pillow
-    puts in its messages) become ``the image``, and the text is one line of at most 300 characters."""
-    text = " ".join(_REPR.sub("the image", text).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    """An error text fit for a client: one line of at most 300 characters, no Python object repr
+    (`alexnet.errors.one_line`)."""
+    return one_line(text, what="the image")
 
 
 class ApiError(Exception):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import AlexnetError
+from ..errors import AlexnetError, one_line
 from . import data, evaluation, infer, training
 from .flags import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Formatter
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    infer.add_commands(sub)  # models, predict, convert, export, serve
+    infer.add_commands(sub)  # models, predict, convert, export, serve, info
     evaluation.add_commands(sub)  # evaluate, features, neighbors, plot, report
     data.add_commands(sub)  # stats, prepare
     training.add_commands(sub)  # train, finetune, demo
@@ -49,7 +49,7 @@ def _execute(argv: Sequence[str] | None) -> tuple[int, bool]:
     try:
         return int(args.func(args) or EXIT_OK), fast
     except AlexnetError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"alexnet {args.command}: error: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_ERROR, fast
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..schemas import tagged
 from .flags import EXIT_OK, Formatter, add_progress_flag, add_workers_flag, positive_int, print_json, seed_int
 
 __all__ = ["add_commands"]
@@ -60,7 +61,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     )
     path = save_stats(stats, args.out)
     if args.json:
-        print_json({**stats.to_dict(), "out": str(path)})
+        print_json(tagged("stats", {**stats.to_dict(), "out": str(path)}))
     else:
         print(f"{stats.num_images} images ({len(stats.skipped)} skipped) -> {path}")
         print("mean    " + " ".join(f"{v:.4f}" for v in stats.mean) + "  (RGB, 0..1)")
@@ -99,7 +100,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     if args.json:
-        print_json(manifest)
+        print_json(tagged("prepare", {**manifest, "out": str(args.out)}))
     else:
         for split, info in manifest["splits"].items():
             print(f"{split}: {info['count']} images in {len(info['shards'])} shards")

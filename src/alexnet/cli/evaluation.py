@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..names import LAYER_NAMES
+from ..schemas import tagged
 from .flags import (
     EXIT_OK,
     Formatter,
@@ -87,7 +88,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         shutdown_distributed(info)
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
-    d = result.to_dict(top_misclassified=args.top_misclassified)
+    d = tagged("evaluate", result.to_dict(top_misclassified=args.top_misclassified))
     if args.out:
         write_json(d, args.out)
     if args.json:
@@ -130,7 +131,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     save_features(index, args.out)
     summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
     if args.json:
-        print_json(summary)
+        print_json(tagged("features", summary))
     else:
         print(f"wrote {args.out}: {len(index)} images x {index.dim} ({index.layer})")
     return EXIT_OK
@@ -176,12 +177,9 @@ def _cmd_neighbors(args: argparse.Namespace) -> int:
 
         plot_neighbors(queries, ranked, args.out, data=index.data, query_names=args.queries)
     if args.json:
-        print_json(
-            [
-                {"query": q, "layer": index.layer, "metric": args.metric, "neighbors": [vars(n) for n in nbrs]}
-                for q, nbrs in zip(args.queries, ranked)
-            ]
-        )
+        queries = [{"query": q, "neighbors": [vars(n) for n in nbrs]} for q, nbrs in zip(args.queries, ranked)]
+        body = {"index": str(args.index), "layer": index.layer, "metric": args.metric, "queries": queries}
+        print_json(tagged("neighbors", body))
         return EXIT_OK
     for q, nbrs in zip(args.queries, ranked):
         print(f"{q}  ({index.layer}, {args.metric})")
@@ -312,7 +310,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         evaluate=not args.no_evaluate,
     )
     if args.json:
-        print_json({"report": str(path)})
+        print_json(tagged("report", {"report": str(path)}))
     else:
         print(f"wrote {path}")
     return EXIT_OK

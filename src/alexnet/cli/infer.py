@@ -1,4 +1,4 @@
-"""Commands that run or move weights: models, predict, convert, export, serve. Parsing and wiring only."""
+"""Commands that run or move weights: models, predict, convert, export, serve, info. Parsing and wiring only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from ..errors import AlexnetError
 from ..limits import ONNX_OPSETS, check_opset
+from ..schemas import tagged
 from .flags import (
     EXIT_ERROR,
     EXIT_OK,
@@ -28,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_convert(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_info(sub)
 
 
 # --- models -----------------------------------------------------------------------------------------------------------
@@ -58,7 +60,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print_json(rows)
+        weights = [
+            {"name": name, "arch": rec.arch, "num_classes": rec.num_classes, "format": rec.file_format}
+            for name, rec in PRETRAINED.items()
+        ]
+        weights += [
+            {"name": f"caffe:{name}" if name in PRETRAINED else name, "arch": z.arch, "num_classes": z.num_classes,
+             "format": "caffemodel"}
+            for name, z in CAFFE_ZOO.items()
+        ]  # fmt: skip
+        print_json(tagged("models", {"models": rows, "weights": weights}))
         return EXIT_OK
     print(f"{'name':<14}{'parameters':>14}{'GFLOPs':>9}{'input':>9}")
     for r in rows:
@@ -94,7 +105,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
         "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.predict): per file predictions or error"
+    )
     p.set_defaults(func=_cmd_predict, fast_exit=True)
 
 
@@ -130,7 +143,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  {s.prob:8.4f}  {s.name} ({s.index})")
         results.append(r)
     if args.json:
-        print_json([r.to_dict() for r in results])
+        body = {"weights": str(weights_spec(args)), "ten_crop": args.ten_crop, "topk": args.topk}
+        print_json(tagged("predict", {**body, "results": [r.to_dict() for r in results]}))
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"alexnet predict: {failed} of {len(results)} files failed", file=sys.stderr)
@@ -160,18 +174,20 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights import save_notes, save_weights, weights_format
+    from ..weights import parent_of, read_provenance, save_notes, save_weights, weights_format
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
     weights_format(args.dst)  # an unknown suffix is refused before loading anything
     model, pre = spec.load()
-    dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy)
+    carried = read_provenance(spec) or {}  # the same weights: their data, epochs and metrics stay theirs
+    provenance = {**{k: carried.get(k) for k in ("data", "epochs", "metrics")}, "parent": parent_of(spec)}
+    dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy, provenance=provenance)
     for line in save_notes(model, pre, dst):
         print(f"alexnet convert: {line}", file=sys.stderr)
     if args.json:
-        print_json({"src": str(spec.source), "dst": str(dst), "format": dst.suffix[1:].lower()})
+        print_json(tagged("convert", {"src": str(spec.source), "dst": str(dst), "format": weights_format(dst)}))
     else:
         print(f"wrote {dst}")
     return EXIT_OK
@@ -214,10 +230,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, pre = spec.load()
     diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
     if args.json:
-        print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
+        print_json(tagged("export", {"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff}))
     else:
         check = f" (onnxruntime vs PyTorch max abs diff {diff:.2e})" if diff is not None else ""
         print(f"wrote {args.onnx}{check}")
+    return EXIT_OK
+
+
+# --- info -------------------------------------------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="what a weights file is and where it comes from (provenance)",
+        description="The weights' architecture and description, classes, parameters, preprocessing, SHA-256 and "
+        "the provenance our files record: package version, parent weights and their hash, data, epochs, final "
+        "metrics, date (docs/FORMATS.md). Files written before provenance was recorded show none.",
+        formatter_class=Formatter,
+    )
+    add_weights_flags(p, default=None, positional=True)
+    p.add_argument("--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.info)")
+    p.set_defaults(func=_cmd_info, fast_exit=True)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..weights import format_info, weights_info
+
+    spec = weights_spec(args)
+    if spec is None:
+        raise AlexnetError("info needs weights: alexnet info WEIGHTS (or --weights WEIGHTS)")
+    info = weights_info(spec)
+    if args.json:
+        print_json(tagged("info", info))
+    else:
+        print(format_info(info))
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..names import INIT_SCHEMES
 from ..options import PRECISIONS, PROGRESS_MODES, default_workers
+from ..schemas import tagged
 from .flags import (
     EXIT_OK,
     Formatter,
@@ -300,17 +301,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         r = run_demo(cfg, log=print)
     if args.json:
         print_json(
-            {
-                "mode": r.mode,
-                "test_top1_error": r.test_top1_error,
-                "test_top5_error": r.test_top5_error,
-                "test_accuracy": r.test_accuracy,
-                "test_samples": r.test_samples,
-                "seconds": r.seconds,
-                "files": {k: str(v) for k, v in r.files.items()},
-                "examples": r.examples,
-                "notes": r.notes,
-            }
+            tagged(
+                "demo",
+                {
+                    "mode": r.mode,
+                    "test_top1_error": r.test_top1_error,
+                    "test_top5_error": r.test_top5_error,
+                    "test_accuracy": r.test_accuracy,
+                    "test_samples": r.test_samples,
+                    "seconds": r.seconds,
+                    "files": {k: str(v) for k, v in r.files.items()},
+                    "examples": [{**e, "top3": [{"name": n, "prob": p} for n, p in e["top3"]]} for e in r.examples],
+                    "notes": r.notes,
+                    "next": r.next_commands,
+                },
+            )
         )
         return EXIT_OK
     _print_demo(r)
@@ -339,12 +344,8 @@ def _print_demo(r: Any) -> None:
     print(f"  test figures {f['test_eval']}")
     print()
     print("Next:")
-    print(f"  alexnet predict your_photo.jpg --weights {f['best']}")
-    print(f"  alexnet evaluate fashion-mnist --weights {f['best']} --ten-crop")
-    print(
-        "  alexnet finetune path/to/your/images --weights torchvision --train-layers fc6,fc7,fc8 --reinit fc8 "
-        "--val-split 0.1 --out runs/mine"
-    )
+    for command in r.next_commands:
+        print(f"  {command}")
 
 
 # --- ablate ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import AlexnetError
+from ..errors import AlexnetError, one_line
 
 try:  # libjpeg-turbo into numpy with the GIL released: half the time of Pillow's decode and copy, bit for bit
     import simplejpeg
@@ -112,10 +112,12 @@ def decode_image(source: str | Path | bytes, *, min_size: int | None = None, nam
                 arr = np.asarray(_to_rgb(im), dtype=np.uint8)
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, EOFError) as e:
-        raise BadImageError(f"{label}: not a readable image ({_one_line(e)})") from None
+    except UnidentifiedImageError:  # Pillow's message names its BytesIO object, nothing a reader can use
+        raise BadImageError(f"{label}: not a readable image (no image format recognised in its bytes)") from None
+    except (OSError, SyntaxError, ValueError, RuntimeError, EOFError) as e:
+        raise BadImageError(f"{label}: not a readable image ({one_line(e, what='the image')})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(f"{label}: too many pixels ({_one_line(e)})") from None
+        raise BadImageError(f"{label}: too many pixels ({one_line(e, what='the image')})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # writable, for torch; channels-last memory as above
 
 
@@ -250,10 +252,6 @@ def _orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
     }
     op = ops.get(int(orientation))
     return op(img).contiguous() if op else img
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -33,16 +33,17 @@ async function loadModel() {
   if (!response.ok) throw new Error(await errorMessage(response));
   const m = await response.json();
   const p = m.preprocessing;
-  $("model-summary").textContent = `${m.name} · ${m.arch} · ${m.num_classes} classes`;
+  $("model-summary").textContent = `${m.name} · ${m.description} · ${m.num_classes} classes`;
   const rows = [
     ["Name", m.name],
-    ["Architecture", m.arch],
+    ["Architecture", m.arch === "custom" ? m.description : `${m.description} (${m.arch})`],
     ["Classes", `${m.num_classes}: ${m.class_names.slice(0, 12).join(", ")}${m.num_classes > 12 ? ", …" : ""}`],
     ["Parameters", m.parameters.toLocaleString("en-US")],
     ["Preprocessing", `short side → ${p.resize_size}, centre crop ${p.input_size}×${p.input_size}, ` +
       `pixels × ${p.value_scale}/255, mean ${formatList(p.mean)}, std ${formatList(p.std)}`],
     ["Device", m.device],
     ["Precision", m.precision],
+    ...provenanceRows(m.provenance),
   ];
   const dl = $("model");
   dl.replaceChildren();
@@ -54,6 +55,27 @@ async function loadModel() {
     dd.dataset.field = k.toLowerCase();
     dl.append(dt, dd);
   }
+}
+
+// Where the weights come from (the file's provenance; null for files that record none).
+function provenanceRows(p) {
+  if (!p) return [["Provenance", "none recorded in the weights file"]];
+  const rows = [["Written", `${p.created || "?"} by alexnet ${p.alexnet_version || "?"}`]];
+  if (p.parent) {
+    rows.push(["Parent", p.parent.sha256 ? `${p.parent.weights} (sha256 ${p.parent.sha256.slice(0, 12)}…)` :
+      p.parent.weights]);
+  }
+  if (p.data) rows.push(["Data", p.data]);
+  if (p.epochs !== null && p.epochs !== undefined) rows.push(["Epochs", String(p.epochs)]);
+  const m = p.metrics || {};
+  const pct = (v) => `${(100 * v).toFixed(2)}%`;
+  const figures = [];
+  if (m.val_top1_accuracy !== null && m.val_top1_accuracy !== undefined) figures.push(`validation top-1 accuracy ${pct(m.val_top1_accuracy)}`);
+  if (m.best_val_top1_error !== null && m.best_val_top1_error !== undefined) {
+    figures.push(`best validation top-1 error ${pct(m.best_val_top1_error)} (epoch ${m.best_epoch})`);
+  }
+  if (figures.length) rows.push(["Metrics", figures.join(", ")]);
+  return rows;
 }
 
 function renderPredictions(predictions) {

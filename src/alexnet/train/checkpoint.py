@@ -203,6 +203,7 @@ class Trainables:
     scheduler: Any = None
     scaler: torch.amp.GradScaler | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # `config.run_settings`: what a resume is checked against
+    origin: dict[str, Any] = field(default_factory=dict)  # the weights' provenance: parent and data (run.py)
 
 
 @dataclass
@@ -266,7 +267,7 @@ def save_checkpoint(
         if last.exists():  # kept until the new state.pt is in place: the previous pair stays whole meanwhile
             previous.unlink(missing_ok=True)
             _link_or_copy(last, previous)
-        save_model(t.model, t.pre, last, arch=t.arch)
+        save_model(t.model, t.pre, last, arch=t.arch, provenance=_provenance(t, progress, epoch_done))
         if best:
             atomic_write(out / rundir.BEST, lambda tmp: _link_or_copy(last, Path(tmp)))
         atomic_write(out / rundir.STATE, lambda tmp: torch.save(state, tmp))
@@ -275,6 +276,20 @@ def save_checkpoint(
             f"no space left on the device while writing {e.path}; the previous checkpoint is intact"
         ) from None
     previous.unlink(missing_ok=True)
+
+
+def _provenance(t: Trainables, progress: RunProgress, epochs: int) -> dict[str, Any]:
+    """What the saved weights carry about their making (`alexnet.weights.provenance`): parent and data from the
+    run, the epochs done, and the last epoch's figures (rates as fractions) with the best so far."""
+    row = progress.metrics[-1] if progress.metrics else {}
+    metrics = {
+        k: row.get(k)
+        for k in ("train_loss", "train_top1_accuracy", "val_loss", "val_top1_accuracy", "val_top5_accuracy")
+    }
+    metrics = {k: (None if v is None or v != v else float(v)) for k, v in metrics.items()}  # NaN: not measured
+    metrics["best_epoch"] = progress.best_epoch or None
+    metrics["best_val_top1_error"] = None if math.isinf(progress.best_err) else float(progress.best_err)
+    return {**t.origin, "epochs": epochs, "metrics": metrics}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -345,6 +345,8 @@ def _assemble(
     epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
     t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
                    env.precision.grad_scaler(device), run_settings(cfg))  # fmt: skip
+    if info.is_main:  # what the weights it writes carry (alexnet.weights.provenance): hashed once, by the writer
+        t.origin = _origin(cfg, train_dataset)
     run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
     if resume_state is not None:
         run.state = restore_progress(resume_state, t, run.out, info, device)
@@ -354,16 +356,24 @@ def _assemble(
     return run
 
 
+def _origin(cfg: TrainConfig, train_dataset: Any | None) -> dict[str, Any]:
+    """The parent weights (name and SHA-256) and the data source a run's weights record."""
+    from ..weights import parent_of
+
+    data = cfg.data or (type(train_dataset).__name__ if train_dataset is not None else None)
+    return {"parent": parent_of(cfg.weights) if cfg.weights else None, "data": data}
+
+
 # --- the epochs ---------------------------------------------------------------------------------------------------
 def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
     val = (
-        f" val loss {row['val_loss']:.4f} top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+        f" val loss {row['val_loss']:.4f} top-1 {row['val_top1_accuracy']:.2%} top-5 {row['val_top5_accuracy']:.2%}"
         if not math.isnan(row["val_loss"])
         else ""
     )
     return (
         f"epoch {row['epoch']}/{epochs} lr {row['lr']:.3g} train loss {row['train_loss']:.4f} "
-        f"top-1 {row['train_acc1']:.2f}%{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
+        f"top-1 {row['train_top1_accuracy']:.2%}{val} {row['images_per_s']:.0f} img/s {row['seconds']:.1f}s"
     )
 
 
@@ -372,10 +382,10 @@ def _metrics_row(epoch: int, lr: float, train: Mapping[str, float], seconds: flo
         "epoch": epoch,
         "lr": lr,
         "train_loss": train["loss"],
-        "train_acc1": train["acc1"],
+        "train_top1_accuracy": train["acc1"] / 100.0,  # metrics.csv holds fractions, as every file (alexnet.schemas)
         "val_loss": val.loss if val is not None else math.nan,
-        "val_acc1": 100.0 * val.acc1 if val is not None else math.nan,
-        "val_acc5": 100.0 * val.acc5 if val is not None else math.nan,
+        "val_top1_accuracy": val.acc1 if val is not None else math.nan,
+        "val_top5_accuracy": val.acc5 if val is not None else math.nan,
         "images_per_s": train["images_per_s"],
         "seconds": seconds,
     }

@@ -10,7 +10,15 @@ Knows nothing of training.
 
 from ..data.fileio import atomic_write
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
-from .base import CaffeError, WeightsError, check_state_dict, check_tensor_values, guess_arch, imagenet_classes
+from .base import (
+    CaffeError,
+    WeightsError,
+    check_state_dict,
+    check_tensor_values,
+    describe_config,
+    guess_arch,
+    imagenet_classes,
+)
 from .bvlc import (
     BVLC_CONVERSIONS,
     bvlc_import_differences,
@@ -20,6 +28,7 @@ from .bvlc import (
     read_bvlc_npy,
     state_dict_to_bvlc,
 )
+from .info import format_info, weights_info
 from .io import (
     SAVE_FORMATS,
     WeightsSource,
@@ -33,6 +42,7 @@ from .io import (
 )
 from .onnx import export_onnx, verify_onnx
 from .pretrained import load_pretrained, pretrained_record
+from .provenance import file_sha256, make_provenance, parent_of, read_metadata, read_provenance
 from .records import CAFFE_ZOO, PRETRAINED, CaffeZooWeights, PretrainedWeights
 
 __all__ = [
@@ -54,9 +64,12 @@ __all__ = [
     "check_state_dict",
     "check_tensor_values",
     "default_preprocessing",
+    "describe_config",
     "export_npy",
     "export_onnx",
     "export_pth",
+    "file_sha256",
+    "format_info",
     "guess_arch",
     "imagenet_classes",
     "load_bvlc_npy",
@@ -65,14 +78,19 @@ __all__ = [
     "load_for_inference",
     "load_model",
     "load_pretrained",
+    "make_provenance",
+    "parent_of",
     "pretrained_record",
     "read_bvlc_npy",
+    "read_metadata",
+    "read_provenance",
     "save_model",
     "save_notes",
     "save_weights",
     "state_dict_to_bvlc",
     "verify_onnx",
     "weights_format",
+    "weights_info",
 ]
 
 

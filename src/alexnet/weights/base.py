@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AlexnetError
+from ..errors import AlexnetError, one_line
 from ..models import AlexNet, AlexNetConfig, get_config
 from ..preprocessing import TORCHVISION_PREPROCESSING, Preprocessing, default_preprocessing
 
@@ -31,6 +31,7 @@ __all__ = [
     "check_tensor_values",
     "config_from_metadata",
     "preprocessing_from_metadata",
+    "describe_config",
     "guess_arch",
     "imagenet_classes",
     "model_from_state_dict",
@@ -159,10 +160,46 @@ def guess_arch(config: AlexNetConfig) -> str:
     return "custom"
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line of at most 300 characters, for a `WeightsError`."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+_LAYOUT_IGNORED = ("init", "dropout", "num_classes", "lrn_k", "input_size")
+
+
+def describe_config(config: AlexNetConfig) -> str:
+    """What a model is, in words a person reads, from its config: the registered architecture it is closest to
+    (fewest differing fields), its input size and each difference, e.g. ``"alexnet2012, 67x67, adaptive
+    pooling"``. A registered architecture at its own size is ``"alexnet_owt, 224x224"``; the ``arch`` a file
+    records stays `guess_arch`'s (``custom`` for the example), which programs compare."""
+    from ..models import list_models
+
+    mine = config.to_dict()
+    best, diffs = "", list(mine)
+    for name in list_models():
+        ref = get_config(name, num_classes=config.num_classes).to_dict()
+        found = [k for k in ref if k not in _LAYOUT_IGNORED and ref[k] != mine[k]]
+        if len(found) < len(diffs):
+            best, diffs = name, found
+    words = [best, f"{config.input_size}x{config.input_size}"] + [_difference(k, mine[k]) for k in diffs]
+    return ", ".join(words)
+
+
+def _difference(key: str, value: Any) -> str:
+    """One config field that differs from the nearest architecture, in words."""
+    if key == "adaptive_pool":
+        return "adaptive pooling" if value else "no adaptive pooling"
+    if key == "lrn":
+        return "LRN" if value else "no LRN"
+    if key == "lrn_before_pool":
+        return "LRN before pooling" if value else "LRN after pooling"
+    if key == "groups":
+        return "two groups (the paper's GPU split)" if value == 2 else "dense (one group)"
+    if key == "conv_channels":
+        return "channels " + "-".join(str(c) for c in value)
+    if key == "fc_features":
+        return f"fc6/fc7 width {value}"
+    if key == "dropout_before_fc":
+        return "dropout before fc6/fc7" if value else "dropout after fc6/fc7"
+    if key == "activation":
+        return str(value)
+    return f"{key} {value}"
 
 
 def hub_file(url: str, model_dir: str | Path | None = None) -> Path:

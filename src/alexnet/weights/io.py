@@ -30,6 +30,7 @@ from .base import (
     check_state_dict,
     check_tensor_values,
     config_from_metadata,
+    describe_config,
     empty_model,
     guess_arch,
     model_from_state_dict,
@@ -39,6 +40,7 @@ from .base import (
 )
 from .bvlc import bvlc_import_differences, export_npy, load_bvlc_npy
 from .pretrained import load_pretrained
+from .provenance import PROVENANCE_KEY, make_provenance
 from .records import CAFFE_ZOO, PRETRAINED
 
 __all__ = [
@@ -166,7 +168,13 @@ def weights_format(path: str | Path) -> str:
 
 
 def save_weights(
-    model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None, lossy: bool = False
+    model: AlexNet,
+    preprocessing: Preprocessing,
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    lossy: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` in the format ``path``'s suffix names (`weights_format`), atomically: our ``.safetensors``
     (`save_model`: weights, arch, config, preprocessing, class names), a bvlc-layout ``.npy`` (`export_npy`, the
@@ -175,10 +183,11 @@ def save_weights(
 
     A ``.npy`` records no config: a model that `load_bvlc_npy` would not rebuild identically (other pooling, LRN k,
     input size; see `bvlc_import_differences`) is refused with the differences, unless ``lossy``. Returns the path;
-    `save_notes` says what the written file will not carry."""
+    `save_notes` says what the written file will not carry. ``provenance``: `alexnet.weights.provenance`'s object
+    (recorded by ``.safetensors`` and ``.pth``; the package version and date are always recorded)."""
     fmt = weights_format(path)
     if fmt == "safetensors":
-        return save_model(model, preprocessing, path, arch=arch)
+        return save_model(model, preprocessing, path, arch=arch, provenance=provenance)
     if fmt == "npy":
         _, diffs = bvlc_import_differences(model, preprocessing)
         if diffs and not lossy:
@@ -188,7 +197,7 @@ def save_weights(
                 "it anyway)"
             )
         return export_npy(model, path, preprocessing=preprocessing)
-    return export_pth(model, path, preprocessing, arch=arch)
+    return export_pth(model, path, preprocessing, arch=arch, provenance=provenance)
 
 
 def save_notes(model: AlexNet, preprocessing: Preprocessing, path: str | Path) -> list[str]:
@@ -210,8 +219,17 @@ def save_notes(model: AlexNet, preprocessing: Preprocessing, path: str | Path) -
 
 
 # --- our safetensors format ---------------------------------------------------------------------------------------
-def save_model(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *, arch: str | None = None) -> Path:
-    """Save weights and everything needed to rebuild and feed the model as ``.safetensors`` (atomically)."""
+def save_model(
+    model: AlexNet,
+    preprocessing: Preprocessing,
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save weights and everything needed to rebuild and feed the model as ``.safetensors`` (atomically), with
+    their provenance (`alexnet.weights.provenance.make_provenance`'s keys; the package version and the date are
+    always recorded, the rest is None unless given)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -224,19 +242,23 @@ def save_model(model: AlexNet, preprocessing: Preprocessing, path: str | Path, *
     if names is not None and len(names) != model.config.num_classes:
         raise WeightsError(f"{path}: {len(names)} class names for a model with {model.config.num_classes} classes")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = _metadata(model, preprocessing, arch)
+    meta = _metadata(model, preprocessing, arch, provenance)
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     return path
 
 
-def _metadata(model: AlexNet, preprocessing: Preprocessing, arch: str | None) -> dict[str, str]:
+def _metadata(
+    model: AlexNet, preprocessing: Preprocessing, arch: str | None, provenance: Mapping[str, Any] | None
+) -> dict[str, str]:
     """What our files record besides the tensors (strings only: safetensors metadata is str -> str)."""
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "arch": arch or guess_arch(model.config),
+        "description": describe_config(model.config),
         "config": json.dumps(model.config.to_dict()),
         "preprocessing": json.dumps(preprocessing.to_dict()),
+        PROVENANCE_KEY: json.dumps(make_provenance(**dict(provenance or {}))),
     }
 
 
@@ -337,7 +359,12 @@ def _load_pth(path: Path, arch: str | None, num_classes: int | None) -> tuple[Al
 
 
 def export_pth(
-    model: AlexNet, path: str | Path, preprocessing: Preprocessing | None = None, *, arch: str | None = None
+    model: AlexNet,
+    path: str | Path,
+    preprocessing: Preprocessing | None = None,
+    *,
+    arch: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the plain state dict (torchvision's keys for ``alexnet_owt``) as ``.pth``, atomically.
 
@@ -352,7 +379,7 @@ def export_pth(
     table = OrderedDict(getattr(own, "_metadata", {}))
     if preprocessing is not None and isinstance(model, AlexNet):
         check_class_names(preprocessing, model.config.num_classes, str(path))
-        table[PTH_METADATA_KEY] = _metadata(model, preprocessing, arch)
+        table[PTH_METADATA_KEY] = _metadata(model, preprocessing, arch, provenance)
     state._metadata = table  # type: ignore[attr-defined]
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
