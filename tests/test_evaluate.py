@@ -28,6 +28,7 @@ from alexnet.evaluate import (
     read_eval_json,
     topk_correct,
 )
+from alexnet.runtime import Precision
 
 
 # --- top-k against a hand-computed example ------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_evaluate_dataset_in_bf16_agrees_with_fp32(tmp_path: Path, capsys):
     w = saved_weights(tmp_path / "w.safetensors")
     model, pre = alexnet.load_model(w)
     a = evaluate_dataset(model, data, preprocessing=pre, device="cpu")
-    b = evaluate_dataset(model, data, preprocessing=pre, device="cpu", precision="bf16")
+    b = evaluate_dataset(model, data, preprocessing=pre, device="cpu", precision=Precision("bf16"))
     assert a.num_samples == b.num_samples == 9
     assert (a.predictions.predicted == b.predictions.predicted).sum() >= 8
     assert not torch.equal(a.predictions.confidence, b.predictions.confidence)  # bf16 arithmetic really ran

@@ -77,7 +77,7 @@ def served(tmp_path_factory):
     path = alexnet.save_model(model, pre, tmp_path_factory.mktemp("browser") / "page-model.safetensors")
     model, pre = alexnet.load_model(path)
     # fp32: the page must show exactly the top-5 computed below (auto would be bf16 on a bf16-native CPU)
-    app = serve_mod.create_app(model, pre, name=path.name, options=serve_mod.ServeOptions(precision="fp32"))
+    app = serve_mod.create_app(model, pre, name=path.name, options=serve_mod.ServeOptions())
     sock = serve_mod.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

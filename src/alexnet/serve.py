@@ -6,8 +6,8 @@ Why it is built this way:
   waits a few milliseconds for company, then one forward pass serves them all, so throughput grows with load
   instead of every client paying for its own small forward pass. Inference runs in one dedicated thread and
   decoding in the thread pool, so the event loop only moves bytes.
-- The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the precision
-  `alexnet.runtime.resolve_precision` resolves (``auto``: bf16 where the device computes it natively), through
+- The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the `Precision`
+  the caller resolved (``alexnet serve --precision auto``: bf16 where the device computes it natively), through
   `Precision.inference_model`: a cast copy of a caller's model (left untouched), or, for the model ``alexnet
   serve`` loaded itself, that model cast in place (`alexnet.weights.load_for_inference`: no second copy).
 - A prediction has the command line's vocabulary (``alexnet predict --json``): per image ``file`` and
@@ -26,6 +26,7 @@ one-line `AlexnetError` naming ``pip install 'alexnet[serve]'``.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -54,9 +55,9 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 
 from .data.decode import BadImageError
 from .models import count_parameters
-from .options import check_precision
+from .options import WeightsSource
 from .preprocessing import Preprocessing
-from .runtime import Precision, resolve_device, resolve_precision, unwrap_model
+from .runtime import FP32, Precision, require_precision, resolve_device, unwrap_model
 from .serve_batch import Batcher
 from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
 from .serve_upload import (
@@ -95,22 +96,26 @@ class ServeOptions:
     body_timeout_s: float = 60.0  # its body within this after the headers (a 20 MB upload at 3 Mbit/s: 55 s)
     max_batch: int = 64  # rows in one forward pass (an image is 1 row, or 10 under ten_crop)
     batch_window_ms: float = 5.0  # how long a batch waits for more requests once its first one arrived
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 where the device computes it natively
+    device: str | torch.device = "auto"  # `alexnet.runtime.resolve_device`: "auto" is cuda when available, else cpu
+    precision: Precision = FP32  # resolved (`alexnet.runtime.resolve_precision`): bf16/fp16 run a cast copy
 
     def __post_init__(self) -> None:
+        """Every field checked here, with the package's error (`AlexnetError`, one line naming the field as
+        ``alexnet serve`` spells it), so that no caller re-checks them."""
         ints = ("max_bytes", "max_images", "max_pixels", "max_batch", "max_request_pixels", "max_inflight_pixels")
         for name in (*ints, "max_connections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("header_timeout_s", "body_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise AlexnetError(f"{_flag(name)} must be an integer >= 1, got {v!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "batch_window_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise AlexnetError(f"{_flag(name)} must be a number >= 0, got {v!r}")
+            if v == 0 and name != "batch_window_ms":
+                raise AlexnetError(f"{_flag(name)} must be > 0 seconds, got {v!r}")
         if self.max_inflight_pixels < self.max_request_pixels:
-            raise ValueError("max_inflight_pixels must be >= max_request_pixels (else no request could run)")
-        if self.batch_window_ms < 0:
-            raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
-        check_precision(self.precision)
+            raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
+        require_precision(self.precision)
 
     def limits(self) -> dict[str, Any]:
         """The limits as /v1/model reports them."""
@@ -127,6 +132,11 @@ class ServeOptions:
             "batch_window_ms",
         )
         return {k: getattr(self, k) for k in names}
+
+
+def _flag(field_name: str) -> str:
+    """A `ServeOptions` field as ``alexnet serve``'s flag (``header_timeout_s`` -> ``--header-timeout``)."""
+    return "--" + field_name.removesuffix("_s").replace("_", "-")
 
 
 class Prediction(BaseModel):
@@ -226,7 +236,7 @@ class ServedModel:
     ) -> None:
         self.name, self.preprocessing, self.options = name, preprocessing, opts
         self.device = resolve_device(opts.device)
-        self.precision: Precision = resolve_precision(opts.precision, self.device)
+        self.precision: Precision = opts.precision
         self.model = model
         # model itself (eval, on device) for fp32; else a cast copy, or the model cast in place when it is ours
         self.net = self.precision.inference_model(model, self.device, copy=not own)
@@ -469,21 +479,28 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    weights: str | Path,
+    weights: WeightsSource | str | Path | torch.nn.Module,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    arch: str | None = None,
-    allow_pickle: bool = False,
     options: ServeOptions | None = None,
     log_level: str = "info",
-    loaded: tuple[torch.nn.Module, Preprocessing] | None = None,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
 ) -> None:
-    """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for.
-    ``loaded``: the model and preprocessing of ``weights`` when the caller has read them already (``alexnet
-    serve``: `alexnet.weights.load_for_inference`); the model is the server's own either way (cast in place)."""
-    model, preprocessing = loaded or load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
+    """Serve ``weights`` until interrupted: a `WeightsSource` (a name or path alone is its ``source``), loaded
+    here, or a model already loaded (``alexnet serve``: `alexnet.weights.load_for_inference`), with its
+    ``preprocessing`` and the ``name`` the page shows. The model is the server's own either way (cast in place).
+    Binds loopback unless another ``host`` is asked for."""
+    if isinstance(weights, torch.nn.Module):
+        if preprocessing is None:
+            raise AlexnetError("serve: a model needs its Preprocessing")
+        model = weights
+    else:
+        spec = WeightsSource.of(weights)
+        model, preprocessing = load_model(spec)
+        name = name or (spec.source if spec.source in PRETRAINED else Path(spec.source).name)
+    name = name or "model"
     app = create_app(model, preprocessing, name=name, options=options, own_model=True)
     served: ServedModel = app.state.served
     sock = bind(host, port)

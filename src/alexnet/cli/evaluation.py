@@ -15,6 +15,7 @@ from .flags import (
     add_weights_flags,
     positive_int,
     print_json,
+    runtime_values,
     weights_spec,
 )
 
@@ -59,9 +60,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_dataset, format_table, write_json
 
-    spec = weights_spec(args)
+    device, precision = runtime_values(args)
     result = evaluate_dataset(
-        spec,
+        weights_spec(args),
         args.data,
         ten_crop=args.ten_crop,
         split=args.split,
@@ -69,10 +70,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         workers=args.workers,
-        device=args.device,
+        device=device,
         check_class_names=not args.ignore_class_names,
         progress=args.progress,
-        precision=args.precision,
+        precision=precision,
     )
     if result.rank != 0:  # under torchrun only the first process writes and prints
         return EXIT_OK
@@ -112,11 +113,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from ..features import IndexData, index_weights, save_features
 
     check_output_file(args.out)  # before the pass over the data, not after
-    spec = weights_spec(args)
+    device, precision = runtime_values(args)
     data = IndexData(args.data, args.split, args.val_split, args.seed, args.batch_size, args.workers)
-    index = index_weights(
-        spec, data, args.layer, device=args.device, progress=args.progress, precision=args.precision
-    )  # fmt: skip
+    index = index_weights(weights_spec(args), data, args.layer, device=device, progress=args.progress,
+                          precision=precision)  # fmt: skip
     save_features(index, args.out)
     summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
     if args.json:
@@ -150,16 +150,16 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
 def _cmd_neighbors(args: argparse.Namespace) -> int:
     from ..features import neighbors_for_images
 
-    spec = weights_spec(args)
+    device, precision = runtime_values(args)
     queries, index, ranked = neighbors_for_images(
         args.queries,
         args.index,
         k=args.k,
         metric=args.metric,
         layer=args.layer,
-        weights=spec,
-        device=args.device,
-        precision=args.precision,
+        weights=weights_spec(args),
+        device=device,
+        precision=precision,
     )
     if args.out:
         from ..plots import plot_neighbors
@@ -290,14 +290,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..report import report
 
+    device, precision = runtime_values(args)
     path = report(
         args.run,
         args.out,
         data=args.data,
         top=args.top,
         ten_crop=args.ten_crop,
-        device=args.device,
-        precision=args.precision,
+        device=device,
+        precision=precision,
         progress=args.progress,
         evaluate=not args.no_evaluate,
     )

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import AlexnetError
-from ..options import PRECISIONS, PROGRESS_MODES, check_workers, default_workers, max_workers
-
-if TYPE_CHECKING:  # the parser imports no torch; the weights package does
-    from ..weights import WeightsSource
+from ..options import PRECISIONS, PROGRESS_MODES, WeightsSource, check_workers, default_workers, max_workers
 
 __all__ = [
     "EXIT_ERROR",
@@ -136,11 +133,9 @@ def add_weights_flags(
 
 
 def weights_spec(args: argparse.Namespace) -> WeightsSource | None:
-    """The one reading of the weights flags, as an `alexnet.weights.WeightsSource`: ``--weights`` or the
+    """The one reading of the weights flags, as an `alexnet.options.WeightsSource`: ``--weights`` or the
     positional form (not both), ``--arch``, ``--trust-pickle``, and a Caffe model's ``--prototxt``, ``--mean``
-    (a file, or three numbers B,G,R), ``--labels``. None when no weights were given."""
-    from ..weights import WeightsSource
-
+    (read by `WeightsSource`), ``--labels``. None when no weights were given."""
     pos = getattr(args, "weights_pos", None)
     flag = getattr(args, "weights", None)
     if pos is not None and flag is not None and pos != flag:
@@ -153,20 +148,9 @@ def weights_spec(args: argparse.Namespace) -> WeightsSource | None:
         arch=getattr(args, "arch", None),
         allow_pickle=bool(getattr(args, "trust_pickle", False)),
         prototxt=getattr(args, "prototxt", None),
-        mean=_mean(getattr(args, "mean", None)),
+        mean=getattr(args, "mean", None),
         labels=getattr(args, "labels", None),
     )
-
-
-def _mean(value: str | None) -> str | tuple[float, float, float] | None:
-    """``--mean``: a file, or three numbers ``B,G,R``."""
-    if value is None or "," not in value:
-        return value
-    try:
-        b, g, r = (float(v) for v in value.split(","))
-    except ValueError:
-        raise AlexnetError(f"--mean: expected a .binaryproto file or three numbers B,G,R, got {value!r}") from None
-    return (b, g, r)
 
 
 # --- where and how a model runs ---------------------------------------------------------------------------------------
@@ -182,6 +166,15 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, precision: str = "auto", pr
         help=precision_help
         or "auto: bf16 where the device computes it natively (CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
+
+
+def runtime_values(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``--device`` and ``--precision`` resolved, once, where a command starts: (`torch.device`,
+    `alexnet.runtime.Precision`). Library functions take these, never the words. Imports torch."""
+    from ..runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    return device, resolve_precision(args.precision, device)
 
 
 def add_workers_flag(p: argparse.ArgumentParser, *, what: str = "data loader processes (threads for a prepared set)"):

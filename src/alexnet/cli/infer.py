@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import AlexnetError
 from .flags import (
@@ -14,6 +15,7 @@ from .flags import (
     add_weights_flags,
     positive_int,
     print_json,
+    runtime_values,
     weights_spec,
     workers_int,
 )
@@ -99,14 +101,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import expand_inputs, predict_files
-    from ..runtime import resolve_device, resolve_precision
     from ..weights import load_for_inference
 
-    device = resolve_device(args.device)
+    device, precision = runtime_values(args)
     files = expand_inputs(args.inputs)
     if not files:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
-    precision = resolve_precision(args.precision, device)
     model, pre = load_for_inference(weights_spec(args), device, precision)  # --weights defaults to torchvision
     results = []
     for r in predict_files(
@@ -159,13 +159,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights import save_notes, save_weights, weights_format
+    from ..weights import load_model, save_notes, save_weights, weights_format
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
     weights_format(args.dst)  # an unknown suffix is refused before loading anything
-    model, pre = spec.load()
+    model, pre = load_model(spec)
     dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy)
     for line in save_notes(model, pre, dst):
         print(f"alexnet convert: {line}", file=sys.stderr)
@@ -193,12 +193,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..weights import export_onnx
+    from ..weights import export_onnx, load_model
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("export needs weights: alexnet export WEIGHTS --onnx OUT (or --weights WEIGHTS)")
-    model, pre = spec.load()
+    model, pre = load_model(spec)
     diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
     if args.json:
         print_json({"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff})
@@ -246,15 +246,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    _check_serve_flags(args)
-    from ..runtime import resolve_device, resolve_precision
+    if not 0 <= args.port <= 65535:  # before anything is imported or read (the options are checked by ServeOptions)
+        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
     from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
-    from ..weights import load_for_inference
+    from ..weights import PRETRAINED, load_for_inference
 
     spec = weights_spec(args)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    loaded = load_for_inference(spec, device, precision)  # the server's own model: cast in place, not copied
+    device, precision = runtime_values(args)
     options = ServeOptions(
         max_bytes=args.max_bytes,
         max_images=args.max_images,
@@ -266,21 +264,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
-        device=str(device),
-        precision=precision.name,
+        device=device,
+        precision=precision,
     )
-    serve(spec, host=args.host, port=args.port, options=options, log_level=args.log_level, loaded=loaded)
+    model, pre = load_for_inference(spec, device, options.precision)  # the server's own model: cast in place
+    name = spec.source if spec.source in PRETRAINED else Path(spec.source).name
+    serve(model, preprocessing=pre, name=name, host=args.host, port=args.port, options=options,
+          log_level=args.log_level)  # fmt: skip
     return EXIT_OK
-
-
-def _check_serve_flags(args: argparse.Namespace) -> None:
-    """One-line errors for serve's flags, before anything is imported or read."""
-    if not 0 <= args.port <= 65535:
-        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
-    if args.batch_window_ms < 0:
-        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
-    for flag in ("header_timeout", "body_timeout"):
-        if not getattr(args, flag) > 0:
-            raise AlexnetError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
-    if args.max_inflight_pixels < args.max_request_pixels:
-        raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")

@@ -478,7 +478,7 @@ class _Run:
             return evaluate(
                 self.data.net, self.val_loader, device=device, batch_transform=self.data.val_tf,
                 num_classes=self.opts.num_classes, distributed=info.distributed,
-                autocast=self.env.precision, channels_last=self.channels_last,
+                mixed=self.env.precision, channels_last=self.channels_last,
             )  # fmt: skip
 
     def record(self, row: dict[str, Any], val: EvalResult | None) -> None:
