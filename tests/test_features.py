@@ -122,7 +122,7 @@ def test_cli_features_and_neighbors(indexed, tmp_path: Path, capsys):
     assert json.loads(capsys.readouterr().out) == {"out": str(out), "layer": "conv5", "images": 9, "dim": 1152}
     query = data / "fox" / "fox2.png"
     png = tmp_path / "nb.png"
-    args = ["neighbors", str(query), str(data / "cat" / "cat0.png"), "--index", str(out), "-k", "3"]
+    args = ["neighbors", str(query), str(data / "cat" / "cat0.png"), "--index", str(out), "--topk", "3"]
     assert main([*args, "--out", str(png), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert [r["neighbors"][0]["name"] for r in res] == [str(query), str(data / "cat" / "cat0.png")]

@@ -384,12 +384,14 @@ def neighbors_for_images(
     weights: WeightsSource | str | Path | None = None,
     device: torch.device | str | None = None,
     precision: Precision = FP32,
+    progress: str | bool = "none",
 ) -> tuple[list[torch.Tensor], FeatureIndex, list[list[Neighbor]]]:
     """The paper's Figure 4 as data: for each query image, the ``k`` nearest entries of ``index``.
 
     The query's features come from ``weights`` (default: the weights the index was made with) at the index's
     layer; an index of another ``layer`` than asked, or weights of another architecture, is refused. Returns the
-    decoded query images (for drawing), the index and the ranked neighbours.
+    decoded query images (for drawing), the index and the ranked neighbours. ``progress``: the queries' decoding
+    (`alexnet.options.PROGRESS_MODES`).
     """
     from .data.decode import decode_image
     from .weights import load_model
@@ -405,7 +407,7 @@ def neighbors_for_images(
     got = _arch_of(model)
     if index.arch not in ("custom", got):
         raise FeatureError(f"the index was made with {index.arch} weights, {source} are {got}")
-    queries = [decode_image(p) for p in images]
+    queries = [decode_image(p) for p in track(images, "neighbors", progress, unit="image")]
     feats = image_features(model, pre, queries, index.layer, device=resolve_device(device), precision=precision)
     return queries, index, nearest(index, feats, k, metric=metric)
 

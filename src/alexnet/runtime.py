@@ -183,6 +183,8 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     param = next(unwrap_model(model).parameters(), None)
     if param is None or x.dtype == param.dtype or not param.dtype.is_floating_point:
         return x
+    if x.ndim != 4:
+        return x.to(param.dtype)
     return x.to(param.dtype, memory_format=torch.channels_last)
 
 

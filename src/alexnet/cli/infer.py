@@ -11,13 +11,16 @@ from .flags import (
     EXIT_ERROR,
     EXIT_OK,
     Formatter,
+    add_json_flag,
+    add_progress_flag,
     add_runtime_flags,
+    add_topk_flag,
     add_weights_flags,
+    add_workers_flag,
     positive_int,
     print_json,
     runtime_values,
     weights_spec,
-    workers_int,
 )
 
 __all__ = ["add_commands"]
@@ -37,7 +40,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "models", help="list the registered architectures and pretrained weights", formatter_class=Formatter
     )
     p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of fc8")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_models, fast_exit=True)
 
 
@@ -84,23 +87,23 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     add_weights_flags(p)
-    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
+    add_topk_flag(p, default=5, what="classes to show per image")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
-    p.add_argument(
-        "--workers", type=workers_int, default=None, help="decoding threads (default: the CPUs, at most 8; 0: the CPUs)"
-    )
+    add_workers_flag(p, default_help="the CPUs, at most 8 (threads: decoding releases the GIL)")
     add_runtime_flags(
         p,
         precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
         "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, predictions | error}")
+    add_progress_flag(p, default="none")
+    add_json_flag(p, what="print JSON: a list of {file, predictions | error}")
     p.set_defaults(func=_cmd_predict, fast_exit=True)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import expand_inputs, predict_files
+    from ..progress import track
     from ..weights import load_for_inference
 
     device, precision = runtime_values(args)
@@ -109,7 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
     model, pre = load_for_inference(weights_spec(args), device, precision)  # --weights defaults to torchvision
     results = []
-    for r in predict_files(
+    stream = predict_files(
         model,
         pre,
         files,
@@ -120,7 +123,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         expand=False,
         precision=precision,
-    ):
+    )
+    for r in track(stream, "predict", args.progress, total=len(files), unit="image"):
         if r.error is not None:
             print(f"alexnet predict: error: {r.error}", file=sys.stderr)
         elif not args.json:
@@ -154,7 +158,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write a .npy even when the bvlc layout cannot express the model (it then loads as another model)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_convert, fast_exit=True)
 
 
@@ -188,7 +192,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_export, fast_exit=True)
 
 

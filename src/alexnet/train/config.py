@@ -30,6 +30,7 @@ __all__ = [
     "load_config_file",
     "normalize_config",
     "resolve_config",
+    "settle_run",
 ]
 
 
@@ -37,10 +38,11 @@ class TrainError(AlexnetError, ValueError):
     """A training run that cannot start or continue as asked; the message is one line for the user."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on. Defaults are the paper's recipe (section 5); precedence when resolved:
-    these defaults < ``--config file.json`` < command-line flags. The resolved config is the run's config.json."""
+    these defaults < ``--config file.json`` < command-line flags. The resolved config is the run's config.json.
+    Frozen: a change is a new config (`dataclasses.replace`), made where the run is planned (`settle_run`)."""
 
     # data
     data: str = ""  # anything `alexnet.data.datasets.open_dataset` reads (image folder, list file, prepared set)
@@ -321,6 +323,18 @@ def config_from_sources(
 
 def _asks_pickle(weights: Any) -> bool:
     return isinstance(weights, Mapping) and bool(weights.get("allow_pickle"))
+
+
+def settle_run(cfg: TrainConfig, saved: Mapping[str, Any] | None) -> TrainConfig:
+    """The run's folder and architecture, settled once before it starts. A resumed run continues in its own
+    folder with the architecture its config.json (``saved``) names, unless told; a new run from scratch is
+    alexnet2012 unless told; a fine-tuning run's None stays: the weights' own, named once they are read. A new
+    run's folder (``out`` None: a fresh runs/train-N) is the first process's choice (`alexnet.train.run`)."""
+    if cfg.resume:
+        return dataclasses.replace(cfg, out=str(cfg.resume), arch=cfg.arch or (saved or {}).get("arch"))
+    if cfg.weights is None and cfg.arch is None:
+        return dataclasses.replace(cfg, arch="alexnet2012")
+    return cfg
 
 
 def _flag(name: str, value: Any) -> str:

@@ -8,6 +8,7 @@ stop the run at the next step with everything saved, so ``--resume`` continues i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -45,7 +46,16 @@ from .checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from .config import DEFAULT_OUT, TrainConfig, TrainError, check_config, check_resume, load_config_file, normalize_config
+from .config import (
+    DEFAULT_OUT,
+    TrainConfig,
+    TrainError,
+    check_config,
+    check_resume,
+    load_config_file,
+    normalize_config,
+    settle_run,
+)
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
 
 __all__ = ["TrainResult", "main"]
@@ -86,7 +96,9 @@ def main(
     check_config(cfg)
     runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
     resume_state = load_state(cfg.resume) if cfg.resume else None
-    changes = _resume_settings(cfg) if resume_state is not None else []
+    saved = _resumed_config(cfg) if resume_state is not None else None
+    cfg = settle_run(cfg, saved)  # out and arch: from here on the config is not rewritten (but a new run's folder)
+    changes = check_resume(cfg, saved, cfg.resume) if saved is not None else []
     if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
         return _complete(cfg, resume_state)
     try:
@@ -96,7 +108,7 @@ def main(
     info = setup_distributed(device)
     try:
         if resume_state is None:
-            cfg.out = _out_folder(cfg, info, overwrite)
+            cfg = dataclasses.replace(cfg, out=_out_folder(cfg, info, overwrite))
         elif changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
             print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
         run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
@@ -105,9 +117,9 @@ def main(
         shutdown_distributed(info)
 
 
-def _resume_settings(cfg: TrainConfig) -> list[str]:
-    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal its config.json's
-    (else `TrainError`); returns the others that changed."""
+def _resumed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The resumed run's config.json (settings that define the run must equal it: `check_resume`); an ``--out``
+    other than the run's own folder is refused."""
     run_dir = Path(cfg.resume)
     saved_path = run_dir / rundir.CONFIG
     saved = load_config_file(saved_path) if saved_path.exists() else {}
@@ -116,10 +128,7 @@ def _resume_settings(cfg: TrainConfig) -> list[str]:
             f"--out {cfg.out}: a resumed run continues in its own folder {run_dir}; drop --out (to start a new run "
             f"from its weights: alexnet finetune --weights {run_dir / rundir.LAST} --out {cfg.out})"
         )
-    cfg.out = str(cfg.resume)
-    if cfg.arch is None:
-        cfg.arch = saved.get("arch")
-    return check_resume(cfg, saved, run_dir)
+    return saved
 
 
 def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
@@ -166,14 +175,9 @@ def _model(
     """The model and its preprocessing: from the resumed state, the weights (fine-tuning), or fresh."""
     if resume_state is not None:
         return model_from_state(resume_state, cfg)
-    if cfg.arch is None and cfg.weights is None:
-        cfg.arch = "alexnet2012"
     classes = inputs.class_names(train_dataset) if train_dataset is not None else inputs.peek_classes(cfg)
     inputs.check_classes(classes, cfg.data)
-    model, pre, new_layers = setup.build_model(cfg, classes)
-    if cfg.arch is None:  # from scratch: alexnet2012; fine-tuning: the weights' own (the file's, or as guessed)
-        cfg.arch = setup.guess_arch_name(model) if cfg.weights is not None else "alexnet2012"
-    return model, pre, new_layers
+    return setup.build_model(cfg, classes)
 
 
 def _switch_decode_on_device(cfg: TrainConfig, train_ds: Any, info: DistInfo, device: torch.device) -> None:
@@ -310,6 +314,8 @@ def _assemble(
     augment = cfg.augment and not cfg.cache_features  # the cache needs the same pixels every epoch
     seed_everything(cfg.seed + info.rank)
     model, pre, new_layers = _model(cfg, resume_state, train_dataset)
+    if cfg.arch is None:  # fine-tuning: the weights' own architecture (the file's, or as guessed), named once
+        cfg = dataclasses.replace(cfg, arch=setup.guess_arch_name(model))
     train_ds, val_ds = _datasets(cfg, pre, augment, resume_state is not None, (train_dataset, val_dataset))
     _switch_decode_on_device(cfg, train_ds, info, device)
     stats_obj = setup.load_stats(cfg.stats) if cfg.stats else None
