@@ -204,7 +204,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import config_from_sources, main
 
-    skip = ("func", "command", "config", "model_option", "overwrite", "json")
+    skip = ("func", "check", "command", "config", "model_option", "overwrite", "json")
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     if getattr(args, "model_option", None):
         flags["model_options"] = dict(args.model_option)
