@@ -259,3 +259,15 @@ def test_eval_result_to_dict_is_stable_for_train():
     d = r.to_dict(["a", "b"])
     assert {"num_samples", "loss", "top1_error", "top5_error", "per_class_accuracy", "confusion_matrix"} <= set(d)
     assert "misclassified" not in d and d["per_class_accuracy"] == {"a": 1.0, "b": 0.0}
+
+
+def test_eval_options_check_themselves_with_the_package_error():
+    from alexnet.errors import AlexnetError
+    from alexnet.evaluate import EvalOptions
+
+    with pytest.raises(AlexnetError) as e:
+        EvalOptions(batch_size=0)
+    assert str(e.value) == "batch_size must be an integer >= 1, got 0"
+    with pytest.raises(AlexnetError) as e:
+        EvalOptions(precision="bf16")
+    assert str(e.value).startswith("precision: expected an alexnet.runtime.Precision, got 'bf16'")

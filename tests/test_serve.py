@@ -503,3 +503,23 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     bf16 = serve_mod.ServeOptions(device="cpu", precision=Precision("bf16"))
     served = serve_mod.create_app(model, pre, options=bf16, own_model=True).state.served
     assert served.net is model and next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_serve_options_check_themselves_with_the_package_error(capsys):
+    """`ServeOptions` checks every field and raises `AlexnetError` (issue 23): the command line re-checks none of
+    them and prints the options' own one line."""
+    from alexnet.cli import main
+    from alexnet.errors import AlexnetError
+
+    for kw, message in (
+        ({"max_batch": 0}, "--max-batch must be an integer >= 1, got 0"),
+        ({"batch_window_ms": -1.0}, "--batch-window-ms must be a number >= 0, got -1.0"),
+        ({"header_timeout_s": 0.0}, "--header-timeout must be > 0 seconds, got 0.0"),
+        ({"max_request_pixels": 10, "max_inflight_pixels": 5},
+         "--max-inflight-pixels must be >= --max-request-pixels (else no request could run)"),
+    ):  # fmt: skip
+        with pytest.raises(AlexnetError) as e:
+            serve_mod.ServeOptions(**kw)
+        assert str(e.value) == message
+    assert main(["serve", "--weights", "none.safetensors", "--body-timeout", "0"]) == 1
+    assert capsys.readouterr().err == "alexnet serve: error: --body-timeout must be > 0 seconds, got 0.0\n"

@@ -396,6 +396,17 @@ class EvalOptions:
     check_class_names: bool = True  # refuse weights whose class names differ from the data's
     on_bad_image: str = "skip"
 
+    def __post_init__(self) -> None:
+        """Every field checked here, with the package's error, so that no caller re-checks them."""
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise EvaluationError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.workers is not None:
+            check_workers(self.workers)
+        require_precision(self.precision)
+        resolve_progress(self.progress)
+        if self.on_bad_image not in ("skip", "fail"):
+            raise EvaluationError(f"on_bad_image must be skip or fail, got {self.on_bad_image!r}")
+
 
 def evaluate_dataset(
     weights: WeightsSource | str | Path | nn.Module,

@@ -16,9 +16,20 @@ import torch
 from torch import nn
 
 from .data.geometry import CenterPatch, EvalTransform, Normalizer, TenCrop
+from .errors import AlexnetError
 from .models import AlexNetConfig
 
-__all__ = ["BVLC_PREPROCESSING", "TORCHVISION_PREPROCESSING", "Preprocessing", "default_preprocessing"]
+__all__ = [
+    "BVLC_PREPROCESSING",
+    "TORCHVISION_PREPROCESSING",
+    "Preprocessing",
+    "PreprocessingError",
+    "default_preprocessing",
+]
+
+
+class PreprocessingError(AlexnetError, ValueError):
+    """A `Preprocessing` field no model input can have (the package's error: the command line prints one line)."""
 
 
 @dataclass
@@ -41,23 +52,23 @@ class Preprocessing:
         for name in ("input_size", "resize_size"):
             v = getattr(self, name)
             if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-                raise ValueError(f"{name} must be an integer, got {v!r:.60}")
+                raise PreprocessingError(f"{name} must be an integer, got {v!r:.60}")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or not all(_is_finite(x) for x in v):
-                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
+                raise PreprocessingError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
         if not _is_finite(self.value_scale) or self.value_scale <= 0:
-            raise ValueError(f"value_scale must be a positive number (1 or 255), got {self.value_scale!r:.60}")
+            raise PreprocessingError(f"value_scale must be a positive number (1 or 255), got {self.value_scale!r:.60}")
         if self.class_names is not None and not isinstance(self.class_names, (list, tuple)):
-            raise ValueError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
+            raise PreprocessingError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need 3 values (R, G, B)")
+            raise PreprocessingError("mean and std need 3 values (R, G, B)")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise PreprocessingError(f"std must be positive, got {self.std}")
         if self.input_size < 1 or self.resize_size < self.input_size:
-            raise ValueError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
+            raise PreprocessingError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
 
