@@ -27,7 +27,7 @@ from .flags import (
     seed_int,
 )
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "config_flags"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -204,11 +204,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import config_from_sources, main
 
-    skip = ("func", "check", "command", "config", "model_option", "overwrite", "json")
-    flags = {k: v for k, v in vars(args).items() if k not in skip}
-    if getattr(args, "model_option", None):
-        flags["model_options"] = dict(args.model_option)
-    config = config_from_sources(flags, config_file=args.config, command=args.command)
+    config = config_from_sources(config_flags(args), config_file=args.config, command=args.command)
     with _log_to_stderr(args.json):  # with --json, stdout is the summary alone
         result = main(config, overwrite=getattr(args, "overwrite", False))
     if args.json:
@@ -219,6 +215,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         })  # fmt: skip
     # the shell's convention for a process a signal stopped: 128 + the signal (SIGINT 130, SIGTERM 143)
     return 128 + result.signal if result.signal else EXIT_OK
+
+
+def config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings train/finetune's flags give (only those typed: every flag is a config key), as
+    `alexnet.train.config_from_sources` takes them."""
+    skip = ("func", "check", "command", "config", "model_option", "overwrite", "json")
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
+    if getattr(args, "model_option", None):
+        flags["model_options"] = dict(args.model_option)
+    return flags
 
 
 def _refuse_held_out(args: argparse.Namespace) -> None:
