@@ -57,7 +57,7 @@ from .data.decode import BadImageError
 from .models import count_parameters
 from .options import WeightsSource
 from .preprocessing import Preprocessing
-from .runtime import FP32, Precision, require_precision, resolve_device, unwrap_model
+from .runtime import FP32, Precision, model_input, require_precision, resolve_device, unwrap_model
 from .serve_batch import Batcher
 from .serve_guard import ConnectionLimits, guarded_protocol, install_log_limits
 from .serve_upload import (
@@ -240,7 +240,7 @@ class ServedModel:
         self.model = model
         # model itself (eval, on device) for fp32; else a cast copy, or the model cast in place when it is ours
         self.net = self.precision.inference_model(model, self.device, copy=not own)
-        self.num_classes = _num_classes(self.net, preprocessing, self.device, self.precision)
+        self.num_classes = _num_classes(self.net, preprocessing, self.device)
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
         self.arch = _arch_name(model)
@@ -251,8 +251,7 @@ class ServedModel:
         """float (rows, 3, S, S) -> softmax probabilities (rows, num_classes) float32 on the CPU."""
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
-            if self.precision.dtype is not None:  # the cast copy: cast the input and keep its layout
-                x = x.to(self.precision.dtype, memory_format=torch.channels_last)
+            x = model_input(self.net, x)  # the cast copy takes its own dtype, channels_last
             return torch.softmax(self.net(x).float(), dim=1).cpu()
 
     def info(self) -> ModelInfo:
@@ -433,16 +432,13 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
         return body
 
 
-def _num_classes(
-    model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device, precision: Precision
-) -> int:
+def _num_classes(model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device) -> int:
     config = getattr(unwrap_model(model), "config", None)
     if config is not None:
         return int(config.num_classes)
     s = preprocessing.input_size
     with torch.inference_mode():
-        x = torch.zeros(1, 3, s, s, device=device, dtype=precision.dtype or torch.float32)
-        return int(model(x).shape[1])
+        return int(model(model_input(model, torch.zeros(1, 3, s, s, device=device))).shape[1])
 
 
 def _arch_name(model: torch.nn.Module) -> str:
