@@ -72,7 +72,17 @@ from .serve_upload import (
 )
 from .weights import PRETRAINED, guess_arch, load_model
 
-__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve", "uvicorn_config"]
+__all__ = [
+    "Batcher",
+    "ServeOptions",
+    "ServeOptionsError",
+    "ServedModel",
+    "bind",
+    "create_app",
+    "image_size",
+    "serve",
+    "uvicorn_config",
+]
 
 STATIC_DIR = Path(__file__).with_name("static")
 # The page may load only what this server serves; images are shown from blob: URLs of the chosen file.
@@ -80,6 +90,10 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+
+
+class ServeOptionsError(AlexnetError, ValueError):
+    """A `ServeOptions` field no server can run with; the message names the flag of ``alexnet serve``."""
 
 
 @dataclass
@@ -106,15 +120,15 @@ class ServeOptions:
         for name in (*ints, "max_connections"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise AlexnetError(f"{_flag(name)} must be an integer >= 1, got {v!r}")
+                raise ServeOptionsError(f"{_flag(name)} must be an integer >= 1, got {v!r}")
         for name in ("header_timeout_s", "body_timeout_s", "batch_window_ms"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise AlexnetError(f"{_flag(name)} must be a number >= 0, got {v!r}")
+                raise ServeOptionsError(f"{_flag(name)} must be a number >= 0, got {v!r}")
             if v == 0 and name != "batch_window_ms":
-                raise AlexnetError(f"{_flag(name)} must be > 0 seconds, got {v!r}")
+                raise ServeOptionsError(f"{_flag(name)} must be > 0 seconds, got {v!r}")
         if self.max_inflight_pixels < self.max_request_pixels:
-            raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
+            raise ServeOptionsError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
         require_precision(self.precision)
 
     def limits(self) -> dict[str, Any]:
