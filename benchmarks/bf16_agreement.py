@@ -12,7 +12,7 @@ import time
 import alexnet
 from alexnet.data.datasets import open_dataset
 from alexnet.predict import classify
-from alexnet.runtime import tune_cpu_allocator
+from alexnet.runtime import Precision, tune_cpu_allocator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     n = min(args.limit, len(ds))
     images, labels = zip(*(ds[i] for i in range(n)))
     t = time.perf_counter()
-    fp32 = classify(model, pre, list(images), topk=1, precision="fp32", batch_size=args.batch_size)
+    fp32 = classify(model, pre, list(images), topk=1, precision=Precision("fp32"), batch_size=args.batch_size)
     t_fp32 = time.perf_counter() - t
     t = time.perf_counter()
-    bf16 = classify(model, pre, list(images), topk=1, precision="bf16", batch_size=args.batch_size)
+    bf16 = classify(model, pre, list(images), topk=1, precision=Precision("bf16"), batch_size=args.batch_size)
     t_bf16 = time.perf_counter() - t
     agree = sum(a[0].index == b[0].index for a, b in zip(fp32, bf16)) / n
     acc32 = sum(a[0].index == y for a, y in zip(fp32, labels)) / n

@@ -59,7 +59,16 @@ def run_baseline(model: torch.nn.Module, folder: Path, batch: int, workers: int)
 def run_ours(model, pre, files: list[str], batch: int, precision: str) -> tuple[float, list[int]]:
     t = time.perf_counter()
     res = list(
-        predict_files(model, pre, files, topk=1, batch_size=batch, device="cpu", expand=False, precision=precision)
+        predict_files(
+            model,
+            pre,
+            files,
+            topk=1,
+            batch_size=batch,
+            device="cpu",
+            expand=False,
+            precision=resolve_precision(precision, torch.device("cpu")),
+        )
     )
     dt = time.perf_counter() - t
     return len(files) / dt, [r.scores[0].index for r in res]
@@ -96,7 +105,18 @@ def agreement(a: list[int], b: list[int]) -> float:
 def agreement_report(model, pre, files: list[str], batch: int) -> str:
     """Top-1 agreement of precision=auto with fp32 on ``files``, and how decided fp32's top-1 is there."""
     fp32 = list(predict_files(model, pre, files, topk=2, batch_size=batch, device="cpu", expand=False))
-    low = list(predict_files(model, pre, files, topk=1, batch_size=batch, device="cpu", expand=False, precision="auto"))
+    low = list(
+        predict_files(
+            model,
+            pre,
+            files,
+            topk=1,
+            batch_size=batch,
+            device="cpu",
+            expand=False,
+            precision=resolve_precision("auto", torch.device("cpu")),
+        )
+    )
     top = [r.scores[0].index for r in fp32]
     margin = statistics.median(r.scores[0].prob - r.scores[1].prob for r in fp32)
     p1 = statistics.median(r.scores[0].prob for r in fp32)

@@ -30,7 +30,7 @@ def offline(monkeypatch, tmp_path):
 
 def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     out = tmp_path / "run"
-    argv = ["demo", "--data-dir", str(fashion), "--out", str(out), "--train-samples", "150", "--val-samples", "30"]
+    argv = ["demo", "--data", str(fashion), "--out", str(out), "--train-samples", "150", "--val-samples", "30"]
     argv += ["--test-samples", "40", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--json"]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
 
 def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, capsys):
     out = tmp_path / "run"
-    argv = ["demo", "--data-dir", str(fashion), "--out", str(out), "--train-samples", "60", "--val-samples", "20"]
+    argv = ["demo", "--data", str(fashion), "--out", str(out), "--train-samples", "60", "--val-samples", "20"]
     argv += ["--test-samples", "20", "--epochs", "1", "--batch-size", "20", "--device", "cpu"]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
@@ -92,7 +92,7 @@ def test_demo_fine_tunes_when_pretrained_weights_are_cached(fashion, tmp_path, m
     monkeypatch.setenv("TORCH_HOME", str(home))
     assert demo.pretrained_available(download=False)[0]
     out = tmp_path / "ft"
-    argv = ["demo", "--data-dir", str(fashion), "--out", str(out), "--train-samples", "40", "--val-samples", "20"]
+    argv = ["demo", "--data", str(fashion), "--out", str(out), "--train-samples", "40", "--val-samples", "20"]
     argv += ["--test-samples", "20", "--epochs", "1", "--batch-size", "20", "--device", "cpu", "--json"]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -131,11 +131,11 @@ def test_data_chain_missing_everywhere_offline(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_explicit_folder_without_data_is_one_line(tmp_path, capsys):
-    assert cli.main(["demo", "--data-dir", str(tmp_path), "--no-download"]) == 1
+    assert cli.main(["demo", "--data", str(tmp_path), "--no-download"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no Fashion-MNIST idx files" in err
 
 
 def test_demo_bad_option_is_one_line(fashion, tmp_path, offline, capsys):
-    assert cli.main(["demo", "--data-dir", str(fashion), "--test-samples", "20000", "--no-download"]) == 1
+    assert cli.main(["demo", "--data", str(fashion), "--test-samples", "20000", "--no-download"]) == 1
     assert "--test-samples" in capsys.readouterr().err

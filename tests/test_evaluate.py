@@ -28,6 +28,7 @@ from alexnet.evaluate import (
     read_eval_json,
     topk_correct,
 )
+from alexnet.runtime import Precision
 
 
 # --- top-k against a hand-computed example ------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_evaluate_dataset_in_bf16_agrees_with_fp32(tmp_path: Path, capsys):
     w = saved_weights(tmp_path / "w.safetensors")
     model, pre = alexnet.load_model(w)
     a = evaluate_dataset(model, data, preprocessing=pre, device="cpu")
-    b = evaluate_dataset(model, data, preprocessing=pre, device="cpu", precision="bf16")
+    b = evaluate_dataset(model, data, preprocessing=pre, device="cpu", precision=Precision("bf16"))
     assert a.num_samples == b.num_samples == 9
     assert (a.predictions.predicted == b.predictions.predicted).sum() >= 8
     assert not torch.equal(a.predictions.confidence, b.predictions.confidence)  # bf16 arithmetic really ran
@@ -281,3 +282,15 @@ def test_eval_result_to_dict_is_stable_for_train():
     d = r.to_dict(["a", "b"])
     assert {"num_samples", "loss", "top1_error", "top5_error", "per_class_accuracy", "confusion_matrix"} <= set(d)
     assert "misclassified" not in d and d["per_class_accuracy"] == {"a": 1.0, "b": 0.0}
+
+
+def test_eval_options_check_themselves_with_the_package_error():
+    from alexnet.errors import AlexnetError
+    from alexnet.evaluate import EvalOptions
+
+    with pytest.raises(AlexnetError) as e:
+        EvalOptions(batch_size=0)
+    assert str(e.value) == "batch_size must be an integer >= 1, got 0"
+    with pytest.raises(AlexnetError) as e:
+        EvalOptions(precision="bf16")
+    assert str(e.value).startswith("precision: expected an alexnet.runtime.Precision, got 'bf16'")

@@ -124,7 +124,7 @@ def test_cli_features_and_neighbors(indexed, tmp_path: Path, capsys):
     }  # fmt: skip
     query = data / "fox" / "fox2.png"
     png = tmp_path / "nb.png"
-    args = ["neighbors", str(query), str(data / "cat" / "cat0.png"), "--index", str(out), "-k", "3"]
+    args = ["neighbors", str(query), str(data / "cat" / "cat0.png"), "--index", str(out), "--topk", "3"]
     assert main([*args, "--out", str(png), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["schema"], doc["layer"], doc["metric"], doc["index"]) == (

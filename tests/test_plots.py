@@ -93,7 +93,7 @@ def test_every_plot_command_writes_a_png_of_the_asked_size(run: Path, tmp_path: 
         assert main([*args, "--out", str(out)]) == 0, args
         assert png_size(out) == default and out.stat().st_size > 2000
         if size:
-            assert main([*args, "--out", str(out), "--size", size]) == 0
+            assert main([*args, "--out", str(out), "--figure-size", size]) == 0
             assert png_size(out) == tuple(int(v) for v in size.split("x"))
     err = capsys.readouterr().err
     assert "alexnet plot curves: warning:" in err and "partial last line" in err
@@ -109,7 +109,7 @@ def test_plot_bad_input(tmp_path: Path, capsys):
         plot_curves(tmp_path, tmp_path / "c.png")
     assert main(["plot", "filters", "--weights", str(tmp_path / "none.safetensors")]) == 1
     with pytest.raises(SystemExit) as exit_:  # argparse: a bad flag value is a usage error
-        main(["plot", "curves", str(tmp_path), "--size", "10x10"])
+        main(["plot", "curves", str(tmp_path), "--figure-size", "10x10"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "none.safetensors" in err and "at least 50x50" in err

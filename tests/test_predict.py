@@ -154,9 +154,12 @@ def test_cli_predict_no_images(tmp_path, capsys):
 def test_low_precision_agrees_with_fp32_on_top1(small, tmp_path, precision):
     """bf16 weights cast once (channels_last) give the fp32 top-1 on distinct images, in classify and in
     predict_files, and leave the caller's fp32 model untouched."""
+    from alexnet.runtime import resolve_precision
+
     model, pre = small
     images = _images(12, seed=11)
     want = [r[0].index for r in classify(model, pre, images, topk=1)]
+    precision = resolve_precision(precision, torch.device("cpu"))  # the command line's one resolution
     got = classify(model, pre, images, topk=3, precision=precision)
     assert [r[0].index for r in got] == want
     assert all(0.0 <= s.prob <= 1.0 for r in got for s in r)
@@ -166,7 +169,13 @@ def test_low_precision_agrees_with_fp32_on_top1(small, tmp_path, precision):
     assert low == fp32 == want
     assert next(model.parameters()).dtype == torch.float32  # the weights were cast on a copy
     with pytest.raises(AlexnetError, match="unknown precision"):
-        classify(model, pre, images[:1], precision="fp8")
+        resolve_precision("fp8", torch.device("cpu"))
+    with pytest.raises(AlexnetError) as e:  # a word is resolved once, where the command starts; never here
+        classify(model, pre, images[:1], precision="bf16")
+    assert str(e.value) == (
+        "precision: expected an alexnet.runtime.Precision, got 'bf16'; "
+        "alexnet.runtime.resolve_precision(word, device) resolves a word"
+    )
 
 
 def test_the_program_flushes_its_answer_before_its_fast_exit(tmp_path):

@@ -397,9 +397,13 @@ class _SlowModel(torch.nn.Module):
 def test_slow_inference_blocks_neither_the_loop_nor_other_clients(weights, reference):
     import uvicorn
 
+    from alexnet.runtime import resolve_device, resolve_precision
+
     inner, pre = alexnet.load_model(weights)
     model = _SlowModel(inner)
-    app = serve_mod.create_app(model, pre, name="slow", options=serve_mod.ServeOptions(batch_window_ms=50))
+    device = resolve_device("auto")  # the reference's device and precision, resolved as the command line does
+    opts = serve_mod.ServeOptions(batch_window_ms=50, device=device, precision=resolve_precision("auto", device))
+    app = serve_mod.create_app(model, pre, name="slow", options=opts)
     sock = serve_mod.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -462,13 +466,15 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     """``precision`` runs a cast copy of the weights, as predict does; a result has predict --json's keys."""
     from alexnet.errors import AlexnetError
     from alexnet.predict import ClassScore
+    from alexnet.runtime import Precision
 
     model, pre = alexnet.load_model(weights)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = torch.softmax(model(x), dim=1)
     for precision, atol in (("fp32", 1e-6), ("bf16", 0.05)):
-        app = serve_mod.create_app(model, pre, options=serve_mod.ServeOptions(device="cpu", precision=precision))
+        opts = serve_mod.ServeOptions(device="cpu", precision=Precision(precision))
+        app = serve_mod.create_app(model, pre, options=opts)
         served = app.state.served
         got = served.forward(x)
         assert served.info().precision == precision and got.dtype == torch.float32
@@ -478,9 +484,31 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     (res,) = served.results(["a.jpg"], [(96, 80)], want[:1], topk=2)
     assert set(res) == {"file", "width", "height", "predictions"} and res["file"] == "a.jpg"
     assert [tuple(p) for p in res["predictions"]] == [tuple(ClassScore._fields)] * 2
-    with pytest.raises(AlexnetError, match="unknown precision 'fp64'"):
-        serve_mod.ServeOptions(precision="fp64")
+    with pytest.raises(AlexnetError, match="'fp64' is not a resolved precision"):
+        serve_mod.ServeOptions(precision=Precision("fp64"))
+    with pytest.raises(AlexnetError, match="expected an alexnet.runtime.Precision, got 'bf16'"):
+        serve_mod.ServeOptions(precision="bf16")  # a word is resolved where the command starts
     # `alexnet serve` owns the model it loaded: cast in place, no second copy of the weights
-    bf16 = serve_mod.ServeOptions(device="cpu", precision="bf16")
+    bf16 = serve_mod.ServeOptions(device="cpu", precision=Precision("bf16"))
     served = serve_mod.create_app(model, pre, options=bf16, own_model=True).state.served
     assert served.net is model and next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_serve_options_check_themselves_with_the_package_error(capsys):
+    """`ServeOptions` checks every field and raises `AlexnetError` (issue 23): the command line re-checks none of
+    them and prints the options' own one line."""
+    from alexnet.cli import main
+    from alexnet.errors import AlexnetError
+
+    for kw, message in (
+        ({"max_batch": 0}, "--max-batch must be an integer >= 1, got 0"),
+        ({"batch_window_ms": -1.0}, "--batch-window-ms must be a number >= 0, got -1.0"),
+        ({"header_timeout_s": 0.0}, "--header-timeout must be > 0 seconds, got 0.0"),
+        ({"max_request_pixels": 10, "max_inflight_pixels": 5},
+         "--max-inflight-pixels must be >= --max-request-pixels (else no request could run)"),
+    ):  # fmt: skip
+        with pytest.raises(AlexnetError) as e:
+            serve_mod.ServeOptions(**kw)
+        assert str(e.value) == message
+    assert main(["serve", "--weights", "none.safetensors", "--body-timeout", "0"]) == 1
+    assert capsys.readouterr().err == "alexnet serve: error: --body-timeout must be > 0 seconds, got 0.0\n"

@@ -97,9 +97,10 @@ def test_config_precedence_defaults_file_flags(data, tmp_path):
     f.write_text('{"lr": 0.05, "epochs": 7, "momentum": 0.5}')
     args = ["train", str(data), "--config", str(f), "--epochs", "3", "--arch", "alexnet_owt"]
     from alexnet.cli import build_parser
+    from alexnet.cli.training import config_flags
 
     ns = build_parser().parse_args(args)
-    flags = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "config", "model_option")}
+    flags = config_flags(ns)
     cfg = train.config_from_sources(flags, config_file=ns.config)
     assert (cfg.lr, cfg.epochs, cfg.momentum, cfg.weight_decay, cfg.arch) == (0.05, 3, 0.5, 5e-4, "alexnet_owt")
     f.write_text('{"lrr": 0.05}')

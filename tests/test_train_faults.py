@@ -180,8 +180,8 @@ def test_finetune_passes_arch_to_load_model(data, tmp_path, monkeypatch):
     asked = {}
     model = alexnet.create_model("caffenet", num_classes=3, input_size=67, adaptive_pool=True, **TINY)
 
-    def fake_load(source, *, arch=None, num_classes=None, allow_pickle=False):
-        asked["arch"] = arch
+    def fake_load(source):
+        asked["arch"] = source.arch  # a WeightsSource: the one form weights travel in
         return model, default_preprocessing(model.config, ["a", "b", "c"])
 
     monkeypatch.setattr(setup, "load_model", fake_load)

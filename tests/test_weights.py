@@ -316,3 +316,30 @@ def test_torchvision_record_and_class_names_are_torchvisions():
     )
     assert W.imagenet_classes() == list(tv.meta["categories"])
     assert rec.preprocessing.class_names == list(tv.meta["categories"])
+
+
+def test_weights_travel_as_one_weights_source():
+    """Outside the weights package, no function takes ``allow_pickle``/``loaded`` beside its weights, and every
+    `load_model` call passes one source (a `WeightsSource`) and no reading options of its own (issue 23)."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(alexnet.__file__).resolve().parent
+    problems = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        if rel.startswith("weights/") or rel == "options.py":  # the readers, and WeightsSource itself
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = {a.arg for a in node.args.args + node.args.kwonlyargs}
+                if names & {"allow_pickle", "loaded"} or ("weights" in names and "arch" in names):
+                    problems.append(f"{rel}:{node.lineno} {node.name} takes weights in pieces")
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_model"
+            ):
+                extra = [k.arg for k in node.keywords if k.arg != "num_classes"]
+                if extra:
+                    problems.append(f"{rel}:{node.lineno} load_model(..., {', '.join(map(str, extra))}=)")
+    assert not problems, "\n".join(problems)

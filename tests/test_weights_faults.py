@@ -354,8 +354,8 @@ def test_server_pixel_budget_in_use_is_a_503_with_retry_after(monkeypatch):
     assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
     assert "--max-inflight-pixels" in r.json()["error"]["message"]
     assert budget.in_use == 0
-    with pytest.raises(ValueError, match="max_inflight_pixels must be >= max_request_pixels"):
-        serve_mod.ServeOptions(max_request_pixels=10, max_inflight_pixels=5)
+    with pytest.raises(ValueError, match="--max-inflight-pixels must be >= --max-request-pixels"):
+        serve_mod.ServeOptions(max_request_pixels=10, max_inflight_pixels=5)  # an AlexnetError and a ValueError
 
 
 def test_eight_huge_pngs_leave_the_server_memory_flat(tmp_path):

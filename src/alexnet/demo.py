@@ -3,7 +3,7 @@
 Fashion-MNIST (Xiao et al., 2017) stands in for ImageNet: it installs as a Debian package and ships with
 torchvision's downloader, and its 28x28 grey images go through the same RGB pipeline. The demo
 
-1. finds the data (``--data-dir``, Debian's ``dataset-fashion-mnist``, torchvision's root, or a download);
+1. finds the data (``--data``, Debian's ``dataset-fashion-mnist``, torchvision's root, or a download);
 2. fine-tunes torchvision's ImageNet AlexNet when those weights are cached or downloadable (conv1-conv5 frozen,
    conv5 features cached, fc6-fc8 trained, fc8 new), and otherwise trains ``alexnet2012`` from scratch;
 3. holds out part of the training set for the learning-rate schedule and the best checkpoint, and reports the

@@ -34,9 +34,9 @@ from .eval_metrics import (
     topk_correct,
     write_json,
 )
-from .options import check_workers, resolve_progress
+from .options import WeightsSource, check_workers, resolve_progress
 from .progress import track
-from .runtime import Precision, check_finite_scores, resolve_device, resolve_precision, unwrap_model
+from .runtime import FP32, Precision, check_finite_scores, model_input, require_precision, resolve_device, unwrap_model
 
 if TYPE_CHECKING:
     from .preprocessing import Preprocessing
@@ -85,7 +85,7 @@ def evaluate(
     batch_transform: nn.Module | None = None,
     num_classes: int | None = None,
     distributed: bool = False,
-    autocast: Precision | None = None,
+    mixed: Precision | None = None,
     channels_last: bool = False,
     progress: str | bool = "none",
     collect: bool = False,
@@ -95,7 +95,7 @@ def evaluate(
     ``loader`` yields `alexnet.data.batch.Batch` es (`make_loader`; with ``refs`` from `batches_with_refs`) or a
     caller's ``(images, labels)`` pairs. A 5-D batch (N, 10, 3, S, S) is 10-crop testing: the softmax is
     averaged over the crops, as the paper does (section 4.1), and the loss is the NLL of that average.
-    ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``autocast``: a training run's precision,
+    ``batch_transform`` (uint8 -> normalised float) runs on ``device``. ``mixed``: a training run's precision,
     whose autocast the forward runs under (fp32 master weights); a model already cast by
     `Precision.inference_model` needs none (its inputs are cast to its dtype). ``collect`` keeps every sample's
     prediction and confidence (`SamplePredictions`). Under torch.distributed (``distributed=True``) the counts,
@@ -106,8 +106,6 @@ def evaluate(
     model.eval()
     net = unwrap_model(model)
     tally = Tally(int(num_classes or net.config.num_classes), device, collect)
-    param = next(net.parameters(), None)
-    model_dtype = param.dtype if param is not None else torch.float32
     total = len(loader) if hasattr(loader, "__len__") else None
     try:
         for batch in track(loader, "evaluate", progress, total=total):
@@ -120,9 +118,9 @@ def evaluate(
                 images = batch_transform(images)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            if images.dtype != model_dtype and autocast is None:  # a cast copy (`Precision.inference_model`)
-                images = images.to(model_dtype, memory_format=torch.channels_last)
-            with autocast.autocast(device) if autocast is not None else contextlib.nullcontext():
+            if mixed is None:  # a cast copy (`Precision.inference_model`) takes its own dtype
+                images = model_input(model, images)
+            with mixed.autocast(device) if mixed is not None else contextlib.nullcontext():
                 logits = model(images)
             tally.add(logits.float(), labels, crops, refs)
     finally:
@@ -174,16 +172,27 @@ class EvalOptions:
     batch_size: int = 64
     workers: int | None = 0  # loader processes (None: `alexnet.options.default_workers`)
     device: torch.device | str | None = None  # `alexnet.runtime.resolve_device`
-    precision: str = "fp32"  # `alexnet.runtime.resolve_precision`: fp32 gives the exact figures
+    precision: Precision = FP32  # resolved (`alexnet.runtime.resolve_precision`); fp32 gives the exact figures
     channels_last: bool = False
     collect: bool = True  # keep every sample's prediction (the report's misclassified images)
     progress: str | bool = "none"  # `alexnet.options.PROGRESS_MODES`
     check_class_names: bool = True  # refuse weights whose class names differ from the data's
     on_bad_image: str = "skip"
 
+    def __post_init__(self) -> None:
+        """Every field checked here, with the package's error, so that no caller re-checks them."""
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise EvaluationError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.workers is not None:
+            check_workers(self.workers)
+        require_precision(self.precision)
+        resolve_progress(self.progress)
+        if self.on_bad_image not in ("skip", "fail"):
+            raise EvaluationError(f"on_bad_image must be skip or fail, got {self.on_bad_image!r}")
+
 
 def evaluate_dataset(
-    weights: str | Path | nn.Module,
+    weights: WeightsSource | str | Path | nn.Module,
     data: str | Path | Any,
     options: EvalOptions | None = None,
     *,
@@ -191,20 +200,18 @@ def evaluate_dataset(
     split: str | None = None,
     val_split: float = 0.0,
     seed: int = 0,
-    arch: str | None = None,
-    allow_pickle: bool = False,
     **option_values: Any,
 ) -> EvalResult:
     """Evaluate weights on a data set the way the paper reports it (section 6): top-1 and top-5 error of the
     centre crop, or of the softmax averaged over the 10 patches (``ten_crop``, section 4.1).
 
-    ``weights``: a source for `alexnet.load_model` (with ``arch``, ``allow_pickle``) or a model (then
-    ``preprocessing`` is required). ``data``: a source for `alexnet.data.datasets.open_dataset` (``split``,
+    ``weights``: a `WeightsSource` (a name or path alone is its ``source``) or a model (then ``preprocessing`` is
+    required). ``data``: a source for `alexnet.data.datasets.open_dataset` (``split``,
     ``val_split``, ``seed`` choose its samples: `open_eval_dataset`), or a dataset already built (``classes``,
     ``names``, and a transform giving the geometry's uint8 output). The data set is read with the weights' own
     preprocessing. ``options`` (`EvalOptions`), or its fields as keywords. Inside a process group (which the
     caller starts: `alexnet.distributed.setup_distributed`) every rank evaluates a disjoint share
-    (`eval_sampler`) and gets the same, complete result. ``precision`` other than fp32 runs a copy
+    (`eval_sampler`) and gets the same, complete result. ``precision`` (a `Precision`) other than fp32 runs a copy
     of the weights cast once (`Precision.inference_model`), as `alexnet.predict` does.
     """
     from .weights import load_model
@@ -217,7 +224,7 @@ def evaluate_dataset(
             raise EvaluationError("evaluate_dataset: a model needs its Preprocessing")
         model, pre = weights, preprocessing
     else:
-        model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
+        model, pre = load_model(WeightsSource.of(weights))
         pre = preprocessing or pre
     data_info: dict[str, Any] | None = None
     if isinstance(data, (str, Path)):
@@ -252,7 +259,7 @@ def _evaluate_on(
         ds, batch_size=opts.batch_size, shuffle=False, workers=check_workers(opts.workers), sampler=sampler,
         crop_device=crop_device,
     )  # fmt: skip
-    net = resolve_precision(opts.precision, dev).inference_model(model, dev)  # fp32: the model itself
+    net = require_precision(opts.precision).inference_model(model, dev)  # fp32: the model itself
     names = list(getattr(ds, "names", []) or [])
     batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
     result = evaluate(

@@ -30,9 +30,9 @@ from torch import nn
 from .data.batch import Batch
 from .errors import AlexnetError
 from .models import LAYER_NAMES, AlexNet
-from .options import check_workers, resolve_progress
+from .options import WeightsSource, check_workers, resolve_progress
 from .progress import track
-from .runtime import resolve_device, resolve_precision, unwrap_model
+from .runtime import FP32, Precision, model_input, require_precision, resolve_device, unwrap_model
 
 __all__ = [
     "FEATURE_LAYERS",
@@ -83,9 +83,7 @@ def layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """
     net = _net(model)
     _check_layer(layer)
-    param = next(net.parameters(), None)
-    if param is not None and x.dtype != param.dtype:  # a cast copy (`Precision.inference_model`)
-        x = x.to(param.dtype, memory_format=torch.channels_last)
+    x = model_input(net, x)  # a cast copy (`Precision.inference_model`) takes its own dtype
     if layer == "fc8":
         return net(x)
     if layer == "conv5":
@@ -204,12 +202,12 @@ def build_index(
     device: torch.device | str | None = None,
     progress: str | bool = "none",
     weights: str = "",
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> FeatureIndex:
     """Read ``data`` with ``preprocessing`` (a `alexnet.preprocessing.Preprocessing`: centre crop) and extract
     ``layer`` of ``model`` for every image. ``weights`` names where the weights came from, for the index's record
     (`neighbors_for_images` reloads them from there). ``device``: `alexnet.runtime.resolve_device`'s vocabulary;
-    ``progress``: `alexnet.options.resolve_progress`'s; ``precision``: `alexnet.runtime.resolve_precision`'s (other
+    ``progress``: `alexnet.options.resolve_progress`'s; ``precision``: a resolved `alexnet.runtime.Precision` (other
     than fp32: a copy of the weights cast once)."""
     from .data.datasets import make_loader, open_dataset
     from .evaluate import batches_with_refs
@@ -232,7 +230,7 @@ def build_index(
     loader = make_loader(ds, batch_size=data.batch_size, shuffle=False, workers=check_workers(data.workers))
     names = list(getattr(ds, "names", []) or [])
     batches = batches_with_refs(loader, names) if len(names) == len(ds) else loader
-    model = resolve_precision(precision, dev).inference_model(model, dev)
+    model = require_precision(precision).inference_model(model, dev)
     norm = preprocessing.batch_transform(False).to(dev)
     feats, labels, refs, _skipped = extract_features(
         model, _Sized(batches, len(loader)), layer, device=dev, batch_transform=norm, progress=progress
@@ -251,22 +249,22 @@ def build_index(
 
 
 def index_weights(
-    weights: str | Path,
+    weights: WeightsSource | str | Path,
     data: IndexData | str | Path,
     layer: str = "fc7",
     *,
-    arch: str | None = None,
-    allow_pickle: bool = False,
     device: torch.device | str | None = None,
     progress: str | bool = "none",
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> FeatureIndex:
-    """`build_index` for ``alexnet features``: load ``weights`` (any source `alexnet.weights.load_model` takes)
-    and index ``data`` with their own preprocessing; the index records the weights' absolute path (or name)."""
+    """`build_index` for ``alexnet features``: load ``weights`` (a `WeightsSource`; a name or path alone is its
+    ``source``) and index ``data`` with their own preprocessing; the index records the weights' absolute path
+    (or name)."""
     from .weights import load_model
 
-    model, pre = load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    source = str(Path(str(weights)).resolve()) if Path(str(weights)).is_file() else str(weights)
+    spec = WeightsSource.of(weights)
+    model, pre = load_model(spec)
+    source = str(Path(spec.source).resolve()) if Path(spec.source).is_file() else spec.source
     return build_index(model, pre, data, layer, device=device, progress=progress, weights=source, precision=precision)
 
 
@@ -372,7 +370,7 @@ def image_features(
     layer: str = "fc7",
     *,
     device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> torch.Tensor:
     """``layer``'s output (Q, D) for query images (paths or uint8 (3, H, W) tensors), centre crop as the index."""
     from .data.decode import decode_image
@@ -382,7 +380,7 @@ def image_features(
     geometry = preprocessing.geometry(False)  # the index's own pipeline: uint8 geometry, then batched floats
     batch = torch.stack([geometry(img if isinstance(img, torch.Tensor) else decode_image(img)) for img in images])
     x = preprocessing.batch_transform(False).to(device)(batch.to(device))
-    net = resolve_precision(precision, device).inference_model(model, device)
+    net = require_precision(precision).inference_model(model, device)
     with torch.no_grad():
         return layer_output(net, x, layer).float().cpu()
 
@@ -394,17 +392,17 @@ def neighbors_for_images(
     k: int = 6,
     metric: str = "euclidean",
     layer: str | None = None,
-    weights: str | Path | None = None,
+    weights: WeightsSource | str | Path | None = None,
     device: torch.device | str | None = None,
-    arch: str | None = None,
-    allow_pickle: bool = False,
-    precision: str = "fp32",
+    precision: Precision = FP32,
+    progress: str | bool = "none",
 ) -> tuple[list[torch.Tensor], FeatureIndex, list[list[Neighbor]]]:
     """The paper's Figure 4 as data: for each query image, the ``k`` nearest entries of ``index``.
 
     The query's features come from ``weights`` (default: the weights the index was made with) at the index's
     layer; an index of another ``layer`` than asked, or weights of another architecture, is refused. Returns the
-    decoded query images (for drawing), the index and the ranked neighbours.
+    decoded query images (for drawing), the index and the ranked neighbours. ``progress``: the queries' decoding
+    (`alexnet.options.PROGRESS_MODES`).
     """
     from .data.decode import decode_image
     from .weights import load_model
@@ -416,11 +414,11 @@ def neighbors_for_images(
     source = weights if weights is not None else index.weights
     if not source:
         raise FeatureError("the index does not say which weights made it; pass --weights")
-    model, pre = load_model(source, arch=arch, allow_pickle=allow_pickle)
+    model, pre = load_model(WeightsSource.of(source))
     got = _arch_of(model)
     if index.arch not in ("custom", got):
         raise FeatureError(f"the index was made with {index.arch} weights, {source} are {got}")
-    queries = [decode_image(p) for p in images]
+    queries = [decode_image(p) for p in track(images, "neighbors", progress, unit="image")]
     feats = image_features(model, pre, queries, index.layer, device=resolve_device(device), precision=precision)
     return queries, index, nearest(index, feats, k, metric=metric)
 

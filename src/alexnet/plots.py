@@ -24,6 +24,7 @@ from . import rundir
 from .data.fileio import atomic_write
 from .errors import AlexnetError
 from .models import AlexNet
+from .options import WeightsSource
 from .rundir import METRICS_COLUMNS
 from .runtime import unwrap_model
 
@@ -144,28 +145,27 @@ def filter_grids(weight: torch.Tensor, groups: int = 1, *, padding: int = 1) -> 
     return [make_grid(p, nrow=cols, padding=padding, normalize=True, scale_each=True, pad_value=1.0) for p in parts]
 
 
-def _load(weights: str | Path | nn.Module, allow_pickle: bool, arch: str | None = None) -> AlexNet:
+def _load(weights: WeightsSource | str | Path | nn.Module) -> AlexNet:
     if isinstance(weights, nn.Module):
         model = unwrap_model(weights)
     else:
         from .weights import load_model
 
-        model, _ = load_model(weights, arch=arch, allow_pickle=allow_pickle)
+        model, _ = load_model(WeightsSource.of(weights))
     if not isinstance(model, AlexNet):
         raise PlotError("expected an alexnet.AlexNet model")
     return model
 
 
 def plot_filters(
-    weights: str | Path | nn.Module,
+    weights: WeightsSource | str | Path | nn.Module,
     out: str | Path | None = None,
     *,
     size: tuple[int, int] = (1200, 900),
-    arch: str | None = None,
-    allow_pickle: bool = False,
 ) -> bytes:
-    """conv1's kernels as one picture (the paper's Figure 3); returns the PNG bytes and writes ``out``."""
-    model = _load(weights, allow_pickle, arch)
+    """conv1's kernels as one picture (the paper's Figure 3); returns the PNG bytes and writes ``out``.
+    ``weights``: a model, or a `WeightsSource` (a name or path alone is its ``source``)."""
+    model = _load(weights)
     w = model.conv1.weight
     groups = int(model.config.groups)
     grids = filter_grids(w, groups)

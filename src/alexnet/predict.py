@@ -5,11 +5,11 @@ command line needs: expanding files, folders and globs, decoding in parallel thr
 reporting bad files by name while the others are still classified. ``ten_crop`` averages the softmax over the
 paper's 10 patches (4 corners + centre and their mirrors, Krizhevsky et al. 2012, section 4.1).
 
-``precision``: one of `alexnet.options.PRECISIONS`, resolved by `alexnet.runtime.resolve_precision`: "fp32" (the
-default of the functions: results as the weights compute them), "bf16"/"fp16" (a copy of the model with its
-weights cast once, channels_last; inputs cast per batch) or "auto" (bf16 where the device computes it natively,
-fp32 elsewhere, where bf16 would be emulated and slower). ``alexnet predict`` defaults to "auto". The caller's
-model is never modified.
+``precision``: a resolved `alexnet.runtime.Precision` (the command line turns ``--precision auto`` into one with
+`alexnet.runtime.resolve_precision`: bf16 where the device computes it natively, fp32 elsewhere): fp32 (`FP32`,
+the default of the functions: results as the weights compute them) or bf16/fp16 (a copy of the model with its
+weights cast once, channels_last; inputs cast per batch by `alexnet.runtime.model_input`). A model already cast
+(`alexnet.weights.load_for_inference`) runs as it is. The caller's model is never modified.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from torch import nn
 
 from .data.base import IMAGE_EXTENSIONS
 from .data.decode import BadImageError, decode_image
-from .options import cpu_count
+from .options import check_workers, cpu_count
 from .preprocessing import Preprocessing
-from .runtime import check_finite_scores, resolve_precision
+from .runtime import FP32, Precision, check_finite_scores, model_input, require_precision
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -95,9 +95,7 @@ def classify_batch(
     if x.ndim == 5:  # (N, 10, 3, S, S) -> (N * 10, 3, S, S)
         crops = x.shape[1]
         x = x.flatten(0, 1)
-    dtype = _model_dtype(model)
-    if dtype != x.dtype:  # a bf16/fp16 copy (`Precision.inference_model`): cast the input, keep its layout
-        x = x.to(dtype, memory_format=torch.channels_last)
+    x = model_input(model, x)  # a bf16/fp16 model (`Precision.inference_model`) takes its own dtype
     probs = torch.softmax(check_finite_scores(model(x).float(), "predict"), dim=1)  # (N * crops, C)
     probs = probs.view(-1, crops, probs.shape[1]).mean(dim=1)  # (N, C)
     k = min(topk, probs.shape[1])
@@ -118,7 +116,7 @@ def classify(
     ten_crop: bool = False,
     device: str | torch.device | None = None,
     batch_size: int = 64,
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> list[list[ClassScore]]:
     """Classify decoded images: uint8 (3, H, W) RGB each, as `alexnet.data.decode.decode_image` returns them.
 
@@ -130,7 +128,7 @@ def classify(
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = resolve_precision(precision, dev).inference_model(model, dev)
+    model = require_precision(precision).inference_model(model, dev)
     results: list[list[ClassScore]] = []
     for start in range(0, len(images), batch_size):
         chunk = [prepare_image(im, preprocessing, ten_crop=ten_crop) for im in images[start : start + batch_size]]
@@ -169,7 +167,7 @@ def predict_files(
     device: str | torch.device | None = None,
     workers: int | None = None,
     expand: bool = True,
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> Iterator[FileResult]:
     """Classify every file ``inputs`` expands to (see `expand_inputs`), yielding one `FileResult` per file in order.
 
@@ -185,8 +183,8 @@ def predict_files(
         raise ValueError(f"topk must be >= 1, got {topk}")
     files = expand_inputs(inputs) if expand else [str(f) for f in inputs]
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = resolve_precision(precision, dev).inference_model(model, dev)
-    workers = workers or min(8, cpu_count())  # threads: decoding releases the GIL
+    model = require_precision(precision).inference_model(model, dev)
+    workers = check_workers(min(8, cpu_count()) if workers is None else workers)  # threads: decoding frees the GIL
 
     # Threads do the uint8 work (decode, resize, crop); the float normalisation runs batched on the device, so
     # a GPU receives 1 byte per pixel instead of 4.
@@ -200,7 +198,7 @@ def predict_files(
         except BadImageError as e:  # the geometry refused it (e.g. a 5000x1 strip)
             raise BadImageError(f"{name}: {e}") from None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) if workers else _InCaller() as pool:
         chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
         overlap = dev.type != "cpu"
         pending: list[Future[torch.Tensor]] | None = [pool.submit(load, f) for f in chunks[0]] if chunks else None
@@ -230,9 +228,22 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None else torch.float32
+class _InCaller:
+    """``workers=0``: no thread; each file is decoded in the calling thread when its batch is formed."""
+
+    def __enter__(self) -> _InCaller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # reported per file by the caller, as a thread's error would be
+            fut.set_exception(e)
+        return fut
 
 
 def _class_name(names: Sequence[str] | None, i: int) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .data.geometry import CenterPatch, EvalTransform, Normalizer, TenCrop
+from .errors import AlexnetError
 from .limits import check_side
 from .models import AlexNetConfig
 
@@ -23,9 +24,14 @@ __all__ = [
     "BVLC_PREPROCESSING",
     "TORCHVISION_PREPROCESSING",
     "Preprocessing",
+    "PreprocessingError",
     "default_preprocessing",
     "paper_resize",
 ]
+
+
+class PreprocessingError(AlexnetError, ValueError):
+    """A `Preprocessing` field no model input can have (the package's error: the command line prints one line)."""
 
 
 @dataclass
@@ -48,34 +54,36 @@ class Preprocessing:
         for name in ("input_size", "resize_size"):
             v = getattr(self, name)
             if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-                raise ValueError(f"{name} must be an integer, got {v!r:.60}")
+                raise PreprocessingError(f"{name} must be an integer, got {v!r:.60}")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or not all(_is_finite(x) for x in v):
-                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
+                raise PreprocessingError(f"{name} must be 3 finite numbers (R, G, B), got {v!r:.60}")
         if not _is_finite(self.value_scale) or not 1e-3 <= self.value_scale <= 65535:
-            raise ValueError(
+            raise PreprocessingError(
                 f"value_scale must be a number from 0.001 to 65535 (1 or 255), got {self.value_scale!r:.60}"
             )
         if self.class_names is not None and not isinstance(self.class_names, (list, tuple)):
-            raise ValueError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
+            raise PreprocessingError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need 3 values (R, G, B)")
+            raise PreprocessingError("mean and std need 3 values (R, G, B)")
         # Pixels lie in 0..value_scale, so does their mean; a std under value_scale / 10^4 (or a mean of 1e308)
         # would turn every input into infinities and every probability into NaN.
         scale = self.value_scale
         if not all(0 <= m <= scale for m in self.mean):
-            raise ValueError(f"mean must lie in the pixel range 0..{scale:g} (value_scale), got {list(self.mean)}")
+            raise PreprocessingError(
+                f"mean must lie in the pixel range 0..{scale:g} (value_scale), got {list(self.mean)}"
+            )
         if not all(scale * 1e-4 <= s <= scale * 10 for s in self.std):
-            raise ValueError(
+            raise PreprocessingError(
                 f"std must lie in {scale * 1e-4:g}..{scale * 10:g} (value_scale 1e-4..10), got {list(self.std)}"
             )
         for name in ("input_size", "resize_size"):
             check_side(name, getattr(self, name))
         if self.input_size < 1 or self.resize_size < self.input_size:
-            raise ValueError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
+            raise PreprocessingError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
 
@@ -122,7 +130,7 @@ class Preprocessing:
         mean_image = None
         if per_pixel_mean:
             if stats is None or getattr(stats, "mean_image", None) is None:
-                raise ValueError("per_pixel_mean needs stats with a mean image (alexnet stats writes one)")
+                raise PreprocessingError("per_pixel_mean needs stats with a mean image (alexnet stats writes one)")
             mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32)
         from .data.transforms import BatchTransform
 
@@ -146,11 +154,11 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         if not isinstance(d, Mapping):
-            raise ValueError(f"preprocessing must be an object of fields, got {type(d).__name__}")
+            raise PreprocessingError(f"preprocessing must be an object of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(k) for k in d if k not in known)
         if unknown:  # a misspelt or foreign field (crop_size) would be silently ignored: the input would differ
-            raise ValueError(
+            raise PreprocessingError(
                 f"unknown preprocessing fields {', '.join(unknown)[:200]}; known: {', '.join(sorted(known))}"
             )
         return cls(**d)

@@ -25,6 +25,7 @@ from .ablate_report import html_section as ablation_section
 from .data.fileio import atomic_write_text
 from .errors import AlexnetError
 from .plots import PlotError, load_thumbnail, plot_confusion, plot_curves, plot_filters, read_metrics
+from .runtime import FP32, Precision
 
 __all__ = ["report"]
 
@@ -192,8 +193,8 @@ class _EvalRequest:
     ten_crop: bool
     batch_size: int
     workers: int | None
-    device: str | None
-    precision: str = "fp32"
+    device: str | torch.device | None
+    precision: Precision = FP32
     progress: str | bool = "none"
 
 
@@ -359,9 +360,9 @@ def report(
     ten_crop: bool = False,
     batch_size: int = 64,
     workers: int | None = 0,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     evaluate: bool = True,
-    precision: str = "fp32",
+    precision: Precision = FP32,
     progress: str | bool = "none",
 ) -> Path:
     """One self-contained HTML page about a training run: a summary first (model, data, epochs, best and final

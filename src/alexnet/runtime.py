@@ -29,6 +29,7 @@ from .errors import AlexnetError
 from .options import PRECISIONS, check_precision
 
 __all__ = [
+    "FP32",
     "PRECISIONS",
     "Precision",
     "NonFiniteScoresError",
@@ -37,6 +38,8 @@ __all__ = [
     "env_local_rank",
     "one_malloc_arena",
     "release_free_memory",
+    "model_input",
+    "require_precision",
     "resolve_device",
     "resolve_precision",
     "tune_cpu_allocator",
@@ -168,6 +171,13 @@ class Precision:
 
     name: str  # fp32 | bf16 | fp16
 
+    def __post_init__(self) -> None:
+        if self.name not in _DTYPES:
+            raise AlexnetError(
+                f"precision: {self.name!r} is not a resolved precision ({', '.join(_DTYPES)}); "
+                "alexnet.runtime.resolve_precision turns a word (auto included) into one"
+            )
+
     @property
     def dtype(self) -> torch.dtype | None:
         """The reduced dtype, None for fp32."""
@@ -193,6 +203,33 @@ class Precision:
             return model
         net = _copy.deepcopy(model) if copy else model
         return net.to(device, self.dtype, memory_format=torch.channels_last).eval()
+
+
+FP32 = Precision("fp32")  # the exact figures: the library's default wherever a precision is taken
+
+
+def require_precision(value: Precision) -> Precision:
+    """``value`` if it is a `Precision`, else a one-line error: library functions take the resolved form only
+    (a word such as ``"auto"`` depends on the device and is resolved once, by `resolve_precision`, where the
+    command starts)."""
+    if not isinstance(value, Precision):
+        raise AlexnetError(
+            f"precision: expected an alexnet.runtime.Precision, got {value!r}; "
+            "alexnet.runtime.resolve_precision(word, device) resolves a word"
+        )
+    return value
+
+
+def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``model`` takes it: the dtype its weights carry (a model cast by `Precision.inference_model`
+    takes its own reduced dtype, channels_last), else ``x`` unchanged. The one place an inference input's dtype
+    is decided (predict, evaluate, features, serve)."""
+    param = next(unwrap_model(model).parameters(), None)
+    if param is None or x.dtype == param.dtype or not param.dtype.is_floating_point:
+        return x
+    if x.ndim != 4:
+        return x.to(param.dtype)
+    return x.to(param.dtype, memory_format=torch.channels_last)
 
 
 def resolve_precision(spec: str | Precision, device: torch.device) -> Precision:

@@ -6,8 +6,8 @@ Why it is built this way:
   waits a few milliseconds for company, then one forward pass serves them all, so throughput grows with load
   instead of every client paying for its own small forward pass. Inference runs in one dedicated thread and
   decoding in the thread pool, so the event loop only moves bytes.
-- The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the precision
-  `alexnet.runtime.resolve_precision` resolves (``auto``: bf16 where the device computes it natively), through
+- The model runs as predict runs it: on the device `alexnet.runtime.resolve_device` names, in the `Precision`
+  the caller resolved (``alexnet serve --precision auto``: bf16 where the device computes it natively), through
   `Precision.inference_model`: a cast copy of a caller's model (left untouched), or, for the model ``alexnet
   serve`` loaded itself, that model cast in place (`alexnet.weights.load_for_inference`: no second copy).
 - Every response is a JSON document with its version key first (``"schema": "alexnet.serve.predict/1"``, ...;
@@ -29,6 +29,7 @@ one-line `AlexnetError` naming ``pip install 'alexnet[serve]'``.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -57,16 +58,18 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 
 from .data.decode import BadImageError
 from .models import count_parameters
-from .options import check_precision
+from .options import WeightsSource
 from .preprocessing import Preprocessing
 from .runtime import (
+    FP32,
     NonFiniteScoresError,
     Precision,
     check_finite_scores,
+    model_input,
     one_malloc_arena,
     release_free_memory,
+    require_precision,
     resolve_device,
-    resolve_precision,
     unwrap_model,
 )
 from .schemas import schema_id, tagged
@@ -84,7 +87,17 @@ from .serve_upload import (
 )
 from .weights import PRETRAINED, describe_config, guess_arch, load_model, read_provenance
 
-__all__ = ["Batcher", "ServeOptions", "ServedModel", "bind", "create_app", "image_size", "serve", "uvicorn_config"]
+__all__ = [
+    "Batcher",
+    "ServeOptions",
+    "ServeOptionsError",
+    "ServedModel",
+    "bind",
+    "create_app",
+    "image_size",
+    "serve",
+    "uvicorn_config",
+]
 
 STATIC_DIR = Path(__file__).with_name("static")
 # The page may load only what this server serves; images are shown from blob: URLs of the chosen file.
@@ -92,6 +105,10 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+
+
+class ServeOptionsError(AlexnetError, ValueError):
+    """A `ServeOptions` field no server can run with; the message names the flag of ``alexnet serve``."""
 
 
 @dataclass
@@ -108,22 +125,26 @@ class ServeOptions:
     body_timeout_s: float = 60.0  # its body within this after the headers (a 20 MB upload at 3 Mbit/s: 55 s)
     max_batch: int = 64  # rows in one forward pass (an image is 1 row, or 10 under ten_crop)
     batch_window_ms: float = 5.0  # how long a batch waits for more requests once its first one arrived
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 where the device computes it natively
+    device: str | torch.device = "auto"  # `alexnet.runtime.resolve_device`: "auto" is cuda when available, else cpu
+    precision: Precision = FP32  # resolved (`alexnet.runtime.resolve_precision`): bf16/fp16 run a cast copy
 
     def __post_init__(self) -> None:
+        """Every field checked here, with the package's error (`AlexnetError`, one line naming the field as
+        ``alexnet serve`` spells it), so that no caller re-checks them."""
         ints = ("max_bytes", "max_images", "max_pixels", "max_batch", "max_request_pixels", "max_inflight_pixels")
         for name in (*ints, "max_connections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("header_timeout_s", "body_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ServeOptionsError(f"{_flag(name)} must be an integer >= 1, got {v!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "batch_window_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ServeOptionsError(f"{_flag(name)} must be a number >= 0, got {v!r}")
+            if v == 0 and name != "batch_window_ms":
+                raise ServeOptionsError(f"{_flag(name)} must be > 0 seconds, got {v!r}")
         if self.max_inflight_pixels < self.max_request_pixels:
-            raise ValueError("max_inflight_pixels must be >= max_request_pixels (else no request could run)")
-        if self.batch_window_ms < 0:
-            raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
-        check_precision(self.precision)
+            raise ServeOptionsError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")
+        require_precision(self.precision)
 
     def limits(self) -> dict[str, Any]:
         """The limits as /v1/model reports them."""
@@ -140,6 +161,11 @@ class ServeOptions:
             "batch_window_ms",
         )
         return {k: getattr(self, k) for k in names}
+
+
+def _flag(field_name: str) -> str:
+    """A `ServeOptions` field as ``alexnet serve``'s flag (``header_timeout_s`` -> ``--header-timeout``)."""
+    return "--" + field_name.removesuffix("_s").replace("_", "-")
 
 
 class Prediction(BaseModel):
@@ -259,11 +285,11 @@ class ServedModel:
         self.name, self.preprocessing, self.options = name, preprocessing, opts
         self.provenance = dict(provenance) if provenance is not None else None
         self.device = resolve_device(opts.device)
-        self.precision: Precision = resolve_precision(opts.precision, self.device)
+        self.precision: Precision = opts.precision
         self.model = model
         # model itself (eval, on device) for fp32; else a cast copy, or the model cast in place when it is ours
         self.net = self.precision.inference_model(model, self.device, copy=not own)
-        self.num_classes = _num_classes(self.net, preprocessing, self.device, self.precision)
+        self.num_classes = _num_classes(self.net, preprocessing, self.device)
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
         self.arch = _arch_name(model)
@@ -276,8 +302,7 @@ class ServedModel:
         """float (rows, 3, S, S) -> softmax probabilities (rows, num_classes) float32 on the CPU."""
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
-            if self.precision.dtype is not None:  # the cast copy: cast the input and keep its layout
-                x = x.to(self.precision.dtype, memory_format=torch.channels_last)
+            x = model_input(self.net, x)  # the cast copy takes its own dtype, channels_last
             return torch.softmax(self.net(x).float(), dim=1).cpu()
 
     def info(self) -> ModelInfo:
@@ -474,16 +499,13 @@ def _add_predict(app: FastAPI, served: ServedModel, batcher: Batcher, budget: Pi
         return tagged("serve.predict", {"model": served.name, "ten_crop": ten_crop, "topk": topk, "results": results})
 
 
-def _num_classes(
-    model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device, precision: Precision
-) -> int:
+def _num_classes(model: torch.nn.Module, preprocessing: Preprocessing, device: torch.device) -> int:
     config = getattr(unwrap_model(model), "config", None)
     if config is not None:
         return int(config.num_classes)
     s = preprocessing.input_size
     with torch.inference_mode():
-        x = torch.zeros(1, 3, s, s, device=device, dtype=precision.dtype or torch.float32)
-        return int(model(x).shape[1])
+        return int(model(model_input(model, torch.zeros(1, 3, s, s, device=device))).shape[1])
 
 
 def _arch_name(model: torch.nn.Module) -> str:
@@ -520,23 +542,31 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    weights: str | Path,
+    weights: WeightsSource | str | Path | torch.nn.Module,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    arch: str | None = None,
-    allow_pickle: bool = False,
     options: ServeOptions | None = None,
     log_level: str = "info",
-    loaded: tuple[torch.nn.Module, Preprocessing] | None = None,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> None:
-    """Load ``weights`` and serve them until interrupted. Binds loopback unless another ``host`` is asked for.
-    ``loaded``: the model and preprocessing of ``weights`` when the caller has read them already (``alexnet
-    serve``: `alexnet.weights.load_for_inference`); the model is the server's own either way (cast in place)."""
+    """Serve ``weights`` until interrupted: a `WeightsSource` (a name or path alone is its ``source``), loaded
+    here, or a model already loaded (``alexnet serve``: `alexnet.weights.load_for_inference`), with its
+    ``preprocessing``, the ``name`` the page shows and the file's ``provenance``. The model is the server's own
+    either way (cast in place). Binds loopback unless another ``host`` is asked for."""
     one_malloc_arena()  # a no-op when `alexnet serve` did it first, before loading
-    model, preprocessing = loaded or load_model(weights, arch=arch, allow_pickle=allow_pickle)
-    name = str(weights) if str(weights) in PRETRAINED else Path(str(weights)).name
-    provenance = read_provenance(weights)
+    if isinstance(weights, torch.nn.Module):
+        if preprocessing is None:
+            raise AlexnetError("serve: a model needs its Preprocessing")
+        model = weights
+    else:
+        spec = WeightsSource.of(weights)
+        model, preprocessing = load_model(spec)
+        name = name or (spec.source if spec.source in PRETRAINED else Path(spec.source).name)
+        provenance = provenance if provenance is not None else read_provenance(spec)
+    name = name or "model"
     app = create_app(model, preprocessing, name=name, options=options, own_model=True, provenance=provenance)
     served: ServedModel = app.state.served
     sock = bind(host, port)

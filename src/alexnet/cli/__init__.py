@@ -1,8 +1,10 @@
 """Command line: argparse subcommands that parse flags and call the library. No logic of its own.
 
-Every command has ``--help`` with defaults, ``--json`` where it prints results, exit code 0 only on success,
-and a one-line error (no traceback) for user mistakes. Building the parser imports no torch and no training
-code: ``alexnet --help`` and a mistyped flag answer at once; each command imports what it runs.
+Every command has ``--help`` with defaults, ``--json`` where it prints results, and a one-line error (no
+traceback) for user mistakes. Exit codes: 0 success; 1 an error explained in one line; 2 a usage error (a
+mistyped flag shows the subcommand's usage and the nearest flags); 130 / 143 stopped by SIGINT / SIGTERM.
+Building the parser imports no torch and no training code: ``alexnet --help`` and a mistyped flag answer at once;
+each command imports what it runs.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Sequence
 
 from ..errors import AlexnetError, one_line
 from . import data, evaluation, infer, training
-from .flags import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Formatter
+from .flags import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Formatter
+from .parser import Parser, parse
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever & Hinton, 2012): classify, fine-tune, train, evaluate.",
         formatter_class=Formatter,
@@ -41,19 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _execute(argv: Sequence[str] | None) -> tuple[int, bool]:
     """(exit code, whether the process may end without the interpreter's teardown)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from ..runtime import tune_cpu_allocator
-
-    tune_cpu_allocator()  # faster CPU steps, same results (see alexnet.runtime)
+    args = parse(parser, argv)
     fast = bool(getattr(args, "fast_exit", False))
     try:
+        check = getattr(args, "check", None)
+        if check is not None:  # refusals that need no torch (an --out that exists), made before it loads
+            check(args)
+        from ..runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # faster CPU steps, same results (see alexnet.runtime)
         return int(args.func(args) or EXIT_OK), fast
     except AlexnetError as e:
         print(f"alexnet {args.command}: error: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_ERROR, fast
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
-        return 130, False
+        return EXIT_INTERRUPTED, False
     except BrokenPipeError:  # `alexnet ... | head`: the reader left; not an error of ours
         import os
 

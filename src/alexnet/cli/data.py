@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 
 from ..schemas import tagged
-from .flags import EXIT_OK, Formatter, add_progress_flag, add_workers_flag, positive_int, print_json, seed_int
+from .flags import (
+    EXIT_OK,
+    SPLITS,
+    Formatter,
+    add_data_arg,
+    add_data_dir_alias,
+    add_json_flag,
+    add_progress_flag,
+    add_workers_flag,
+    check_out_file,
+    positive_int,
+    print_json,
+    seed_int,
+)
 
 __all__ = ["add_commands"]
 
@@ -17,12 +30,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, default=256, help="side of the square images (short side, crop)")
-    add_workers_flag(p, what="decoding processes")
+    add_workers_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per loader batch")
     p.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip", help="skip and list bad images, or stop")
-    p.add_argument("--data-dir", default=None, help="folder holding Fashion-MNIST (for source 'fashion-mnist')")
+    add_data_dir_alias(p)
     add_progress_flag(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
 
 
 def _add_stats(sub: argparse._SubParsersAction) -> None:
@@ -33,22 +46,20 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
         "image (saved beside OUT as .mean_image.npy), the RGB covariance and its eigen-pairs for PCA lighting.",
         formatter_class=Formatter,
     )
-    p.add_argument("source", help="image folder, list file, prepared set, or 'fashion-mnist'")
+    add_data_arg(p)
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--split", choices=("train", "val", "all"), default="train", help="which samples to use")
+    p.add_argument("--split", choices=SPLITS, default="train", help="which samples to use")
     p.add_argument("--val-split", type=float, default=0.0, help="share held out as val (no val/ folder)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the val split")
     _add_data_flags(p)
-    p.set_defaults(func=_cmd_stats)
+    p.set_defaults(func=_cmd_stats, check=check_out_file)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from ..data.fileio import check_output_file
     from ..data.stats import compute_stats, save_stats
 
-    check_output_file(args.out)  # before the pass over the data, not after
     stats = compute_stats(
-        args.source,
+        args.data,
         size=args.size,
         split=args.split,
         val_split=args.val_split,
@@ -78,7 +89,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "central square kept, stored as uint8 .npy shards. Resumes when run again after an interruption.",
         formatter_class=Formatter,
     )
-    p.add_argument("source", help="image folder (with or without train/ and val/), list file, or 'fashion-mnist'")
+    add_data_arg(p, help="image folder (with or without train/ and val/), list file, a Fashion-MNIST folder or "
+                 "'fashion-mnist'")  # fmt: skip
     p.add_argument("out", help="folder to write")
     p.add_argument("--shard-size", type=positive_int, default=500, help="images per shard file")
     _add_data_flags(p)
@@ -89,7 +101,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare
 
     manifest = prepare(
-        args.source,
+        args.data,
         args.out,
         size=args.size,
         shard_size=args.shard_size,

@@ -11,12 +11,17 @@ from ..schemas import tagged
 from .flags import (
     EXIT_OK,
     Formatter,
+    add_data_arg,
     add_data_source_flags,
+    add_json_flag,
     add_progress_flag,
     add_runtime_flags,
+    add_topk_flag,
     add_weights_flags,
-    positive_int,
+    check_out_file,
+    nonneg_int,
     print_json,
+    runtime_values,
     weights_spec,
 )
 
@@ -51,8 +56,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_runtime_flags(p, precision="fp32", precision_help=EXACT)
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
     p.add_argument("--out", default=None, help="write the result as JSON to this file (e.g. eval.json)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--top-misclassified", type=int, default=32, help="most confident errors listed in the JSON")
+    add_json_flag(p, what="print JSON instead of a table")
+    _add_top_misclassified(p, default=32, what="most confident errors listed in the JSON")
     p.add_argument(
         "--ignore-class-names",
         action="store_true",
@@ -65,13 +70,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..distributed import setup_distributed, shutdown_distributed
     from ..eval_metrics import write_json
     from ..evaluate import evaluate_dataset
-    from ..runtime import resolve_device
 
-    spec = weights_spec(args)
-    info = setup_distributed(resolve_device(args.device))  # under torchrun: the group every rank evaluates in
+    device, precision = runtime_values(args)
+    info = setup_distributed(device)  # under torchrun: the group every rank evaluates in
     try:
         result = evaluate_dataset(
-            spec,
+            weights_spec(args),
             args.data,
             ten_crop=args.ten_crop,
             split=args.split,
@@ -79,10 +83,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=args.device,
+            device=device,
             check_class_names=not args.ignore_class_names,
             progress=args.progress,
-            precision=args.precision,
+            precision=precision,
         )
     finally:
         shutdown_distributed(info)
@@ -115,19 +119,18 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     add_runtime_flags(p, precision="fp32", precision_help=EXACT)
     p.add_argument("--layer", default="fc7", choices=list(LAYER_NAMES), help="which layer's output")
     p.add_argument("--out", required=True, help="the index to write (.safetensors)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=_cmd_features)
+    add_json_flag(p, what="print a JSON summary")
+    p.set_defaults(func=_cmd_features, check=check_out_file)
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from ..features import IndexData, check_index_path, index_weights, save_features
 
     check_index_path(args.out)  # before the pass over the data, not after
-    spec = weights_spec(args)
+    device, precision = runtime_values(args)
     data = IndexData(args.data, args.split, args.val_split, args.seed, args.batch_size, args.workers)
-    index = index_weights(
-        spec, data, args.layer, device=args.device, progress=args.progress, precision=args.precision
-    )  # fmt: skip
+    index = index_weights(weights_spec(args), data, args.layer, device=device, progress=args.progress,
+                          precision=precision)  # fmt: skip
     save_features(index, args.out)
     summary = {"out": str(args.out), "layer": index.layer, "images": len(index), "dim": index.dim}
     if args.json:
@@ -148,29 +151,32 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("queries", nargs="+", metavar="IMAGE", help="query image files")
     p.add_argument("--index", required=True, help="a feature index written by alexnet features")
-    p.add_argument("-k", type=positive_int, default=6, help="neighbours per query")
+    add_topk_flag(p, default=6, what="neighbours per query")
     p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="distance")
-    p.add_argument("--layer", default=None, help="refuse an index of another layer (default: the index's)")
+    p.add_argument("--layer", default=None, choices=list(LAYER_NAMES), help="refuse an index of another layer "
+                   "(default: the index's)")  # fmt: skip
     add_weights_flags(p, default=None)
     add_runtime_flags(p, precision="fp32", precision_help=EXACT)
+    add_progress_flag(p, default="none")
     p.add_argument("--out", default=None, help="draw the queries and their neighbours into this PNG")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_neighbors)
 
 
 def _cmd_neighbors(args: argparse.Namespace) -> int:
     from ..features import neighbors_for_images
 
-    spec = weights_spec(args)
+    device, precision = runtime_values(args)
     queries, index, ranked = neighbors_for_images(
         args.queries,
         args.index,
-        k=args.k,
+        k=args.topk,
         metric=args.metric,
         layer=args.layer,
-        weights=spec,
-        device=args.device,
-        precision=args.precision,
+        weights=weights_spec(args),
+        device=device,
+        precision=precision,
+        progress=args.progress,
     )
     if args.out:
         from ..plots import plot_neighbors
@@ -203,6 +209,27 @@ def _png_size(s: str) -> tuple[int, int]:
     return w, h
 
 
+def _add_figure_flags(p: argparse.ArgumentParser, size: tuple[int, int]) -> None:
+    p.add_argument("--figure-size", type=_png_size, default=size, metavar="WxH", help="the picture's "
+                   "WIDTHxHEIGHT in pixels (--size is the image side of stats and prepare)")  # fmt: skip
+    add_json_flag(p, what="print a JSON summary: {schema, what, out}")
+
+
+def _add_top_misclassified(p: argparse.ArgumentParser, *, default: int, what: str) -> None:
+    p.add_argument("--top-misclassified", type=nonneg_int, default=default, help=what)
+    p.add_argument("--top", dest="top_misclassified", type=nonneg_int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # fmt: skip
+
+
+def _plotted(args: argparse.Namespace) -> int:
+    """What a plot command says it wrote: a line, or with --json ``{schema, what, out}``."""
+    if args.json:
+        print_json({"schema": "alexnet.plot/1", "what": args.what, "out": str(args.out)})
+    else:
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot", help="pictures: conv1 filters, training curves, confusion matrix", formatter_class=Formatter
@@ -218,7 +245,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     add_weights_flags(f, default=None, required=True)
     f.add_argument("--out", default="conv1.png", help="PNG to write")
-    f.add_argument("--size", type=_png_size, default=(1200, 900), help="WIDTHxHEIGHT in pixels")
+    _add_figure_flags(f, (1200, 900))
     f.set_defaults(func=_cmd_plot_filters)
     c = what.add_parser(
         "curves",
@@ -227,12 +254,12 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("run", metavar="RUN", help="a run folder or its metrics.csv")
     c.add_argument("--out", default="curves.png", help="PNG to write")
-    c.add_argument("--size", type=_png_size, default=(1500, 450), help="WIDTHxHEIGHT in pixels")
+    _add_figure_flags(c, (1500, 450))
     c.set_defaults(func=_cmd_plot_curves)
     m = what.add_parser("confusion", help="the confusion matrix of an evaluation JSON", formatter_class=Formatter)
     m.add_argument("evaluation", metavar="EVAL_JSON", help="written by alexnet evaluate --out (or a run's eval.json)")
     m.add_argument("--out", default="confusion.png", help="PNG to write")
-    m.add_argument("--size", type=_png_size, default=(900, 800), help="WIDTHxHEIGHT in pixels")
+    _add_figure_flags(m, (900, 800))
     m.add_argument("--counts", action="store_true", help="colour by counts instead of per-class fractions")
     m.set_defaults(func=_cmd_plot_confusion)
 
@@ -241,9 +268,8 @@ def _cmd_plot_filters(args: argparse.Namespace) -> int:
     from ..plots import plot_filters
 
     spec = weights_spec(args)
-    plot_filters(spec, args.out, size=args.size)
-    print(f"wrote {args.out}")
-    return EXIT_OK
+    plot_filters(spec, args.out, size=args.figure_size)
+    return _plotted(args)
 
 
 def _cmd_plot_curves(args: argparse.Namespace) -> int:
@@ -253,19 +279,17 @@ def _cmd_plot_curves(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plot_curves(args.run, args.out, size=args.size)
+        plot_curves(args.run, args.out, size=args.figure_size)
     for w in caught:  # e.g. the partial last line of an interrupted run
         print(f"alexnet plot curves: warning: {w.message}", file=sys.stderr)
-    print(f"wrote {args.out}")
-    return EXIT_OK
+    return _plotted(args)
 
 
 def _cmd_plot_confusion(args: argparse.Namespace) -> int:
     from ..plots import plot_confusion
 
-    plot_confusion(args.evaluation, args.out, size=args.size, normalize=not args.counts)
-    print(f"wrote {args.out}")
-    return EXIT_OK
+    plot_confusion(args.evaluation, args.out, size=args.figure_size, normalize=not args.counts)
+    return _plotted(args)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -280,7 +304,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by alexnet train / finetune")
     p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
-    p.add_argument("--data", default=None, help="validation data to evaluate the run's weights on")
+    add_data_arg(p, flag=True, help="validation data to evaluate the run's weights on (default: the run's own)")
     p.add_argument(
         "--no-evaluate",
         action="store_true",
@@ -288,24 +312,25 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "misclassified images",
     )
     p.add_argument("--ten-crop", action="store_true", help="average over the paper's 10 patches when evaluating")
-    p.add_argument("--top", type=positive_int, default=24, help="misclassified images to show")
+    _add_top_misclassified(p, default=24, what="most confident errors shown")
     add_runtime_flags(p, precision="fp32", precision_help=EXACT)
     add_progress_flag(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..report import report
 
+    device, precision = runtime_values(args)
     path = report(
         args.run,
         args.out,
         data=args.data,
-        top=args.top,
+        top=args.top_misclassified,
         ten_crop=args.ten_crop,
-        device=args.device,
-        precision=args.precision,
+        device=device,
+        precision=precision,
         progress=args.progress,
         evaluate=not args.no_evaluate,
     )

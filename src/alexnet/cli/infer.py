@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import AlexnetError
 from ..limits import ONNX_OPSETS, check_opset
@@ -12,12 +13,16 @@ from .flags import (
     EXIT_ERROR,
     EXIT_OK,
     Formatter,
+    add_json_flag,
+    add_progress_flag,
     add_runtime_flags,
+    add_topk_flag,
     add_weights_flags,
+    add_workers_flag,
     positive_int,
     print_json,
+    runtime_values,
     weights_spec,
-    workers_int,
 )
 
 __all__ = ["add_commands"]
@@ -38,7 +43,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "models", help="list the registered architectures and pretrained weights", formatter_class=Formatter
     )
     p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of fc8")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_models, fast_exit=True)
 
 
@@ -94,36 +99,32 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     add_weights_flags(p)
-    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
+    add_topk_flag(p, default=5, what="classes to show per image")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 patches")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
-    p.add_argument(
-        "--workers", type=workers_int, default=None, help="decoding threads (default: the CPUs, at most 8; 0: the CPUs)"
-    )
+    add_workers_flag(p, default_help="the CPUs, at most 8 (threads: decoding releases the GIL)")
     add_runtime_flags(
         p,
         precision_help="auto: bf16 weights (cast once, channels_last) where the device computes bf16 natively "
         "(CUDA, AVX512-BF16 / AMX CPUs), else fp32",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.predict): per file predictions or error"
-    )
+    add_progress_flag(p, default="none")
+    add_json_flag(p, what="print JSON (docs/JSON.md, alexnet.predict): per file predictions or error")
     p.set_defaults(func=_cmd_predict, fast_exit=True)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import expand_inputs, predict_files
-    from ..runtime import resolve_device, resolve_precision
+    from ..progress import track
     from ..weights import load_for_inference
 
-    device = resolve_device(args.device)
+    device, precision = runtime_values(args)
     files = expand_inputs(args.inputs)
     if not files:
         raise AlexnetError(f"no image files found in {' '.join(args.inputs)}")
-    precision = resolve_precision(args.precision, device)
     model, pre = load_for_inference(weights_spec(args), device, precision)  # --weights defaults to torchvision
     results = []
-    for r in predict_files(
+    stream = predict_files(
         model,
         pre,
         files,
@@ -134,7 +135,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         expand=False,
         precision=precision,
-    ):
+    )
+    for r in track(stream, "predict", args.progress, total=len(files), unit="image"):
         if r.error is not None:
             print(f"alexnet predict: error: {r.error}", file=sys.stderr)
         elif not args.json:
@@ -169,18 +171,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write a .npy even when the bvlc layout cannot express the model (it then loads as another model)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_convert, fast_exit=True)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..weights import parent_of, read_provenance, save_notes, save_weights, weights_format
+    from ..weights import load_model, parent_of, read_provenance, save_notes, save_weights, weights_format
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("convert needs SRC: alexnet convert SRC DST (or --weights SRC DST)")
     weights_format(args.dst)  # an unknown suffix is refused before loading anything
-    model, pre = spec.load()
+    model, pre = load_model(spec)
     carried = read_provenance(spec) or {}  # the same weights: their data, epochs and metrics stay theirs
     provenance = {**{k: carried.get(k) for k in ("data", "epochs", "metrics")}, "parent": parent_of(spec)}
     dst = save_weights(model, pre, args.dst, arch=spec.arch, lossy=args.lossy, provenance=provenance)
@@ -210,7 +212,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help=f"ONNX opset, {ONNX_OPSETS[0]} to {ONNX_OPSETS[1]} (default: the exporter's)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(p)
     p.set_defaults(func=_cmd_export, fast_exit=True)
 
 
@@ -222,12 +224,12 @@ def _opset_int(s: str) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..weights import export_onnx
+    from ..weights import export_onnx, load_model
 
     spec = weights_spec(args)
     if spec is None:
         raise AlexnetError("export needs weights: alexnet export WEIGHTS --onnx OUT (or --weights WEIGHTS)")
-    model, pre = spec.load()
+    model, pre = load_model(spec)
     diff = export_onnx(model, pre, args.onnx, opset=args.opset, verify=not args.no_verify)
     if args.json:
         print_json(tagged("export", {"onnx": str(args.onnx), "max_abs_diff_vs_pytorch": diff}))
@@ -304,17 +306,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    _check_serve_flags(args)
-    from ..runtime import one_malloc_arena, resolve_device, resolve_precision
+    if not 0 <= args.port <= 65535:  # before anything is imported or read (the options are checked by ServeOptions)
+        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
+    from ..runtime import one_malloc_arena
 
     one_malloc_arena()  # before any thread starts: memory freed after a burst can go back (docs/RELIABILITY.md)
     from ..serve import ServeOptions, serve  # raises a one-line AlexnetError without the [serve] extra
-    from ..weights import load_for_inference
+    from ..weights import PRETRAINED, load_for_inference, read_provenance
 
     spec = weights_spec(args)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    loaded = load_for_inference(spec, device, precision)  # the server's own model: cast in place, not copied
+    device, precision = runtime_values(args)
     options = ServeOptions(
         max_bytes=args.max_bytes,
         max_images=args.max_images,
@@ -326,21 +327,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
-        device=str(device),
-        precision=precision.name,
+        device=device,
+        precision=precision,
     )
-    serve(spec, host=args.host, port=args.port, options=options, log_level=args.log_level, loaded=loaded)
+    model, pre = load_for_inference(spec, device, options.precision)  # the server's own model: cast in place
+    name = spec.source if spec.source in PRETRAINED else Path(spec.source).name
+    serve(model, preprocessing=pre, name=name, provenance=read_provenance(spec), host=args.host, port=args.port,
+          options=options, log_level=args.log_level)  # fmt: skip
     return EXIT_OK
-
-
-def _check_serve_flags(args: argparse.Namespace) -> None:
-    """One-line errors for serve's flags, before anything is imported or read."""
-    if not 0 <= args.port <= 65535:
-        raise AlexnetError(f"--port must be in 0..65535, got {args.port}")
-    if args.batch_window_ms < 0:
-        raise AlexnetError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
-    for flag in ("header_timeout", "body_timeout"):
-        if not getattr(args, flag) > 0:
-            raise AlexnetError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
-    if args.max_inflight_pixels < args.max_request_pixels:
-        raise AlexnetError("--max-inflight-pixels must be >= --max-request-pixels (else no request could run)")

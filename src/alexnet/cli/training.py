@@ -4,27 +4,32 @@ train and finetune is a config-file key (`alexnet.train.config_from_sources` mer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
 
+from ..errors import AlexnetError
 from ..names import INIT_SCHEMES
-from ..options import PRECISIONS, PROGRESS_MODES, default_workers
 from ..schemas import tagged
 from .flags import (
     EXIT_OK,
     Formatter,
+    add_data_arg,
+    add_data_dir_alias,
+    add_json_flag,
+    add_keep_flag,
     add_progress_flag,
     add_runtime_flags,
     add_weights_flags,
+    add_workers_flag,
     nonneg_int,
     positive_int,
     print_json,
     seed_int,
-    workers_int,
 )
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "config_flags"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -65,15 +70,12 @@ def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
 def _add_train_common(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and finetune. Every flag is also a config-file key (dashes as underscores); only
     the flags given override the config file, which overrides the defaults (the paper's recipe)."""
-    S = argparse.SUPPRESS
     d = _train_default
-    p.add_argument(
-        "data",
-        nargs="?",
-        default=S,
-        help="image folder (train/ and val/, or class folders), list file, prepared set or 'fashion-mnist'",
-    )
+    add_data_arg(p, optional=True)
     p.add_argument("--config", default=None, help="JSON (or YAML) file of settings; flags override it")
+    add_json_flag(p, what="print a JSON summary when the run ends: {schema: alexnet.train/1, command, out, "
+                  "epochs_done, best_val_top1_error, interrupted, skipped, signal}; the log goes to "
+                  "stderr")  # fmt: skip
     _add_run_folder_flags(p)
     _add_data_group(p.add_argument_group("data"), d)
     _add_model_group(p.add_argument_group("model"), d)
@@ -92,13 +94,7 @@ def _add_data_group(g: argparse._ArgumentGroup, d: Any) -> None:
         help="random crop + flip + PCA lighting (section 4.1); --no-augment: eval geometry" + d("augment"),
     )
     g.add_argument("--lighting", type=float, default=S, help="PCA lighting sigma (section 4.1)" + d("lighting"))
-    g.add_argument(
-        "--workers",
-        type=workers_int,
-        default=S,
-        help=f"loader processes per rank (threads for a prepared set); default: one per CPU, at most 4 "
-        f"(here {default_workers()})",
-    )
+    add_workers_flag(g, config_keys=True)
     g.add_argument("--on-bad-image", choices=["skip", "fail"], default=S, help="bad images" + d("on_bad_image"))
 
 
@@ -148,13 +144,8 @@ def _add_recipe_group(g: argparse._ArgumentGroup, d: Any) -> None:
 
 def _add_engineering_group(g: argparse._ArgumentGroup, d: Any) -> None:
     S = argparse.SUPPRESS
-    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:N" + d("device"))
-    g.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=S,
-        help="autocast precision (auto: bf16 where native)" + d("precision"),
-    )
+    add_runtime_flags(g, config_keys=True, precision_help="autocast precision (auto: bf16 where native)" +
+                      d("precision"))  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="NHWC convolutions")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S, help="torch.compile the model")
     g.add_argument(
@@ -164,16 +155,11 @@ def _add_engineering_group(g: argparse._ArgumentGroup, d: Any) -> None:
         help="decode plain JPEGs in batches on the training device (nvJPEG on a GPU), crop and flip them there; "
         "the workers only read files",
     )
-    g.add_argument(
-        "--progress",
-        choices=PROGRESS_MODES,
-        default=S,
-        help="auto: a bar on a terminal, log lines otherwise" + d("progress"),
-    )
+    add_progress_flag(g, config_keys=True)
     g.add_argument("--log-every", type=positive_int, default=S, help="steps per log line" + d("log_every"))
-    g.add_argument("--keep", choices=["all", "last", "best"], default=S, help="checkpoints kept: all (state.pt, last "
-                   "and best weights), last (no best.safetensors), best (only best.safetensors once the run is "
-                   "complete: it cannot be extended)" + d("keep"))  # fmt: skip
+    add_keep_flag(g, default="all", config_keys=True, help="checkpoints kept: all (state.pt, last and best "
+                  "weights), last (no best.safetensors), best (only best.safetensors once the run is complete: it "
+                  "cannot be extended)" + d("keep"))  # fmt: skip
     g.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
@@ -191,7 +177,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "plateau (3 times), 90 epochs. Many GPUs: torchrun --nproc_per_node N -m alexnet train DATA ...",
     )
     _add_train_common(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, check=_refuse_held_out)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -220,20 +206,53 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         help="all conv layers frozen: compute their features once (and fc6's, when frozen in the paper's layout) "
         "and train the rest from them",
     )
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, check=_refuse_held_out)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import config_from_sources, main
 
-    skip = ("func", "command", "config", "model_option", "overwrite")
+    config = config_from_sources(config_flags(args), config_file=args.config, command=args.command)
+    with _log_to_stderr(args.json):  # with --json, stdout is the summary alone
+        result = main(config, overwrite=getattr(args, "overwrite", False))
+    if args.json:
+        print_json({
+            "schema": "alexnet.train/1", "command": args.command, "out": str(result.out),
+            "epochs_done": result.epochs_done, "best_val_top1_error": result.best_val_top1_error,
+            "interrupted": result.interrupted, "skipped": result.skipped, "signal": result.signal,
+        })  # fmt: skip
+    # the shell's convention for a process a signal stopped: 128 + the signal (SIGINT 130, SIGTERM 143)
+    return 128 + result.signal if result.signal else EXIT_OK
+
+
+def config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings train/finetune's flags give (only those typed: every flag is a config key), as
+    `alexnet.train.config_from_sources` takes them."""
+    skip = ("func", "check", "command", "config", "model_option", "overwrite", "json")
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     if getattr(args, "model_option", None):
         flags["model_options"] = dict(args.model_option)
-    config = config_from_sources(flags, config_file=args.config, command=args.command)
-    result = main(config, overwrite=getattr(args, "overwrite", False))
-    # the shell's convention for a process a signal stopped: 128 + the signal (SIGINT 130, SIGTERM 143)
-    return 128 + result.signal if result.signal else EXIT_OK
+    return flags
+
+
+def _refuse_held_out(args: argparse.Namespace) -> None:
+    """A new run's ``--out`` that already holds a run, refused before torch and the training code load (the
+    ``check`` of train and finetune; the run checks it again, under torchrun on the first process only)."""
+    from .. import rundir  # plain files: no torch
+
+    out = getattr(args, "out", None)
+    if out is None or getattr(args, "resume", None) or getattr(args, "overwrite", False):
+        return
+    held = rundir.describe_run(out)
+    if held is not None:
+        raise AlexnetError(
+            f"{out} holds a run, {held}: continue it with --resume {out}, or choose another --out, or pass "
+            "--overwrite to start it afresh"
+        )
+
+
+def _log_to_stderr(on: bool) -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(sys.stderr) if on else contextlib.nullcontext()
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------
@@ -248,8 +267,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's idx files (default: usual places)")
-    p.add_argument("--weights", choices=["auto", "torchvision", "none"], default="auto", help="start from")
+    add_data_arg(p, flag=True, help="a folder holding Fashion-MNIST's idx files (default: the usual places, "
+                 "downloaded there when allowed)")  # fmt: skip
+    add_data_dir_alias(p)
+    p.add_argument("--start", choices=("auto", "torchvision", "scratch"), default="auto", help="auto: fine-tune "
+                   "torchvision's ImageNet weights when cached or downloadable, else train from scratch")  # fmt: skip
     p.add_argument("--full", action="store_true", help="whole training set, 10 epochs, 227x227 input (GPU)")
     p.add_argument("--train-samples", type=int, default=None, help="training images (0: all)")
     p.add_argument("--val-samples", type=positive_int, default=None, help="training images held out")
@@ -260,12 +282,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--init", choices=INIT_SCHEMES, default="kaiming", help="from-scratch initialisation")
     add_runtime_flags(p, precision_help="auto: bf16 autocast where the device computes it natively, else fp32")
-    p.add_argument("--workers", type=workers_int, default=None, help="loader processes (default: 0 on a CPU, whose "
-                   "cores compute; one per CPU, at most 8, on a GPU)")  # fmt: skip
+    add_workers_flag(p, default_help="0 on a CPU, whose cores compute; one per CPU, at most 8, on a GPU")
     add_progress_flag(p)
-    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed")
     p.add_argument("--no-download", action="store_true", help="never use the network")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_flag(p, what="print the summary as JSON")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -274,8 +295,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = DemoConfig(
         out=args.out,
-        data_dir=args.data_dir,
-        weights=args.weights,
+        data_dir=args.data if args.data is not None else args.data_dir,
+        weights="none" if args.start == "scratch" else args.start,
         full=args.full,
         train_samples=args.train_samples,
         val_samples=args.val_samples,
@@ -292,12 +313,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         download=not args.no_download,
     )
-    if args.json:  # progress goes to stderr so that stdout is the JSON alone
-        import contextlib
-
-        with contextlib.redirect_stdout(sys.stderr):
-            r = run_demo(cfg, log=print)
-    else:
+    with _log_to_stderr(args.json):  # progress goes to stderr so that stdout is the JSON alone
         r = run_demo(cfg, log=print)
     if args.json:
         print_json(
@@ -361,7 +377,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         "difference from full with its t-interval over the seeds, beside the paper's figure (ablation.json, "
         "ablation.md, pictures). A finished run is skipped on a rerun, a stopped one resumed.",
     )
-    p.add_argument("data", help="Fashion-MNIST's folder (or 'fashion-mnist'), or an image folder / list file")
+    add_data_arg(p)
     p.add_argument("--out", default="runs/ablate", help="runs and outputs go here")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; full is always run")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 for every variant")
@@ -380,15 +396,22 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         "--test-samples", type=nonneg_int, default=None, help=f"test images, 0 = all of the test split; {counts}"
     )
     add_runtime_flags(p, precision_help="training's autocast for every variant alike (auto: bf16 where native)")
-    p.add_argument("--workers", type=workers_int, default=None, help="loader processes (default: the scale's)")
+    add_workers_flag(p, default_help="the scale's")
     p.add_argument("--threshold", type=float, default=0.25, help="training error for Figure 1's timing")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep state.pt and best.safetensors")
+    add_keep_flag(p, default="last", help="checkpoints each finished run keeps: last (last.safetensors, the weights "
+                  "evaluated) or all (state.pt and best.safetensors too); best is refused (the tables need the last "
+                  "weights)")  # fmt: skip
+    p.add_argument("--keep-checkpoints", dest="keep", action="store_const", const="all", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--report-only", action="store_true", help="train nothing: tables and pictures from finished runs")
     add_progress_flag(p)
+    add_json_flag(p, what="print a JSON summary: {schema: alexnet.ablate/1, out, seconds, files, summary}")
     p.set_defaults(func=_cmd_ablate)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    if args.keep == "best":
+        raise AlexnetError("--keep best: ablate evaluates each run's last weights; keep last (the default) or all")
     from ..ablate import AblationConfig, parse_variants, run_ablation
 
     config = AblationConfig(
@@ -405,9 +428,15 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         precision=args.precision,
         workers=args.workers,
         threshold=args.threshold,
-        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoints=args.keep == "all",
         report_only=args.report_only,
         progress=args.progress,
     )
-    run_ablation(config)
+    with _log_to_stderr(args.json):  # with --json, stdout is the summary alone
+        result = run_ablation(config)
+    if args.json:
+        print_json({
+            "schema": "alexnet.ablate/1", "out": str(result.out), "seconds": result.seconds,
+            "files": {k: str(v) for k, v in result.files.items()}, "summary": result.summary,
+        })  # fmt: skip
     return EXIT_OK

@@ -16,6 +16,7 @@ from .. import options, rundir
 from ..errors import AlexnetError
 from ..limits import MAX_IMAGE_SIDE
 from ..names import CONV_LAYERS, INIT_SCHEMES, LAYER_NAMES
+from ..options import WeightsSource
 
 __all__ = [
     "DEFAULT_OUT",
@@ -31,6 +32,7 @@ __all__ = [
     "normalize_config",
     "resolve_config",
     "run_settings",
+    "settle_run",
 ]
 
 
@@ -38,10 +40,11 @@ class TrainError(AlexnetError, ValueError):
     """A training run that cannot start or continue as asked; the message is one line for the user."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on. Defaults are the paper's recipe (section 5); precedence when resolved:
-    these defaults < ``--config file.json`` < command-line flags. The resolved config is the run's config.json."""
+    these defaults < ``--config file.json`` < command-line flags. The resolved config is the run's config.json.
+    Frozen: a change is a new config (`dataclasses.replace`), made where the run is planned (`settle_run`)."""
 
     # data
     data: str = ""  # anything `alexnet.data.datasets.open_dataset` reads (image folder, list file, prepared set)
@@ -56,8 +59,10 @@ class TrainConfig:
     dropout: float = 0.5  # p of both dropout layers (section 4.2)
     init: str = "paper"  # paper | caffe | torchvision | kaiming initialisation (section 5)
     # fine-tuning
-    weights: str | None = None  # start from these weights (any `load_model` source); required by finetune
-    trust_pickle: bool = False  # allow a pickled .npy (bvlc_alexnet.npy): the command line or API only
+    # start from these weights (a `WeightsSource`: a name, a file, or in a config file an object with a Caffe
+    # model's prototxt, mean, labels); required by finetune. A pickled .npy needs allow_pickle in the source,
+    # which only the command line (--trust-pickle) or the Python API gives, never a file
+    weights: WeightsSource | None = None
     train_layers: list[str] | None = None  # layers that learn (paper names); None = all; the rest are frozen
     reinit: list[str] = field(default_factory=list)  # layers re-initialised before training (fc8 always, if resized)
     new_layer_lr_mult: float = 1.0  # learning-rate multiplier of re-initialised layers
@@ -91,7 +96,10 @@ class TrainConfig:
     keep: str = "all"  # checkpoints kept: all (state.pt, last, best) | last (no best) | best (best only at the end)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The run's config.json: plain JSON values (the weights as `WeightsSource.to_config`, no pickle trust)."""
+        d = dataclasses.asdict(dataclasses.replace(self, weights=None))
+        d["weights"] = self.weights.to_config() if self.weights is not None else None
+        return d
 
 
 DEFAULT_OUT = "runs/train"  # the default run folder's base name (`alexnet.rundir.fresh_run_dir` numbers it)
@@ -184,9 +192,16 @@ def _layer_list(value: Any, what: str) -> list[str]:
 
 def normalize_config(cfg: TrainConfig) -> TrainConfig:
     """A copy of ``cfg`` with its layer lists in one spelling (``"fc7,fc8"`` -> ``["fc7", "fc8"]``), checked
-    against the paper's layer names. The one place a config is rewritten; `check_config` only looks."""
+    against the paper's layer names, and its weights as a `WeightsSource` (a name or file alone is its source).
+    The one place a config is rewritten; `check_config` only looks. Idempotent."""
     train_layers = None if cfg.train_layers is None else _layer_list(cfg.train_layers, "train_layers")
-    return dataclasses.replace(cfg, train_layers=train_layers, reinit=_layer_list(cfg.reinit, "reinit"))
+    try:
+        weights = None if cfg.weights is None else WeightsSource.of(cfg.weights)
+    except AlexnetError as e:
+        raise TrainError(str(e)) from None
+    return dataclasses.replace(
+        cfg, train_layers=train_layers, reinit=_layer_list(cfg.reinit, "reinit"), weights=weights
+    )
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -256,13 +271,21 @@ def check_config(cfg: TrainConfig) -> None:
     _check_layers(cfg)
 
 
+# The weights flags that are no TrainConfig keys of their own: they complete ``weights`` (a `WeightsSource`)
+_WEIGHTS_FLAGS = {"prototxt": "prototxt", "mean": "mean", "labels": "labels", "trust_pickle": "allow_pickle"}
+
+
 def config_from_sources(
     flags: Mapping[str, Any], *, config_file: str | Path | None = None, command: str = "train"
 ) -> TrainConfig:
     """The resolved config of a command: defaults < the resumed run's config.json < ``config_file`` < ``flags``
-    (only the flags the user gave). ``finetune`` needs weights, unless it resumes a run that had them."""
+    (only the flags the user gave). The weights flags (``--prototxt``, ``--mean``, ``--labels``,
+    ``--trust-pickle``) complete the ``weights`` source, whichever layer named it. ``finetune`` needs weights,
+    unless it resumes a run that had them."""
     layers: list[Mapping[str, Any]] = []
     names: list[str] = []
+    flags = dict(flags)
+    weights_flags = {_WEIGHTS_FLAGS[k]: flags.pop(k) for k in list(flags) if k in _WEIGHTS_FLAGS}
     resume = flags.get("resume")
     if resume:
         saved_path = rundir.RunDir(resume).config
@@ -276,22 +299,47 @@ def config_from_sources(
         names.append(str(saved_path))
     if config_file is not None:
         from_file = load_config_file(config_file)
-        if from_file.pop("trust_pickle", False):
+        if from_file.pop("trust_pickle", False) or _asks_pickle(from_file.get("weights")):
             raise TrainError(
                 f"{config_file}: trust_pickle is taken from the command line only (--trust-pickle), never from a "
                 "config file; remove it from the file"
             )
         layers.append(from_file)
         names.append(str(config_file))
-    layers.append(dict(flags))
+    layers.append(flags)
     names.append("flags")
     cfg = resolve_config(*layers, source_names=names)
+    if weights_flags and cfg.weights is not None:
+        try:
+            cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, **weights_flags))
+        except AlexnetError as e:
+            raise TrainError(str(e)) from None
+    elif any(weights_flags.values()) and cfg.weights is None:
+        raise TrainError("--prototxt, --mean, --labels and --trust-pickle describe --weights: give --weights")
     if resume and "out" not in flags:
-        cfg.out = str(resume)  # the resumed folder, as this command names it (the saved path may be relative)
+        cfg = dataclasses.replace(cfg, out=str(resume))  # the resumed folder as this command names it
     if command == "finetune" and cfg.weights is None:
-        raise TrainError("finetune needs --weights (torchvision, a .safetensors, .pth or .npy file)")
+        raise TrainError("finetune needs --weights (torchvision, a .safetensors, .pth, .npy or .caffemodel file)")
     if not cfg.data:
         raise TrainError("no data: give a data folder, list file or prepared set")
+    return cfg
+
+
+def _asks_pickle(weights: Any) -> bool:
+    return isinstance(weights, Mapping) and bool(weights.get("allow_pickle"))
+
+
+def settle_run(cfg: TrainConfig, saved: Mapping[str, Any] | None, state_arch: str | None = None) -> TrainConfig:
+    """The run's folder and architecture, settled once before it starts. A resumed run continues in its own
+    folder with the architecture its state.pt (``state_arch``) or else its config.json (``saved``) names, unless
+    told; a new run from scratch is
+    alexnet2012 unless told; a fine-tuning run's None stays: the weights' own, named once they are read. A new
+    run's folder (``out`` None: a fresh runs/train-N) is the first process's choice (`alexnet.train.run`)."""
+    if cfg.resume:
+        arch = cfg.arch or state_arch or (saved or {}).get("arch")
+        return dataclasses.replace(cfg, out=str(cfg.resume), arch=arch)
+    if cfg.weights is None and cfg.arch is None:
+        return dataclasses.replace(cfg, arch="alexnet2012")
     return cfg
 
 
@@ -302,13 +350,15 @@ def _flag(name: str, value: Any) -> str:
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The `RUN_DEFINING_SETTINGS` of ``cfg`` as plain JSON values: what a checkpoint's state.pt records, so that a
     resume is checked against what the run trained with rather than against config.json, which anyone can edit."""
-    return json.loads(json.dumps({name: getattr(cfg, name) for name in RUN_DEFINING_SETTINGS}))
+    return {name: _defining(name, getattr(cfg, name)) for name in RUN_DEFINING_SETTINGS}
 
 
 def _defining(name: str, value: Any) -> Any:
     """One spelling of a run-defining value for comparison (layer lists normalised, tuples as lists)."""
     if name in ("train_layers", "reinit") and value is not None:
         value = _layer_list(value, name)
+    if name == "weights" and value is not None:  # as config.json records it (a name, or a Caffe model's files)
+        value = WeightsSource.of(value).to_config()
     return json.loads(json.dumps(value))
 
 

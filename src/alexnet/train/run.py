@@ -8,6 +8,7 @@ stop the run at the next step with everything saved, so ``--resume`` continues i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ from .config import (
     load_config_file,
     normalize_config,
     run_settings,
+    settle_run,
 )
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
 
@@ -102,23 +104,27 @@ def main(
     info = setup_distributed(device)
     try:
         with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
-            _own_folder(cfg, info, overwrite, owned)
+            cfg = _own_folder(cfg, info, overwrite, owned)
             resume_state = load_state(cfg.resume) if cfg.resume else None
-            changes = _resume_settings(cfg, resume_state) if resume_state is not None else []
-            if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
-                return _complete(cfg, resume_state)
-            if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
-                print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
+            if resume_state is None:
+                cfg = settle_run(cfg, None)  # out and arch: from here on the config is not rewritten
+            else:
+                saved = _resumed_config(cfg)
+                cfg = settle_run(cfg, saved, resume_state.get("arch"))
+                changes = check_resume(cfg, saved, cfg.resume, resume_state.get("settings") or None)
+                if int(resume_state["epoch"]) >= cfg.epochs:
+                    return _complete(cfg, resume_state)
+                if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
+                    print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
             run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
             return run.train()
     finally:
         shutdown_distributed(info)
 
 
-def _resume_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
-    """The resumed run's folder becomes ``cfg.out``; settings that define the run must equal those its state.pt
-    records (`check_resume`; an older state without them: its config.json's), else `TrainError`; returns the
-    others that changed."""
+def _resumed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The resumed run's config.json (settings that define the run must equal it: `check_resume`); an ``--out``
+    other than the run's own folder is refused."""
     run_dir = Path(cfg.resume)
     saved_path = run_dir / rundir.CONFIG
     saved = load_config_file(saved_path) if saved_path.exists() else {}
@@ -127,10 +133,7 @@ def _resume_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
             f"--out {cfg.out}: a resumed run continues in its own folder {run_dir}; drop --out (to start a new run "
             f"from its weights: alexnet finetune --weights {run_dir / rundir.LAST} --out {cfg.out})"
         )
-    cfg.out = str(cfg.resume)
-    if cfg.arch is None:
-        cfg.arch = state.get("arch", saved.get("arch"))
-    return check_resume(cfg, saved, run_dir, state.get("settings") or None)
+    return saved
 
 
 def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
@@ -145,11 +148,12 @@ def _complete(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainResult:
     return TrainResult(out, done, None if math.isinf(best) else best, rows)
 
 
-def _own_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool, owned: contextlib.ExitStack) -> None:
+def _own_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool, owned: contextlib.ExitStack) -> TrainConfig:
     """The first process takes the run folder's lock (`rundir.lock_run`, kept in ``owned`` until the run ends)
     before anything in it is read or written, so two processes never write one folder; every rank takes its
     word. A new run's folder (``cfg.out``) must not hold a run unless ``overwrite`` (its run files are then
-    removed when the run opens); None picks a fresh ``runs/train[-N]``. A resumed run locks its own folder."""
+    removed when the run opens); None picks a fresh ``runs/train[-N]``. A resumed run locks its own folder.
+    Returns ``cfg`` with a new run's folder settled."""
     decision: tuple[str, str | None] = ("", None)
     if info.is_main:
         try:
@@ -175,8 +179,7 @@ def _own_folder(cfg: TrainConfig, info: DistInfo, overwrite: bool, owned: contex
     out, refusal = all_gather(decision, info)[0]
     if refusal:
         raise TrainError(refusal)
-    if not cfg.resume:
-        cfg.out = out
+    return cfg if cfg.resume else dataclasses.replace(cfg, out=out)
 
 
 # --- the steps before the first epoch ------------------------------------------------------------------------------
@@ -186,14 +189,9 @@ def _model(
     """The model and its preprocessing: from the resumed state, the weights (fine-tuning), or fresh."""
     if resume_state is not None:
         return model_from_state(resume_state, cfg)
-    if cfg.arch is None and cfg.weights is None:
-        cfg.arch = "alexnet2012"
     classes = inputs.class_names(train_dataset) if train_dataset is not None else inputs.peek_classes(cfg)
     inputs.check_classes(classes, cfg.data)
-    model, pre, new_layers = setup.build_model(cfg, classes)
-    if cfg.arch is None:  # from scratch: alexnet2012; fine-tuning: the weights' own (the file's, or as guessed)
-        cfg.arch = setup.guess_arch_name(model) if cfg.weights is not None else "alexnet2012"
-    return model, pre, new_layers
+    return setup.build_model(cfg, classes)
 
 
 def _switch_decode_on_device(cfg: TrainConfig, train_ds: Any, info: DistInfo, device: torch.device) -> None:
@@ -330,6 +328,8 @@ def _assemble(
     augment = cfg.augment and not cfg.cache_features  # the cache needs the same pixels every epoch
     seed_everything(cfg.seed + info.rank)
     model, pre, new_layers = _model(cfg, resume_state, train_dataset)
+    if cfg.arch is None:  # fine-tuning: the weights' own architecture (the file's, or as guessed), named once
+        cfg = dataclasses.replace(cfg, arch=setup.guess_arch_name(model))
     train_ds, val_ds = _datasets(cfg, pre, augment, resume_state is not None, (train_dataset, val_dataset))
     _switch_decode_on_device(cfg, train_ds, info, device)
     stats_obj = setup.load_stats(cfg.stats) if cfg.stats else None
@@ -509,7 +509,7 @@ class _Run:
             return evaluate(
                 self.data.net, self.val_loader, device=device, batch_transform=self.data.val_tf,
                 num_classes=self.opts.num_classes, distributed=info.distributed,
-                autocast=self.env.precision, channels_last=self.channels_last,
+                mixed=self.env.precision, channels_last=self.channels_last,
             )  # fmt: skip
 
     def record(self, row: dict[str, Any], val: EvalResult | None) -> None:

@@ -13,6 +13,7 @@ fc6's output when fc6 is frozen too and its dropout comes after it (the paper's 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -82,7 +83,8 @@ def build_model(cfg: TrainConfig, class_names: Sequence[str]) -> tuple[AlexNet, 
 
     # --arch as predict honours it (a bvlc .npy or .pth does not say caffenet from alexnet2012); a file that names
     # another architecture refuses it
-    loaded, pre = load_model(cfg.weights, arch=cfg.arch, allow_pickle=cfg.trust_pickle)
+    source = cfg.weights if cfg.arch is None else dataclasses.replace(cfg.weights, arch=cfg.arch)
+    loaded, pre = load_model(source)
     old_cfg = loaded.config.to_dict()
     new_cfg = {**old_cfg, "num_classes": n, "dropout": cfg.dropout, **cfg.model_options}
     if cfg.input_size is not None:

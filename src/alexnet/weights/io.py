@@ -10,7 +10,6 @@ import json
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from ..data.fileio import atomic_write
 from ..models import AlexNet, AlexNetConfig
+from ..options import WeightsSource
 from ..preprocessing import Preprocessing
 from ..runtime import Precision, unwrap_model
 from .base import (
@@ -45,6 +45,7 @@ from .records import CAFFE_ZOO, PRETRAINED
 
 __all__ = [
     "SAVE_FORMATS",
+    "WeightsSource",
     "export_pth",
     "load_for_inference",
     "load_model",
@@ -58,37 +59,18 @@ __all__ = [
 SAVE_FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".pth": "pth", ".pt": "pth"}
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where weights come from and how to read them, as a command's flags say it (``--weights``, ``--arch``,
-    ``--trust-pickle``, and for a Caffe model ``--prototxt``, ``--mean``, ``--labels``). Any function that takes a
-    weights source takes this too: `load_model` reads its fields as its own keyword arguments."""
-
-    source: str
-    arch: str | None = None
-    allow_pickle: bool = False
-    prototxt: str | None = None
-    mean: str | tuple[float, float, float] | None = None
-    labels: str | None = None
-
-    def __str__(self) -> str:
-        return self.source
-
-    def load(self, **overrides: Any) -> tuple[AlexNet, Preprocessing]:
-        return load_model(self, **overrides)
-
-
 def load_for_inference(
-    source: str | Path | WeightsSource, device: torch.device, precision: Precision
+    source: WeightsSource | str | Path, device: torch.device, precision: Precision
 ) -> tuple[AlexNet, Preprocessing]:
-    """`load_model`, then the model made ready the way predict and serve run it: eval mode, on ``device``, its
-    weights cast once, in place, to ``precision`` (no second copy of 61M weights: the command owns the model)."""
+    """`load_model`, then the model made ready the way predict and serve run it (`Precision.inference_model`):
+    eval mode, on ``device``, its weights cast once, in place, to ``precision`` (no second copy of 61M weights:
+    the command owns the model)."""
     model, pre = load_model(source)
     return precision.inference_model(model, device, copy=False), pre
 
 
 def load_model(
-    source: str | Path | WeightsSource,
+    source: WeightsSource | str | Path,
     *,
     arch: str | None = None,
     num_classes: int | None = None,
@@ -99,17 +81,30 @@ def load_model(
 ) -> tuple[AlexNet, Preprocessing]:
     """Load weights from ``source`` and return ``(model in eval mode, its Preprocessing)``.
 
-    ``source``: the name of a pretrained record (`PRETRAINED`: ``"torchvision"``, torchvision's IMAGENET1K_V1,
-    downloaded once, hash checked; ``"bvlc_alexnet"``, the tutorial's file placed by hand in the cache), a
-    ``.npy`` file in the bvlc_alexnet layout (pickle: needs ``allow_pickle=True``), a ``.pth``/``.pt`` state dict
-    (loaded with ``weights_only=True``), our ``.safetensors``, a Caffe ``.caffemodel`` (with its deploy
+    ``source``: a `WeightsSource` (how the command line and every library function pass weights), or its
+    ``source`` alone with the other fields as keywords (``arch``, ``allow_pickle``, ``prototxt``, ``mean``,
+    ``labels``: not both). The name of a pretrained record (`PRETRAINED`: ``"torchvision"``, torchvision's
+    IMAGENET1K_V1, downloaded once, hash checked; ``"bvlc_alexnet"``, the tutorial's file placed by hand in the
+    cache), a ``.npy`` file in the bvlc_alexnet layout (pickle: needs ``allow_pickle=True``), a ``.pth``/``.pt``
+    state dict (loaded with ``weights_only=True``), our ``.safetensors``, a Caffe ``.caffemodel`` (with its deploy
     ``prototxt``, optionally a ``.binaryproto`` ``mean`` and a ``labels`` file: `alexnet.weights.caffe.load_caffe`)
     or a Caffe model zoo name (`CAFFE_ZOO`: ``caffe:NAME``, or NAME alone where no other record has it).
+    ``num_classes``: refuse weights whose fc8 has another count.
     """
     if isinstance(source, WeightsSource):
-        arch, allow_pickle = arch or source.arch, allow_pickle or source.allow_pickle
-        prototxt, mean, labels = prototxt or source.prototxt, mean or source.mean, labels or source.labels
-        source = source.source
+        if (arch, allow_pickle, prototxt, mean, labels) != (None, False, None, None, None):
+            raise WeightsError("load_model: give arch, allow_pickle, prototxt, mean and labels in the WeightsSource")
+        spec = source
+    else:
+        spec = WeightsSource(
+            str(source), arch=arch, allow_pickle=allow_pickle, prototxt=prototxt, mean=mean, labels=labels
+        )
+    return _load(spec, num_classes)
+
+
+def _load(spec: WeightsSource, num_classes: int | None) -> tuple[AlexNet, Preprocessing]:
+    arch, allow_pickle, prototxt, mean, labels = spec.arch, spec.allow_pickle, spec.prototxt, spec.mean, spec.labels
+    source = spec.source
     name = str(source)
     caffe_only = (prototxt, mean, labels) != (None, None, None)
     if name in PRETRAINED and not caffe_only:
