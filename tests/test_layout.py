@@ -21,7 +21,7 @@ LAYERS = [
     ["data"],
     ["preprocessing", "weights"],
     ["distributed", "rundir"],
-    ["evaluate", "predict", "features"],
+    ["evaluate", "predict", "features", "api"],
     ["train", "plots", "report", "ablate_report"],
     ["demo", "serve", "serve_upload", "serve_batch", "serve_guard", "ablate", "ablate_variants"],
     ["cli", "__main__"],

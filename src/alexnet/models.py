@@ -246,6 +246,11 @@ class AlexNet(nn.Module):
     modules through `layer_indices` and the properties ``conv1`` ... ``fc8``.
     """
 
+    # How the model's inputs must look (an `alexnet.Preprocessing`: crop size, mean/std, class names), set by
+    # `alexnet.create_model` and `alexnet.load_model`; None on a bare network. Not part of the state dict.
+    preprocessing: Any = None
+    __jit_ignored_attributes__ = ["preprocessing"]  # TorchScript: a Python object the forward never reads
+
     def __init__(self, config: AlexNetConfig) -> None:
         super().__init__()
         self.config = c = config

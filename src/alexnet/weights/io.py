@@ -103,7 +103,22 @@ def load_model(
     (loaded with ``weights_only=True``), our ``.safetensors``, a Caffe ``.caffemodel`` (with its deploy
     ``prototxt``, optionally a ``.binaryproto`` ``mean`` and a ``labels`` file: `alexnet.weights.caffe.load_caffe`)
     or a Caffe model zoo name (`CAFFE_ZOO`: ``caffe:NAME``, or NAME alone where no other record has it).
+    The model's ``preprocessing`` attribute is the returned `Preprocessing` too.
     """
+    model, pre = _load_any(source, arch, num_classes, allow_pickle, prototxt, mean, labels)
+    model.preprocessing = pre
+    return model, pre
+
+
+def _load_any(
+    source: str | Path | WeightsSource,
+    arch: str | None,
+    num_classes: int | None,
+    allow_pickle: bool,
+    prototxt: str | Path | None,
+    mean: str | Path | Sequence[float] | None,
+    labels: str | Path | Sequence[str] | None,
+) -> tuple[AlexNet, Preprocessing]:
     if isinstance(source, WeightsSource):
         arch, allow_pickle = arch or source.arch, allow_pickle or source.allow_pickle
         prototxt, mean, labels = prototxt or source.prototxt, mean or source.mean, labels or source.labels
