@@ -11,7 +11,6 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -45,8 +44,13 @@ def _build(kind: str, tmp_path: Path) -> Path:
     return out / run.stdout.strip().splitlines()[-1]
 
 
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
 def test_the_version_is_defined_once():
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    meta = _pyproject()
     assert "version" not in meta["project"] and meta["project"]["dynamic"] == ["version"]
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "alexnet.__version__"}
     out = subprocess.run([sys.executable, "-m", "alexnet", "--version"], capture_output=True, text=True, timeout=120)
@@ -56,7 +60,7 @@ def test_the_version_is_defined_once():
 def test_license_and_py_typed_are_in_the_checkout():
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
     assert (ROOT / "src" / "alexnet" / "py.typed").is_file()
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    meta = _pyproject()
     assert meta["project"]["license"] == "MIT" and meta["project"]["license-files"] == ["LICENSE"]
 
 
