@@ -134,3 +134,20 @@ def test_the_wheel_installs_into_a_fresh_venv(tmp_path):
     (venv / "bin" / "alexnet").chmod(0o755)
     cli = subprocess.run([venv / "bin" / "alexnet", "--version"], capture_output=True, text=True, timeout=300, env=env)
     assert cli.returncode == 0 and cli.stdout == f"alexnet {alexnet.__version__}\n", cli.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_takes_torch_from_pypi_unless_told_the_cpu_index(tmp_path):
+    """`make test` / `make demo` work where only PyPI is reachable; TORCH_INDEX opts into PyPI-less CPU wheels."""
+
+    def torch_line(*args: str) -> str:
+        venv = tmp_path / "venv"
+        cmd = ["make", "-n", "-C", str(ROOT), f"VENV={venv}", *args, str(venv / ".installed")]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return next(line for line in out.stdout.splitlines() if "torch==" in line)
+
+    assert torch_line().split("install -q")[1].split() == ["torch==2.14.1", "torchvision==0.29.1"]
+    cpu = torch_line("TORCH_INDEX=https://download.pytorch.org/whl/cpu").split("install -q")[1].split()
+    assert cpu == ["--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.14.1", "torchvision==0.29.1"]
+    assert not (tmp_path / "venv").exists()  # -n: nothing ran
