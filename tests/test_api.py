@@ -316,3 +316,14 @@ def test_training_refuses_data_sets_of_the_wrong_scale(image, message, tmp_path)
     with pytest.raises(alexnet.ImageInputError) as e:
         main(cfg, train_dataset=_Images(image))
     assert str(e.value) == message
+
+
+def test_alexnet_features_is_both_the_module_and_the_function(tiny_weights):
+    import sys
+
+    import alexnet.features as module
+
+    assert alexnet.features is module is sys.modules["alexnet.features"]
+    assert module.FeatureIndex is not None and callable(alexnet.features)
+    model, _ = alexnet.load_model(tiny_weights)
+    assert torch.equal(alexnet.features(model, _picture()), module.features(model, _picture()))
