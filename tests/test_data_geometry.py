@@ -133,7 +133,12 @@ def test_the_normalizer_is_torchvisions_arithmetic_bit_for_bit_and_leaves_its_in
     want = torch.stack([TF.normalize(TF.convert_image_dtype(i, torch.float32), mean, std) for i in img])
     assert torch.equal(Normalizer(mean, std)(img), want)
     assert torch.equal(Normalizer(mean, std)(img[0]), want[0])
-    x = img.float()
-    before = x.clone()
-    Normalizer(mean, std, value_scale=255.0)(x)  # a float input is not modified in place
-    assert torch.equal(x, before)
+    before = img.clone()
+    Normalizer(mean, std, value_scale=255.0)(img)  # its input is not modified in place
+    assert torch.equal(img, before)
+    with pytest.raises(TypeError) as e:  # a float batch is refused, never normalised a second time
+        Normalizer(mean, std)(want)
+    assert str(e.value) == (
+        "Normalizer takes uint8 images (0..255) and normalises them, got float32: a float batch would be normalised "
+        "twice; give the uint8 pictures, or call Preprocessing(img) on [0, 1] floats"
+    )

@@ -22,7 +22,7 @@ LAYERS = [
     ["data"],
     ["preprocessing", "weights"],
     ["distributed", "rundir"],
-    ["eval_metrics", "evaluate", "predict", "features"],
+    ["eval_metrics", "evaluate", "predict", "features", "api"],
     ["train", "plots", "report", "ablate_report", "ablate_stats"],
     [
         "demo",

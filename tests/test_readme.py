@@ -139,3 +139,11 @@ def test_readme_python_block_runs(workspace):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (ws / "mine.safetensors").is_file()
+    assert out.stdout.startswith("[ClassScore(index=") and out.stdout.count("ClassScore(") == 3
+    assert "from alexnet" not in code and "import alexnet." not in code  # `import alexnet` alone
+
+
+def test_readme_names_the_cpu_wheel_index():
+    text = README.read_text(encoding="utf-8")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert "make test TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text

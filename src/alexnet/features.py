@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ __all__ = [
     "nearest",
     "neighbors_for_images",
     "load_sample_image",
+    "features",
 ]
 
 FEATURE_LAYERS = LAYER_NAMES
@@ -533,3 +536,42 @@ def _open_cached(data: dict[str, Any]) -> Any:
             seed=int(data.get("seed", 0)),
         )
     return _DATASETS[key]
+
+
+def features(
+    model: nn.Module,
+    images: Any,
+    layer: str = "fc7",
+    *,
+    preprocessing: Any = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """``layer``'s activations for pictures, float32 (N, D) on the CPU, one row per picture: the top-level
+    ``alexnet.features``. fc7 (after its ReLU) is the 4096-d code whose Euclidean distances the paper's Figure 4
+    ranks (section 6.1); any of conv1..conv5, fc6..fc8 (see the module's docstring). ``images``: one picture or
+    several (`alexnet.data.pixels.Picture`: paths, PIL images, NumPy HWC uint8 arrays, uint8 tensors, float
+    tensors in [0, 1]) or a (N, 3, H, W) tensor. ``preprocessing``: default ``model.preprocessing``. The model
+    runs in eval mode on ``device`` and gets its training mode back."""
+    from .data.pixels import load_pictures
+    from .preprocessing import preprocessing_of
+
+    pre = preprocessing_of(model, preprocessing)
+    pictures = load_pictures(images, pre.resize_size)
+    was_training = model.training
+    try:
+        return image_features(model.eval(), pre, pictures, layer, device=device, precision=precision)
+    finally:
+        model.train(was_training)
+
+
+class _CallableModule(types.ModuleType):
+    """``alexnet.features`` is this module and, called, its function `features`: the top-level API names the
+    function ``alexnet.features(model, images)`` as the issue asks, while the import system binds the package's
+    ``features`` attribute to this module whenever it is imported, so the module is what answers the call."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return features(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

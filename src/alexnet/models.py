@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.fx
 from torch import nn
+from torch.nn import functional as F
 
 from .limits import check_model_limits
 from .names import CONV_LAYERS, FC_LAYERS, INIT_SCHEMES, LAYER_NAMES
@@ -181,9 +183,15 @@ class LocalResponseNorm(nn.LocalResponseNorm):
     The sum of squares is better kept in float32 anyway."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
-            return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
+        return _local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+
+def _local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """`LocalResponseNorm`'s arithmetic. A free function, wrapped for torch.fx (below): its branch on the device
+    is taken when the traced graph runs, not when it is traced, and TorchScript compiles it (no ``super()``)."""
+    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or x.dtype == torch.float16):
+        return F.local_response_norm(x.float(), size, alpha, beta, k).to(x.dtype)
+    return F.local_response_norm(x, size, alpha, beta, k)
 
 
 class Dropout(nn.Dropout):
@@ -193,13 +201,37 @@ class Dropout(nn.Dropout):
     visible share of a cached fine-tuning step (docs/BENCHMARKS.md). Other devices keep PyTorch's fused kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1.0:
-            return x.mul_(0.0) if self.inplace else x * 0.0
-        keep = torch.rand(x.shape, device=x.device) >= self.p  # float32 draws whatever x's dtype
-        scale = keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x.mul_(scale) if self.inplace else x * scale
+        return _dropout(x, self.p, self.training, self.inplace)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
+    """`Dropout`'s arithmetic, a free function for torch.fx and TorchScript as `_local_response_norm`."""
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training, inplace)
+    if p == 1.0:
+        return x.mul_(0.0) if inplace else x * 0.0
+    keep = torch.rand(x.shape, device=x.device) >= p  # float32 draws whatever x's dtype
+    scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x.mul_(scale) if inplace else x * scale
+
+
+def _check_conv5(x: torch.Tensor, input_size: int) -> torch.Tensor:
+    """``x`` (N, C, 6, 6) unchanged, else a ValueError that names the input size the architecture needs. A free
+    function wrapped for torch.fx (so `forward` has no Python branch on a shape while traced; the check runs in
+    the traced graph) that TorchScript compiles as well."""
+    if x.shape[-2] != 6 or x.shape[-1] != 6:
+        raise ValueError(
+            "conv5 output is (" + str(x.shape[-2]) + ", " + str(x.shape[-1]) + "), expected (6, 6): this "
+            "architecture needs " + str(input_size) + "x" + str(input_size) + " inputs"
+        )
+    return x
+
+
+# torch.fx records calls of these as single nodes instead of tracing into them (their branches depend on the
+# device, the dtype or a shape); torchvision's `create_feature_extractor` traces `AlexNet` through them.
+torch.fx.wrap("_local_response_norm")
+torch.fx.wrap("_dropout")
+torch.fx.wrap("_check_conv5")
 
 
 def _activation(name: str) -> nn.Module:
@@ -216,12 +248,19 @@ class AlexNet(nn.Module):
     modules through `layer_indices` and the properties ``conv1`` ... ``fc8``.
     """
 
+    # How the model's inputs must look (an `alexnet.Preprocessing`: crop size, mean/std, class names), set by
+    # `alexnet.create_model` and `alexnet.load_model`; None on a bare network. Not part of the state dict.
+    preprocessing: Any = None
+    __jit_ignored_attributes__ = ["preprocessing"]  # TorchScript: a Python object the forward never reads
+
     def __init__(self, config: AlexNetConfig) -> None:
         super().__init__()
         self.config = c = config
+        self.input_size = c.input_size  # a plain int for forward's size check (TorchScript cannot read config)
         ch = c.conv_channels
         feats: list[nn.Module] = []
-        self._layer_index: dict[str, tuple[str, int]] = {}
+        # paper name -> ("features" | "classifier", index); not annotated: TorchScript reads no string annotations
+        self._layer_index = dict[str, tuple[str, int]]()
 
         def add_conv(name: str, cin: int, cout: int, k: int, stride: int, pad: int, groups: int) -> None:
             self._layer_index[name] = ("features", len(feats))
@@ -275,15 +314,25 @@ class AlexNet(nn.Module):
     def named_layers(self) -> dict[str, nn.Module]:
         return {name: self.layer(name) for name in LAYER_NAMES}
 
+    def feature_nodes(self, *names: str) -> dict[str, str]:
+        """``{graph node: paper name}`` for torchvision's ``create_feature_extractor(model, return_nodes=...)``:
+        the traced graph names nodes by module path (``classifier.5``), this maps them to the paper's layers
+        (all of them when no name is given). Each node is the output `alexnet.features.layer_output` calls that
+        layer's: conv1..conv4 and fc6/fc7 after their ReLU, conv5 the flattened pooled maps, fc8 the logits."""
+        nodes = {}
+        for name in names or LAYER_NAMES:
+            self.layer(name)  # a KeyError naming the choices for an unknown name
+            seq, idx = self._layer_index[name]
+            if name == "conv5":
+                nodes["flatten"] = name
+            else:
+                nodes[f"{seq}.{idx if name == 'fc8' else idx + 1}"] = name
+        return nodes
+
     # --- forward -----------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 features, flattened: (N, 9216)."""
-        x = self.avgpool(self.features(x))
-        if x.shape[-2:] != (6, 6):
-            raise ValueError(
-                f"conv5 output is {tuple(x.shape[-2:])}, expected (6, 6): this architecture needs "
-                f"{self.config.input_size}x{self.config.input_size} inputs, got {tuple(x.shape[-2:])} maps"
-            )
+        x = _check_conv5(self.avgpool(self.features(x)), self.input_size)  # (N, 256, 6, 6)
         return torch.flatten(x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,6 +345,8 @@ def _make_layer_property(name: str) -> property:
 
 for _name in LAYER_NAMES:
     setattr(AlexNet, _name, _make_layer_property(_name))
+# TorchScript compiles a module's properties unless told not to; the paper names are for Python callers only
+AlexNet.__jit_unused_properties__ = list(LAYER_NAMES)
 
 
 def init_weights(model: AlexNet, scheme: str = "paper") -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .data.geometry import CenterPatch, EvalTransform, Normalizer, TenCrop
+from .data.pixels import ImageTypeError, as_uint8_image
 from .errors import AlexnetError
 from .limits import check_side
 from .models import AlexNetConfig
@@ -27,6 +28,7 @@ __all__ = [
     "PreprocessingError",
     "default_preprocessing",
     "paper_resize",
+    "preprocessing_of",
 ]
 
 
@@ -88,18 +90,29 @@ class Preprocessing:
             self.class_names = [str(c) for c in self.class_names]
 
     # --- transforms ---------------------------------------------------------------------------------------------
+    def __call__(self, img: Any) -> torch.Tensor:
+        """The model's input for a picture, as torchvision's ``weights.transforms()(img)``: short side to
+        ``resize_size``, centre crop, normalise. ``img``: a PIL image, a NumPy (H, W, 3) uint8 array, a uint8
+        tensor (3, H, W) or (N, 3, H, W), or a float tensor in [0, 1]; the same picture in any of these forms gives
+        the same float (3, S, S) (or (N, 3, S, S)). A float tensor outside [0, 1] (already normalised), a wrong
+        channel count or dtype raises `alexnet.data.pixels.ImageInputError` (a ValueError) or `ImageTypeError`
+        (a TypeError) with a sentence: nothing is rescaled silently."""
+        return self.eval_transform()(img)
+
     def normalizer(self) -> nn.Module:
         """uint8 image or batch -> normalised float; runs on any device."""
         return Normalizer(self.mean, self.std, self.value_scale)
 
-    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 (3, H, W) -> float (3, S, S): short side to resize_size, centre crop, normalise."""
+    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
+        """A picture (what ``__call__`` takes) -> float (3, S, S): short side to resize_size, centre crop,
+        normalise. A float tensor is checked to lie in [0, 1], never normalised twice."""
         return EvalTransform(self.resize_size, self.input_size, self.normalizer())
 
-    def ten_crop_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 (3, H, W) -> float (10, 3, S, S): the paper's 10 test patches, normalised."""
+    def ten_crop_transform(self) -> Callable[[Any], torch.Tensor]:
+        """One picture (what ``__call__`` takes, no batch) -> float (10, 3, S, S): the paper's 10 test patches,
+        normalised."""
         geometry, norm = self.geometry(False, ten_crop=True), self.normalizer()
-        return lambda img: norm(geometry(img))
+        return lambda img: norm(geometry(as_uint8_image(img, batch=False)))
 
     def geometry(self, train: bool, *, ten_crop: bool = False) -> nn.Module:
         """The uint8 part of the pipeline, for loader workers: uint8 (3, H, W) -> uint8 (3, S, S), or
@@ -192,3 +205,19 @@ def default_preprocessing(
         resize_size=resize_size or paper_resize(config.input_size),
         class_names=list(class_names) if class_names else None,
     )
+
+
+def preprocessing_of(model: nn.Module, given: Preprocessing | None = None) -> Preprocessing:
+    """``given``, else the ``preprocessing`` that `alexnet.create_model` and `alexnet.load_model` attach to the
+    model (through a DDP or torch.compile wrapper); an `ImageTypeError` with a sentence when there is none:
+    guessing ImageNet's mean and std for weights trained otherwise would give wrong answers without a word."""
+    if given is not None:
+        return given
+    inner = getattr(model, "module", model)
+    pre = getattr(getattr(inner, "_orig_mod", inner), "preprocessing", None)
+    if not isinstance(pre, Preprocessing):
+        raise ImageTypeError(
+            "this model carries no preprocessing: build it with alexnet.create_model or alexnet.load_model, or pass "
+            "preprocessing=alexnet.Preprocessing(...)"
+        )
+    return pre

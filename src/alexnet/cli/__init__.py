@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import AlexnetError, one_line
 from . import data, evaluation, infer, training
 from .flags import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Formatter
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AlexNet (Krizhevsky, Sutskever & Hinton, 2012): classify, fine-tune, train, evaluate.",
         formatter_class=Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     infer.add_commands(sub)  # models, predict, convert, export, serve, info

@@ -27,7 +27,15 @@ try:  # libjpeg-turbo into numpy with the GIL released: half the time of Pillow'
 except ImportError:  # a platform without its wheels: Pillow decodes every JPEG, same pixels
     simplejpeg = None
 
-__all__ = ["MAX_FILE_BYTES", "BadImageError", "decode_image", "draft_scale", "jpeg_header", "read_bytes"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "BadImageError",
+    "decode_image",
+    "draft_scale",
+    "jpeg_header",
+    "pil_to_rgb",
+    "read_bytes",
+]
 
 # The largest image file read: a bound on what one file may cost (a link to /dev/zero or a huge file named .jpg
 # must not fill the memory). Far above any photo; a 16-bit 64-megapixel TIFF is 384 MB, so this may be raised.
@@ -268,3 +276,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # composite on white, as browsers show it
         im = Image.alpha_composite(bg, im)
     return im.convert("RGB")
+
+
+def pil_to_rgb(im: Image.Image) -> Image.Image:
+    """An opened PIL image as RGB, converted exactly as `decode_image` converts a file of it (the Python API's
+    PIL inputs, `alexnet.data.pixels`)."""
+    return _to_rgb(im)

@@ -12,12 +12,14 @@ them bit for bit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .decode import BadImageError
+from .pixels import as_uint8_image, check_uint8_batch
 
 __all__ = [
     "MAX_RESIZED_PIXELS",
@@ -166,6 +168,7 @@ class Normalizer(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_uint8_batch(x, "Normalizer")
         # torchvision's arithmetic (ToTensor's x / 255, then Normalize's (x - mean) / std), bit for bit, in place
         # on one new float tensor: half the time of a new tensor per step (docs/BENCHMARKS.md)
         x = x.to(torch.float32, copy=True).div_(255.0 / self.value_scale)
@@ -173,8 +176,10 @@ class Normalizer(nn.Module):
 
 
 class EvalTransform(nn.Module):
-    """uint8 (3, H, W) -> float (3, S, S): `CenterPatch` then `Normalizer` (predict and serve, one image at a
-    time). ``min_size`` tells the decoder how small a JPEG may be decoded."""
+    """A picture -> float (3, S, S): `CenterPatch` then `Normalizer` (predict and serve, one image at a time;
+    ``Preprocessing(img)``). Takes what `alexnet.data.pixels.as_uint8_image` takes (uint8 (3, H, W) or a batch,
+    a float tensor in [0, 1], a PIL image, a NumPy HWC uint8 array) and refuses the rest with a sentence, an
+    already normalised float tensor included. ``min_size`` tells the decoder how small a JPEG may be decoded."""
 
     def __init__(self, resize_size: int, input_size: int, normalizer: Normalizer) -> None:
         super().__init__()
@@ -182,5 +187,5 @@ class EvalTransform(nn.Module):
         self.normalizer = normalizer
         self.min_size = self.geometry.min_size
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.normalizer(self.geometry(img))
+    def forward(self, img: Any) -> torch.Tensor:
+        return self.normalizer(self.geometry(as_uint8_image(img)))

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .geometry import CenterPatch, EvalTransform, Normalizer, ResizeCenterCrop, TenCrop, resize_center_crop
+from .pixels import check_uint8_batch
 
 __all__ = [
     "IMAGENET_EIGVALS",
@@ -227,6 +228,7 @@ class BatchTransform(nn.Module):
 
         One fused pass: ``x * (value_scale / 255 / std) - (mean - shift) / std``, the lighting shift folded into
         the per-image offset (the same arithmetic as scale, add shift, subtract mean, divide by std)."""
+        check_uint8_batch(x, "the batch transform")
         std = self.std.to(x.device)
         offset = self._mean_for(x).to(x.device)  # (3, 1, 1), (3, S, S) or (10, 3, S, S)
         if self.lighting is not None and self.training:

@@ -3,12 +3,15 @@ checks, and the loaders made once for the whole run."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.pixels import check_training_sample
 from ..distributed import DistInfo, EpochSampler, eval_sampler
 from ..errors import AlexnetError
 from ..preprocessing import Preprocessing
@@ -17,6 +20,7 @@ from .setup import FeatureDataset
 
 __all__ = [
     "check_classes",
+    "check_handed",
     "check_data",
     "class_names",
     "decode_on_device",
@@ -96,6 +100,22 @@ def check_data(train_ds: Any, classes: Sequence[str], source: str) -> None:
         if lo < 0 or hi >= len(classes):
             bad = lo if lo < 0 else hi
             raise TrainError(f"{source}: label {bad} out of range for {len(classes)} classes (0..{len(classes) - 1})")
+
+
+def check_handed(ds: Any, name: str) -> None:
+    """Refuse a data set handed to `alexnet.train.main` whose first sample is not a uint8 (3, S, S) image with
+    0..255 values (`alexnet.data.pixels.check_training_sample`). Reading the sample draws its random crop: the
+    random states are restored, so the run's seeded draws are those it would make without the check."""
+    if ds is None or not len(ds):
+        return
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            sample = ds[0]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+    check_training_sample(sample, name)
 
 
 def make_loader(

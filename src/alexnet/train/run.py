@@ -220,6 +220,8 @@ def _datasets(
         for ds, train_geo in ((train_ds, augment), (val_ds, False)):
             if ds is not None and hasattr(ds, "transform") and ds.transform is None:
                 ds.transform = pre.geometry(train_geo)
+        inputs.check_handed(train_ds, "train_dataset")  # normalised or 0..1 images would train on wrong inputs
+        inputs.check_handed(val_ds, "val_dataset")
     ds_classes = inputs.class_names(train_ds)
     inputs.check_data(train_ds, ds_classes, cfg.data or "data")
     run_classes = list(pre.class_names or [])

@@ -90,7 +90,22 @@ def load_model(
     ``prototxt``, optionally a ``.binaryproto`` ``mean`` and a ``labels`` file: `alexnet.weights.caffe.load_caffe`)
     or a Caffe model zoo name (`CAFFE_ZOO`: ``caffe:NAME``, or NAME alone where no other record has it).
     ``num_classes``: refuse weights whose fc8 has another count.
+    The model's ``preprocessing`` attribute is the returned `Preprocessing` too.
     """
+    model, pre = _load_any(source, arch, num_classes, allow_pickle, prototxt, mean, labels)
+    model.preprocessing = pre
+    return model, pre
+
+
+def _load_any(
+    source: str | Path | WeightsSource,
+    arch: str | None,
+    num_classes: int | None,
+    allow_pickle: bool,
+    prototxt: str | Path | None,
+    mean: str | Path | Sequence[float] | None,
+    labels: str | Path | Sequence[str] | None,
+) -> tuple[AlexNet, Preprocessing]:
     if isinstance(source, WeightsSource):
         if (arch, allow_pickle, prototxt, mean, labels) != (None, False, None, None, None):
             raise WeightsError("load_model: give arch, allow_pickle, prototxt, mean and labels in the WeightsSource")

@@ -11,7 +11,15 @@ from typing import Any
 from ..preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
 from .base import hub_file, imagenet_classes
 
-__all__ = ["CAFFE_ZOO", "ILSVRC_2012_MEAN_BGR", "PRETRAINED", "CaffeZooWeights", "PretrainedWeights"]
+__all__ = [
+    "CAFFE_ZOO",
+    "DEFAULT_WEIGHTS",
+    "ILSVRC_2012_MEAN_BGR",
+    "PRETRAINED",
+    "CaffeZooWeights",
+    "PretrainedWeights",
+    "list_pretrained",
+]
 
 
 class HubFile:
@@ -140,3 +148,17 @@ CAFFE_ZOO: dict[str, CaffeZooWeights] = {
         ),
     )
 }  # fmt: skip
+
+# What ``create_model(arch, pretrained=True)`` loads: each architecture's published ImageNet weights that download
+# by themselves (hash-checked), so no pickle: torchvision's for alexnet_owt, the Caffe model zoo's for the others.
+DEFAULT_WEIGHTS: dict[str, str] = {
+    "alexnet2012": "caffe:bvlc_alexnet",
+    "alexnet_owt": "torchvision",
+    "caffenet": "caffe:bvlc_reference_caffenet",
+}
+
+
+def list_pretrained() -> list[str]:
+    """Every name ``weights=`` and ``--weights`` accept as a record (timm's ``list_pretrained``): the pretrained
+    records, then the Caffe model zoo's as ``caffe:NAME``."""
+    return [*PRETRAINED, *(f"caffe:{name}" for name in CAFFE_ZOO)]
