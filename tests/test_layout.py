@@ -30,6 +30,7 @@ LAYERS = [
         "serve_upload",
         "serve_batch",
         "serve_guard",
+        "serve_api",
         "ablate",
         "ablate_variants",
         "ablate_data",

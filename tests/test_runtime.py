@@ -83,11 +83,13 @@ def _calls_of(name: str) -> dict[str, list[int]]:
 
 def test_precision_is_resolved_only_where_a_command_starts():
     """`resolve_precision` (a word and a device -> `Precision`) is called by the command line's one reader of
-    --device/--precision and by the training run (whose device is known only inside torchrun's process); every
-    library function takes the resolved `Precision`."""
+    --device/--precision, by the training run (whose device is known only inside torchrun's process) and by the
+    Python API's one reader (`alexnet.api.user_precision`); every library function takes the resolved
+    `Precision`."""
     calls = _calls_of("resolve_precision")
-    assert set(calls) == {"cli/flags.py", "train/run.py"}, calls
-    assert [len(v) for v in calls.values()] == [1, 1], calls
+    # the command line's reader, the training run's, and the Python API's (alexnet.classify / alexnet.features)
+    assert set(calls) == {"cli/flags.py", "train/run.py", "api.py"}, calls
+    assert [len(v) for v in calls.values()] == [1, 1, 1], calls
 
 
 def test_library_functions_refuse_a_precision_word():

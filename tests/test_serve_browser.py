@@ -81,7 +81,7 @@ def served(tmp_path_factory):
     )
     model, pre = alexnet.load_model(path)
     # fp32: the page must show exactly the top-5 computed below (auto would be bf16 on a bf16-native CPU)
-    options = serve_mod.ServeOptions(precision=serve_mod.FP32)
+    options = serve_mod.ServeOptions(precision=alexnet.runtime.FP32)
     app = serve_mod.create_app(
         model, pre, name=path.name, options=options, provenance=alexnet.weights.read_provenance(path)
     )

@@ -15,8 +15,20 @@ from .data.pixels import Picture, load_pictures
 from .predict import ClassScore
 from .predict import classify as classify_images
 from .preprocessing import Preprocessing, preprocessing_of
+from .runtime import Precision, resolve_device, resolve_precision
 
-__all__ = ["classify"]
+__all__ = ["classify", "user_precision"]
+
+
+def user_precision(model: nn.Module, precision: str | Precision, device: str | torch.device | None) -> Precision:
+    """The Python API's boundary, as `alexnet.cli.flags.runtime_values` is the command line's: a precision word
+    (``fp32``, ``bf16``, ``fp16``, ``auto``) resolved once, for the device the model will run on (``device``, or
+    where its weights are); the library below takes only the resolved `Precision`."""
+    if isinstance(precision, Precision):
+        return precision
+    param = next(model.parameters(), None)
+    dev = resolve_device(device) if device is not None else (param.device if param is not None else None)
+    return resolve_precision(precision, dev if dev is not None else torch.device("cpu"))
 
 
 def classify(
@@ -28,7 +40,7 @@ def classify(
     ten_crop: bool = False,
     device: str | torch.device | None = None,
     batch_size: int = 64,
-    precision: str = "fp32",
+    precision: str | Precision = "fp32",
 ) -> list[list[ClassScore]]:
     """The ``topk`` classes of each picture, best first, as ``(index, name, prob)`` tuples: one list per picture,
     in order (one picture given alone still gets a list of one).
@@ -46,7 +58,7 @@ def classify(
     try:
         return classify_images(
             model, pre, pictures, topk=topk, ten_crop=ten_crop, device=device, batch_size=batch_size,
-            precision=precision,
+            precision=user_precision(model, precision, device),
         )  # fmt: skip
     finally:
         model.train(was_training)

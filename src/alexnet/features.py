@@ -545,7 +545,7 @@ def features(
     *,
     preprocessing: Any = None,
     device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
     """``layer``'s activations for pictures, float32 (N, D) on the CPU, one row per picture: the top-level
     ``alexnet.features``. fc7 (after its ReLU) is the 4096-d code whose Euclidean distances the paper's Figure 4
@@ -553,6 +553,7 @@ def features(
     several (`alexnet.data.pixels.Picture`: paths, PIL images, NumPy HWC uint8 arrays, uint8 tensors, float
     tensors in [0, 1]) or a (N, 3, H, W) tensor. ``preprocessing``: default ``model.preprocessing``. The model
     runs in eval mode on ``device`` and gets its training mode back."""
+    from .api import user_precision
     from .data.pixels import load_pictures
     from .preprocessing import preprocessing_of
 
@@ -560,7 +561,8 @@ def features(
     pictures = load_pictures(images, pre.resize_size)
     was_training = model.training
     try:
-        return image_features(model.eval(), pre, pictures, layer, device=device, precision=precision)
+        prec = user_precision(model, precision, device)
+        return image_features(model.eval(), pre, pictures, layer, device=device, precision=prec)
     finally:
         model.train(was_training)
 

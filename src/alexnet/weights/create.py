@@ -10,6 +10,7 @@ as long as they leave its layers' shapes alone (dropout, LRN constants): one tha
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def create_model(
         return model
     if isinstance(weights, PretrainedWeights):
         weights = weights.name
-    loaded, pre = load_model(weights, arch=name)
+    spec = WeightsSource.of(weights)
+    loaded, pre = load_model(spec if spec.arch is not None else dataclasses.replace(spec, arch=name))
     _check_arch(loaded.config, name, switches, str(weights))
     model = _adapt(loaded, name, str(weights), num_classes, switches)
     if model.config.num_classes != loaded.config.num_classes:
