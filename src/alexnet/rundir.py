@@ -25,6 +25,7 @@ from .errors import AlexnetError
 __all__ = [
     "BEST",
     "CONFIG",
+    "DIAGNOSTICS",
     "EVAL",
     "LAST",
     "METRICS",
@@ -52,10 +53,11 @@ __all__ = [
 
 CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
 TENSORBOARD = "tensorboard"
+DIAGNOSTICS = "diagnostics.json"  # what the training's checks found (`alexnet.train.diagnostics`: writer and reader)
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
 STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
-RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
+RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, DIAGNOSTICS, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
 METRICS_COLUMNS = (
     "epoch",
     "lr",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
 from ..models import AlexNet
 from ..preprocessing import Preprocessing
-from . import inputs, setup
+from . import diagnostics, inputs, setup, summary
 from .checkpoint import (
     RunProgress,
     Trainables,
@@ -331,6 +332,7 @@ def _assemble(
     else:
         run.state.skipped = data.skipped
     run.open(overwrite=overwrite)
+    run.start_diagnostics(learners, new_layers, (train_ds, val_ds), resumed=resume_state is not None)
     return run
 
 
@@ -399,6 +401,9 @@ class _Run:
         )  # fmt: skip
         self.restore_signals: Callable[[], None] = lambda: None
         self.tb: rundir.TensorBoardLog | None = None
+        self.monitor: diagnostics.Monitor | None = None
+        self.last_val: EvalResult | None = None
+        self.t0 = time.perf_counter()
 
     def open(self, *, overwrite: bool = False) -> None:
         """The run folder with this run's config.json (``overwrite``: the files of the run it held removed
@@ -415,6 +420,29 @@ class _Run:
         )  # fmt: skip
         self.tb = rundir.TensorBoardLog(self.out / "tensorboard", cfg.tensorboard and info.is_main)
         self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
+
+    def start_diagnostics(self, learners: list[str], new_layers: set[str], sets: tuple, resumed: bool) -> None:
+        """The header, then the checks at the start (imbalance, leakage); the loop's hooks watch the rest."""
+        cfg, env, pre = self.cfg, self.env, self.t.pre
+        classes = list(pre.class_names or [])
+        self.monitor = m = diagnostics.Monitor(
+            out=self.out, num_classes=len(classes), classes=classes, pre=pre, model=self.t.model,
+            optimizer=self.t.optimizer, learners=learners, new_layers=new_layers, device=env.device,
+            check_batch=not cfg.cache_features, is_main=env.info.is_main, verbose=env.progress != "none",
+            distributed=env.info.distributed,
+        )  # fmt: skip
+        self.opts.monitor = m
+        if resumed:
+            m.resume()
+        where = f"{env.device}, {env.precision.name}" + (f", {env.info.world_size} processes" if
+                                                         env.info.distributed else "")  # fmt: skip
+        if m.verbose and m.is_main:
+            summary.print_lines(summary.header_lines(
+                cfg, classes=classes, counts=diagnostics.class_counts(sets[0], len(classes)),
+                sizes=(len(sets[0]), len(sets[1]) if sets[1] is not None else None), input_size=pre.input_size,
+                learners=learners, new_layers=new_layers, trainable=m.trainable, where=where))  # fmt: skip
+        m.start(*sets)
+        m.save()
 
     def train(self) -> TrainResult:
         interrupted = False
@@ -433,6 +461,7 @@ class _Run:
                 print(rundir.skipped_summary(s.skipped, self.out), flush=True)
             if not interrupted and s.metrics and s.metrics[-1]["epoch"] >= self.cfg.epochs:
                 finish_checkpoints(self.out, self.cfg.keep)
+                self.print_summary()
         return TrainResult(
             out=self.out,
             epochs_done=s.metrics[-1]["epoch"] if s.metrics else 0,
@@ -442,6 +471,16 @@ class _Run:
             skipped=len(s.skipped),
             signal=self.stop.signum if self.stop.requested else None,
         )
+
+    def print_summary(self) -> None:
+        if self.env.progress == "none" or self.monitor is None:
+            return
+        s = self.state
+        summary.print_lines(summary.closing_lines(
+            self.out, epochs_done=s.metrics[-1]["epoch"], epochs=self.cfg.epochs, seconds=time.perf_counter() - self.t0,
+            best=(s.best_epoch, s.best_err), findings=self.monitor.findings,
+            per_class=summary.eval_per_class(self.last_val, self.t.pre.class_names or []),
+        ))  # fmt: skip
 
     def save(self, epoch_done: int, stats: EpochStats | None, *, best: bool = False) -> None:
         save_checkpoint(self.out, self.t, self.state, epoch_done, stats, self.env.info, self.env.device,
@@ -463,9 +502,17 @@ class _Run:
         try:
             stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
                                              stats=stats)  # fmt: skip
-        except NonFiniteLoss as e:
+        except (NonFiniteLoss, diagnostics.Diverging) as e:
             kept = f"{self.out / 'last.safetensors'} kept" if (self.out / "state.pt").exists() else "none saved yet"
-            raise NonFiniteLoss(f"{e}; stopped (last good checkpoint: {kept}); try a lower --lr") from None
+            if isinstance(e, diagnostics.Diverging):  # the monitor has recorded it
+                error: type[TrainError] = diagnostics.Diverging
+                msg = f"{e}; stopped (last good checkpoint: {kept})"
+            else:
+                error, advice = NonFiniteLoss, self.monitor.nonfinite(str(e)) if self.monitor else "try a lower --lr"
+                msg = f"{e}; stopped (last good checkpoint: {kept}); {advice}"
+            if self.monitor is not None:
+                self.monitor.save()
+            raise error(msg) from None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []
         return stats, stopped
@@ -514,6 +561,9 @@ class _Run:
         if improved:
             s.best_err, s.best_epoch = err, epoch
         self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), val)
+        self.last_val = val
+        if self.monitor is not None:
+            self.monitor.end_epoch(s.metrics, s.best_epoch)
         self.write_skipped()
         self.save(epoch, None, best=improved)
         if self.stop.requested:  # a signal between the last step and here: the epoch is whole, stop now
