@@ -409,14 +409,20 @@ class Monitor:
         self.report(Finding("diverging", msg, self.epoch, self.step_in_epoch, evidence), echo=False)
         return f"diverging: {msg}"
 
-    def nonfinite(self, error: str) -> str:
-        """Record a non-finite loss (the loop's ``error``); returns the advice to append to it."""
-        advice, lrs = self._advice()
-        evidence = {"loss": "not finite", "recent_losses": list(self.losses), "lr": lrs,
-                    "learning_layers": self.learners}  # fmt: skip
-        finding = Finding("diverging", f"{error}; {advice}", self.epoch, self.step_in_epoch + 1, evidence)
-        self.report(finding, echo=False)
-        return f"diverging: {advice}"
+    def stop_error(self, error: TrainError, kept: str) -> TrainError:
+        """The error that stops a diverging run (``error``: `Diverging`, or the loop's non-finite loss, recorded
+        here), with what was kept; diagnostics.json is written first."""
+        if isinstance(error, Diverging):
+            message = f"{error}; stopped ({kept})"
+        else:
+            advice, lrs = self._advice()
+            evidence = {"loss": "not finite", "recent_losses": list(self.losses), "lr": lrs,
+                        "learning_layers": self.learners}  # fmt: skip
+            finding = Finding("diverging", f"{error}; {advice}", self.epoch, self.step_in_epoch + 1, evidence)
+            self.report(finding, echo=False)
+            message = f"{error}; stopped ({kept}); diverging: {advice}"
+        self.save()
+        return type(error)(message)
 
     # after each epoch -----------------------------------------------------------------------------------------
     def end_epoch(self, rows: Sequence[Mapping[str, Any]], best_epoch: int) -> None:

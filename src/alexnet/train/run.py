@@ -401,7 +401,7 @@ class _Run:
         )  # fmt: skip
         self.restore_signals: Callable[[], None] = lambda: None
         self.tb: rundir.TensorBoardLog | None = None
-        self.monitor: diagnostics.Monitor | None = None
+        self.monitor: diagnostics.Monitor  # set by `start_diagnostics`
         self.last_val: EvalResult | None = None
         self.t0 = time.perf_counter()
 
@@ -434,13 +434,9 @@ class _Run:
         self.opts.monitor = m
         if resumed:
             m.resume()
-        where = f"{env.device}, {env.precision.name}" + (f", {env.info.world_size} processes" if
-                                                         env.info.distributed else "")  # fmt: skip
         if m.verbose and m.is_main:
-            summary.print_lines(summary.header_lines(
-                cfg, classes=classes, counts=diagnostics.class_counts(sets[0], len(classes)),
-                sizes=(len(sets[0]), len(sets[1]) if sets[1] is not None else None), input_size=pre.input_size,
-                learners=learners, new_layers=new_layers, trainable=m.trainable, where=where))  # fmt: skip
+            where = f"{env.device}, {env.precision.name}, {env.info.world_size} process(es)"
+            summary.print_lines(summary.header_lines(cfg, m, sets, input_size=pre.input_size, where=where))
         m.start(*sets)
         m.save()
 
@@ -473,7 +469,7 @@ class _Run:
         )
 
     def print_summary(self) -> None:
-        if self.env.progress == "none" or self.monitor is None:
+        if self.env.progress == "none":
             return
         s = self.state
         summary.print_lines(summary.closing_lines(
@@ -502,17 +498,9 @@ class _Run:
         try:
             stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
                                              stats=stats)  # fmt: skip
-        except (NonFiniteLoss, diagnostics.Diverging) as e:
+        except (NonFiniteLoss, diagnostics.Diverging) as e:  # diagnostics.json records it; the checkpoint stays
             kept = f"{self.out / 'last.safetensors'} kept" if (self.out / "state.pt").exists() else "none saved yet"
-            if isinstance(e, diagnostics.Diverging):  # the monitor has recorded it
-                error: type[TrainError] = diagnostics.Diverging
-                msg = f"{e}; stopped (last good checkpoint: {kept})"
-            else:
-                error, advice = NonFiniteLoss, self.monitor.nonfinite(str(e)) if self.monitor else "try a lower --lr"
-                msg = f"{e}; stopped (last good checkpoint: {kept}); {advice}"
-            if self.monitor is not None:
-                self.monitor.save()
-            raise error(msg) from None
+            raise self.monitor.stop_error(e, f"last good checkpoint: {kept}") from None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []
         return stats, stopped
@@ -562,8 +550,7 @@ class _Run:
             s.best_err, s.best_epoch = err, epoch
         self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), val)
         self.last_val = val
-        if self.monitor is not None:
-            self.monitor.end_epoch(s.metrics, s.best_epoch)
+        self.monitor.end_epoch(s.metrics, s.best_epoch)
         self.write_skipped()
         self.save(epoch, None, best=improved)
         if self.stop.requested:  # a signal between the last step and here: the epoch is whole, stop now

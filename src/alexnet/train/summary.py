@@ -39,20 +39,15 @@ def _layer_list(names: Sequence[str]) -> str:
     return "every layer (conv1-fc8)" if names == list(LAYER_NAMES) else ", ".join(names)
 
 
-def header_lines(
-    cfg: TrainConfig,
-    *,
-    classes: Sequence[str],
-    counts: Sequence[int] | None,
-    sizes: tuple[int, int | None],
-    input_size: int,
-    learners: Sequence[str],
-    new_layers: set[str],
-    trainable: int,
-    where: str,
-) -> list[str]:
-    """The header: ``sizes`` (training images, validation images or None), ``where`` the device and precision
-    in words, ``trainable`` the parameters the optimizer moves."""
+def header_lines(cfg: TrainConfig, monitor: Any, sets: tuple[Any, Any], *, input_size: int, where: str) -> list[str]:
+    """The header of a run: ``monitor`` (`alexnet.train.diagnostics.Monitor`) knows the classes and the layers
+    that learn, ``sets`` are the training and validation sets (or None), ``where`` the device and precision."""
+    from .diagnostics import class_counts
+
+    classes, learners, new_layers = monitor.classes, monitor.learners, monitor.new_layers
+    counts = class_counts(sets[0], len(classes))
+    sizes = (len(sets[0]), len(sets[1]) if sets[1] is not None else None)
+    trainable = monitor.trainable
     start = f"from {cfg.weights}" if cfg.weights is not None else f"from scratch (init {cfg.init})"
     command = "finetune" if cfg.weights is not None else "train"
     val = f", {sizes[1]:,} validation images" if sizes[1] else ", no validation split"
