@@ -11,6 +11,7 @@ BENCHMARKS = {
     "finetune": "benchmarks.finetune_cache",
     "gpu": "benchmarks.gpu",
     "agreement": "benchmarks.bf16_agreement",
+    "diagnostics": "benchmarks.diagnostics_cost",
 }
 
 

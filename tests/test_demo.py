@@ -71,6 +71,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     assert len(summary["examples"]) == 5 and len(summary["examples"][0]["top3"]) == 3
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "alexnet2012" and cfg["input_size"] == 67 and cfg["init"] == "kaiming"
+    assert json.loads((out / "diagnostics.json").read_text())["findings"] == []  # a healthy run: no false alarm
 
 
 def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, capsys):

@@ -113,6 +113,21 @@ def _curves_section(run: Path, page: _Page) -> dict[str, float] | None:
     return last_row
 
 
+def _diagnostics_section(run: Path, page: _Page) -> None:
+    """What the training's checks found (diagnostics.json, docs/DIAGNOSTICS.md): one line per warning."""
+    from .train.diagnostics import read_diagnostics
+
+    if not (run / rundir.DIAGNOSTICS).is_file():
+        return
+    doc = read_diagnostics(run)
+    page.parts.append("<h2>Diagnostics</h2>")
+    found = [f for f in doc.get("findings", []) if isinstance(f, dict)]
+    items = "".join(f"<li><b>{html.escape(str(f.get('kind')))}</b>: {html.escape(str(f.get('message')))}</li>"
+                    for f in found)  # fmt: skip
+    page.parts.append(f"<ul>{items}</ul>" if found else _note("no warning: the training's checks found nothing"))
+    page.notes += [str(n) for n in doc.get("notes", [])]
+
+
 @dataclass
 class _EvalRequest:
     """How `report` was asked to evaluate (``data``: a data source; ``fresh``: the run's own data allowed)."""
@@ -314,6 +329,7 @@ def report(
     page = _Page(parts=[f"<h1>{html.escape(title)}</h1>"])
     cfg = _config_section(run, page)
     last_row = _curves_section(run, page)
+    _diagnostics_section(run, page)
     req = _EvalRequest(data, evaluate, top, ten_crop, batch_size, workers, device, precision, progress)
     evaluation, source, weights = _evaluation(run, cfg, req, page)
     _final_metrics_section(evaluation, source, last_row, page)

@@ -56,9 +56,10 @@ def header_lines(cfg: TrainConfig, monitor: Any, sets: tuple[Any, Any], *, input
         f" (lr x{cfg.new_layer_lr_mult:g})" if new_layers and cfg.new_layer_lr_mult != 1 else ""
     )
     cached = "; frozen layers' features computed once (cache)" if cfg.cache_features else ""
+    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
     return [
-        f"{command}: {cfg.arch} {start}, {input_size}x{input_size} input, {cfg.epochs} epochs of batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule} schedule)",
+        f"{command}: {cfg.arch} {start}, {input_size}x{input_size} input, {epochs} of batch {cfg.batch_size}, lr "
+        f"{cfg.lr:g} ({cfg.schedule} schedule)",
         f"data: {cfg.data or 'data sets handed in'}: {sizes[0]:,} training images{val}; "
         + _class_line(classes, counts),
         f"layers: learning {_layer_list(learners)} ({trainable:,} parameters); frozen: {_layer_list(frozen)}; "
