@@ -46,8 +46,9 @@ def test_learning_rate_50_diverges_stops_early_and_says_what_to_try(tmp_path, ca
     with pytest.raises(diag.Diverging) as e:
         train.main(tiny_config(data, run, lr=50.0, epochs=3, val_split=0.0, progress="log"))
     expected = (
-        r"diverging: training loss (\S+) \(median of the last 3 steps\) at epoch 1, step 3, above 4\.10 \(chance's "
-        r"ln\(3\) = 1\.10\); lr 50 on every layer \(conv1-fc8\) \(124,547 parameters\)\. Try --lr 5 \(10x lower\); "
+        r"diverging: training loss (\S+) \(median of the last 3 steps\) at epoch 1, step 3, above both 4\.10 "
+        r"\(chance's ln\(3\) = 1\.10\) and 3x the first step's 1\.\d\d; lr 50 on every layer \(conv1-fc8\) "
+        r"\(124,547 parameters\)\. Try --lr 5 \(10x lower\); "
         r"stopped \(last good checkpoint: none saved yet\)"
     )
     m = re.fullmatch(expected, str(e.value))
@@ -80,10 +81,13 @@ def test_non_finite_loss_names_the_learning_rate_and_layers(tmp_path, monkeypatc
 def test_divergence_rule():
     t = diag.diverge_threshold(3)
     assert t == pytest.approx(math.log(3) + 3) and diag.diverge_threshold(1000) == pytest.approx(3 * math.log(1000))
-    assert diag.check_loss([1.1, 50.0], 2, 3) is None  # too early to judge a size
-    assert diag.check_loss([1.1, 50.0, 1.0, 1.0, 1.0], 5, 3) is None  # one bad batch is not a divergence
-    assert diag.check_loss([1.1, 50.0, 60.0], 3, 3) == 50.0
-    assert math.isnan(diag.check_loss([1.1, math.nan], 2, 3))
+    assert diag.check_loss([1.1, 50.0], 2, 3, 1.1) is None  # too early to judge a size
+    assert diag.check_loss([1.1, 50.0, 1.0, 1.0, 1.0], 5, 3, 1.1) is None  # one bad batch is not a divergence
+    assert diag.check_loss([1.1, 50.0, 60.0], 3, 3, 1.1) == 50.0
+    assert math.isnan(diag.check_loss([1.1, math.nan], 2, 3, 1.1))
+    # He initialisation starts far above chance and falls: the demo's first steps (10 classes) are no divergence
+    assert diag.check_loss([9.0, 8.4, 8.0], 3, 10, 9.0) is None
+    assert diag.check_loss([9.0, 30.0, 40.0], 3, 10, 9.0) == 30.0
 
 
 # --- 2. stuck at chance --------------------------------------------------------------------------------------------

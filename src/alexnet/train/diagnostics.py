@@ -61,6 +61,7 @@ __all__ = [
 DIAGNOSES = ("diverging", "stuck", "preprocessing", "leakage", "imbalance", "overfitting")
 DIVERGE_AFTER_STEPS = 3  # judged from the third step: the median then outvotes the first step's loss
 DIVERGE_WINDOW = 5  # the median of (up to) this many step losses: one bad batch is not a divergence
+DIVERGE_GROWTH = 3.0  # and above this many times the first step's loss (He init starts far above ln C, and falls)
 STUCK_SIGMAS = 3.0
 STUCK_LOSS_FRACTION = 0.95
 STUCK_MIN_SAMPLES = 100  # fewer images per epoch: chance and learning cannot be told apart
@@ -104,9 +105,10 @@ def diverge_threshold(num_classes: int) -> float:
     return max(3.0 * chance, chance + 3.0)
 
 
-def check_loss(losses: Sequence[float], steps: int, num_classes: int) -> float | None:
-    """The loss that shows divergence (non-finite, or the median of the last `DIVERGE_WINDOW` above
-    `diverge_threshold` from step `DIVERGE_AFTER_STEPS` on), else None."""
+def check_loss(losses: Sequence[float], steps: int, num_classes: int, first: float) -> float | None:
+    """The loss that shows divergence, else None: a non-finite one, or, from step `DIVERGE_AFTER_STEPS` on, the
+    median of the last `DIVERGE_WINDOW` when it is above `diverge_threshold` and `DIVERGE_GROWTH` times ``first``
+    (the run's first step's loss, computed before any update: the initialisation's, whatever the lr)."""
     if not losses:
         return None
     if not math.isfinite(losses[-1]):
@@ -115,7 +117,7 @@ def check_loss(losses: Sequence[float], steps: int, num_classes: int) -> float |
         return None
     window = sorted(list(losses)[-DIVERGE_WINDOW:])
     median = window[(len(window) - 1) // 2]
-    return median if median > diverge_threshold(num_classes) else None
+    return median if median > max(diverge_threshold(num_classes), DIVERGE_GROWTH * first) else None
 
 
 # --- 2. stuck at chance -------------------------------------------------------------------------------------------
@@ -322,6 +324,7 @@ class Monitor:
         self.inputs: dict[str, list[float]] | None = None
         self.losses: deque[float] = deque(maxlen=DIVERGE_WINDOW)
         self.steps = 0
+        self.first_loss = math.nan  # the run's first step's loss (the initialisation's)
         self.label_counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
         self.findings: list[Finding] = []
         self.notes: list[str] = []
@@ -383,9 +386,12 @@ class Monitor:
         the labels (counted on the device, no sync)."""
         self.steps += 1
         self.epoch, self.step_in_epoch = epoch, step
+        if self.steps == 1:
+            self.first_loss = loss
         self.losses.append(loss)
         self.label_counts.index_add_(0, labels, torch.ones_like(labels))
-        if self.judge_loss and (value := check_loss(self.losses, self.steps, self.num_classes)) is not None:
+        value = check_loss(self.losses, self.steps, self.num_classes, self.first_loss) if self.judge_loss else None
+        if value is not None:
             raise Diverging(self.divergence(value, f"epoch {epoch}, step {step}"))
 
     def _advice(self) -> tuple[str, dict[str, float]]:
@@ -401,9 +407,10 @@ class Monitor:
         """Record the divergence at ``where`` (a finite loss ``value`` far above chance's); its message."""
         advice, lrs = self._advice()
         msg = (
-            f"training loss {value:.3g} (median of the last {len(self.losses)} steps) at {where}, above "
+            f"training loss {value:.3g} (median of the last {len(self.losses)} steps) at {where}, above both "
             f"{diverge_threshold(self.num_classes):.2f} (chance's ln({self.num_classes}) = "
-            f"{math.log(max(2, self.num_classes)):.2f}); {advice}"
+            f"{math.log(max(2, self.num_classes)):.2f}) and {DIVERGE_GROWTH:g}x the first step's "
+            f"{self.first_loss:.3g}; {advice}"
         )
         evidence = {"loss": value, "recent_losses": list(self.losses), "lr": lrs, "learning_layers": self.learners}
         self.report(Finding("diverging", msg, self.epoch, self.step_in_epoch, evidence), echo=False)
