@@ -94,10 +94,11 @@ def test_divergence_rule():
 def test_shuffled_labels_stay_at_chance_and_the_evidence_is_given(tmp_path, capsys):
     data = noise_folder(tmp_path / "data")
     run = tmp_path / "run"
-    train.main(tiny_config(data, run, epochs=1, val_split=0.0, batch_size=16, progress="log"))
+    train.main(tiny_config(data, run, epochs=3, val_split=0.0, batch_size=4, progress="log"))
     found = findings(run)["stuck"]
     ev = found["evidence"]
     assert ev["samples"] == 160 and ev["chance_acc1"] == 25.0 and ev["label_counts"] == [40, 40, 40, 40]
+    assert found["epoch"] == 3 and ev["steps"] == 120  # from 100 steps on
     expected = (
         rf"training accuracy {ev['train_acc1']:.1f}% is within noise \(10\.3 points\) of chance \(25\.0%\), loss "
         rf"{ev['train_loss']:.3f} vs chance's 1\.386\. Evidence: 124,612 of 124,612 parameters training \(every layer "
@@ -110,11 +111,12 @@ def test_shuffled_labels_stay_at_chance_and_the_evidence_is_given(tmp_path, caps
 
 
 def test_stuck_rule_needs_enough_images_and_a_loss_at_chance():
-    assert diag.check_stuck(25.0, 1.386, [10, 10, 10, 10]) is None  # 40 images cannot tell
-    assert diag.check_stuck(26.0, 1.38, [100, 100, 100, 100]) is not None
-    assert diag.check_stuck(26.0, 1.0, [100, 100, 100, 100]) is None  # the loss fell: it learns
-    assert diag.check_stuck(45.0, 1.38, [100, 100, 100, 100]) is None  # beyond the noise
-    assert diag.check_stuck(80.0, 0.64, [320, 40, 40]) is not None  # chance: the majority's share (80%) and entropy
+    assert diag.check_stuck(25.0, 1.386, [10, 10, 10, 10], 500) is None  # 40 images cannot tell
+    assert diag.check_stuck(26.0, 1.38, [100, 100, 100, 100], 500) is not None
+    assert diag.check_stuck(26.0, 1.38, [100, 100, 100, 100], 99) is None  # too young to call stuck
+    assert diag.check_stuck(26.0, 1.0, [100, 100, 100, 100], 500) is None  # the loss fell: it learns
+    assert diag.check_stuck(45.0, 1.38, [100, 100, 100, 100], 500) is None  # beyond the noise
+    assert diag.check_stuck(80.0, 0.64, [320, 40, 40], 500) is not None  # chance: the majority's share
 
 
 # --- 3. preprocessing ----------------------------------------------------------------------------------------------
@@ -330,7 +332,7 @@ def test_finetune_header_names_frozen_and_reinitialised_layers(tmp_path, capsys)
 
 def test_quiet_runs_print_nothing_but_record_diagnostics(tmp_path, capsys):
     data = noise_folder(tmp_path / "data")
-    train.main(tiny_config(data, tmp_path / "run", epochs=1, val_split=0.0, batch_size=16))
+    train.main(tiny_config(data, tmp_path / "run", epochs=3, val_split=0.0, batch_size=4))
     assert capsys.readouterr().out == ""
     assert list(findings(tmp_path / "run")) == ["stuck"]
 
@@ -339,7 +341,7 @@ def test_report_shows_the_diagnostics(tmp_path):
     from alexnet.report import report
 
     data = noise_folder(tmp_path / "data")
-    train.main(tiny_config(data, tmp_path / "run", epochs=1, val_split=0.0, batch_size=16))
+    train.main(tiny_config(data, tmp_path / "run", epochs=3, val_split=0.0, batch_size=4))
     html = report(tmp_path / "run", evaluate=False).read_text()
     assert "<h2>Diagnostics</h2>" in html and "stuck" in html
     healthy = make_folder(tmp_path / "healthy")

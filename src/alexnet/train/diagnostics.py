@@ -10,7 +10,8 @@ The six diagnoses, their evidence and thresholds (docs/DIAGNOSTICS.md says how e
    run. The run stops (`Diverging`); its last good checkpoint stays.
 2. ``stuck``: an epoch's training accuracy within `STUCK_SIGMAS` binomial standard deviations of chance (the
    majority class's share of the labels seen) and its loss not below `STUCK_LOSS_FRACTION` of the labels'
-   entropy (the loss of predicting the class frequencies), on enough images to tell (`STUCK_MIN_SAMPLES`).
+   entropy (the loss of predicting the class frequencies), on enough images to tell (`STUCK_MIN_SAMPLES`) and
+   after enough steps to have learnt (`STUCK_MIN_STEPS`).
 3. ``preprocessing``: the first batch the model sees (after the run's batch transform) outside the values that
    0..255 pixels can give under the weights' recorded preprocessing, or its spread `INPUT_SCALE_FACTOR` times
    too small.
@@ -65,6 +66,7 @@ DIVERGE_GROWTH = 3.0  # and above this many times the first step's loss (He init
 STUCK_SIGMAS = 3.0
 STUCK_LOSS_FRACTION = 0.95
 STUCK_MIN_SAMPLES = 100  # fewer images per epoch: chance and learning cannot be told apart
+STUCK_MIN_STEPS = 100  # fewer steps so far: at chance is where a slow learner still is, not a fault
 INPUT_SCALE_FACTOR = 16.0  # sqrt(255): halfway, on a log scale, between right and the 255x of 0-1 vs 0-255
 INPUT_RANGE_MARGIN = 0.25  # of the attainable range: PCA lighting and rounding move values a little past it
 IMBALANCE_RATIO = 10.0
@@ -121,12 +123,13 @@ def check_loss(losses: Sequence[float], steps: int, num_classes: int, first: flo
 
 
 # --- 2. stuck at chance -------------------------------------------------------------------------------------------
-def check_stuck(acc1: float, loss: float, label_counts: Sequence[int]) -> dict[str, float] | None:
+def check_stuck(acc1: float, loss: float, label_counts: Sequence[int], steps: int) -> dict[str, float] | None:
     """The evidence that an epoch's training (``acc1`` in %, mean ``loss``) learnt nothing from labels seen
-    ``label_counts`` times each, else None: accuracy within `STUCK_SIGMAS` binomial deviations of chance (the
-    largest class's share) and a loss not clearly below the labels' entropy (predicting the frequencies)."""
+    ``label_counts`` times each, after ``steps`` steps in all, else None: accuracy within `STUCK_SIGMAS` binomial
+    deviations of chance (the largest class's share) and a loss not clearly below the labels' entropy (predicting
+    the frequencies), on at least `STUCK_MIN_SAMPLES` images and `STUCK_MIN_STEPS` steps."""
     n = sum(label_counts)
-    if n < STUCK_MIN_SAMPLES or not (math.isfinite(acc1) and math.isfinite(loss)):
+    if n < STUCK_MIN_SAMPLES or steps < STUCK_MIN_STEPS or not (math.isfinite(acc1) and math.isfinite(loss)):
         return None
     shares = [c / n for c in label_counts if c]
     chance = max(shares)
@@ -136,7 +139,7 @@ def check_stuck(acc1: float, loss: float, label_counts: Sequence[int]) -> dict[s
     if entropy <= 0 or abs(acc1 / 100 - chance) > band or loss < STUCK_LOSS_FRACTION * entropy:
         return None
     return {"train_acc1": acc1, "chance_acc1": 100 * chance, "noise_acc1": 100 * band, "train_loss": loss,
-            "chance_loss": entropy, "samples": n}  # fmt: skip
+            "chance_loss": entropy, "samples": n, "steps": steps}  # fmt: skip
 
 
 # --- 3. preprocessing ---------------------------------------------------------------------------------------------
@@ -437,7 +440,7 @@ class Monitor:
         row = rows[-1]
         counts = self.label_counts.tolist()  # one sync per epoch
         self.label_counts.zero_()
-        stuck = check_stuck(float(row["train_acc1"]), float(row["train_loss"]), counts)
+        stuck = check_stuck(float(row["train_acc1"]), float(row["train_loss"]), counts, self.steps)
         if stuck is not None:
             self.report(Finding("stuck", self._stuck_message(stuck, counts), int(row["epoch"]), evidence={
                 **stuck, "label_counts": counts, "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
