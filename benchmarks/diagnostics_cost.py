@@ -8,7 +8,7 @@ overfitting, diagnostics.json). The epoch's own time is the training loop's, fro
 the checks' share of it is the figure (the issue's budget: under 2 %).
 
     python -m benchmarks diagnostics [--images 512] [--classes 8] [--epochs 2] [--batch 64] [--size 224]
-        [--arch alexnet_owt] [--device cpu] [--precision auto] [--workers 2]
+        [--arch alexnet_owt] [--device cpu] [--precision auto] [--workers 2] [--init paper]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--val-split", type=float, default=0.2)
+    ap.add_argument("--init", default="paper", help="the paper's N(0, 0.01) (the recipe: lr 0.01 from scratch)")
     args = ap.parse_args(argv)
     print(f"# {machine()}; {args}")
     times: dict[str, list[float]] = defaultdict(list)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig(
             data=str(data), out=str(out), arch=args.arch, input_size=args.size, epochs=args.epochs,
             batch_size=args.batch, val_split=args.val_split, workers=args.workers, device=args.device,
-            precision=args.precision, progress="none", tensorboard=False, seed=0, init="kaiming",
+            precision=args.precision, progress="none", tensorboard=False, seed=0, init=args.init,
         )  # fmt: skip
         t0 = time.perf_counter()
         train_main(cfg)

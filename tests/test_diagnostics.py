@@ -25,6 +25,10 @@ def findings(run: Path) -> dict[str, dict]:
     return {f["kind"]: f for f in doc["findings"]}
 
 
+def read_rows(run: Path) -> list[str]:
+    return (run / "metrics.csv").read_text().splitlines()[1:]
+
+
 def warnings_printed(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("warning: ")]
 
@@ -41,25 +45,28 @@ def noise_folder(root: Path, *, classes: int = 4, per_class: int = 40, size: int
 
 # --- 1. diverging --------------------------------------------------------------------------------------------------
 def test_learning_rate_50_diverges_stops_early_and_says_what_to_try(tmp_path, capsys):
-    data = make_folder(tmp_path / "data")
+    data = make_folder(tmp_path / "data", per_class=30)  # 12 steps per epoch
     run = tmp_path / "run"
     with pytest.raises(diag.Diverging) as e:
-        train.main(tiny_config(data, run, lr=50.0, epochs=3, val_split=0.0, progress="log"))
+        train.main(tiny_config(data, run, lr=50.0, epochs=5, val_split=0.0, progress="log"))
     expected = (
-        r"diverging: training loss (\S+) \(median of the last 3 steps\) at epoch 1, step 3, above both 4\.10 "
+        r"diverging: training loss (\S+) \(median of the last 20 steps\) at epoch 2, step 8, above both 4\.10 "
         r"\(chance's ln\(3\) = 1\.10\) and 3x the first step's 1\.\d\d; lr 50 on every layer \(conv1-fc8\) "
         r"\(124,547 parameters\)\. Try --lr 5 \(10x lower\); "
-        r"stopped \(last good checkpoint: none saved yet\)"
+        rf"stopped \(last good checkpoint: {re.escape(str(run / 'last.safetensors'))} kept\)"
     )
     m = re.fullmatch(expected, str(e.value))
     assert m is not None, str(e.value)
     assert float(m.group(1)) > 4.10
-    # stopped in its first epoch (of 3 asked) with what it found written: config and diagnostics, no diverged weights
-    assert (run / "config.json").is_file() and not (run / "metrics.csv").exists()
-    assert not (run / "last.safetensors").exists()
+    # stopped at its 20th step (epoch 2 of 5) with its state saved: epoch 1's checkpoint, metrics and diagnostics
+    assert train.load_state(run)["epoch"] == 1 and len(read_rows(run)) == 1
     found = findings(run)["diverging"]
-    assert (found["epoch"], found["step"], found["evidence"]["lr"]) == (1, 3, {"base": 50.0})
-    assert str(e.value) == f"diverging: {found['message']}; stopped (last good checkpoint: none saved yet)"
+    assert (found["epoch"], found["step"], found["evidence"]["lr"]) == (2, 8, {"base": 50.0})
+    assert len(found["evidence"]["recent_losses"]) == 20
+    assert (
+        str(e.value)
+        == f"diverging: {found['message']}; stopped (last good checkpoint: {run / 'last.safetensors'} kept)"
+    )
     assert warnings_printed(capsys.readouterr().out) == []  # the error says it, once
 
 
@@ -81,13 +88,15 @@ def test_non_finite_loss_names_the_learning_rate_and_layers(tmp_path, monkeypatc
 def test_divergence_rule():
     t = diag.diverge_threshold(3)
     assert t == pytest.approx(math.log(3) + 3) and diag.diverge_threshold(1000) == pytest.approx(3 * math.log(1000))
-    assert diag.check_loss([1.1, 50.0], 2, 3, 1.1) is None  # too early to judge a size
-    assert diag.check_loss([1.1, 50.0, 1.0, 1.0, 1.0], 5, 3, 1.1) is None  # one bad batch is not a divergence
-    assert diag.check_loss([1.1, 50.0, 60.0], 3, 3, 1.1) == 50.0
+    assert diag.check_loss([1.1] + [50.0] * 18, 19, 3, 1.1) is None  # too early to judge a size
+    assert diag.check_loss([1.1] + [50.0] * 19, 20, 3, 1.1) == 50.0
     assert math.isnan(diag.check_loss([1.1, math.nan], 2, 3, 1.1))
-    # He initialisation starts far above chance and falls: the demo's first steps (10 classes) are no divergence
-    assert diag.check_loss([9.0, 8.4, 8.0], 3, 10, 9.0) is None
-    assert diag.check_loss([9.0, 30.0, 40.0], 3, 10, 9.0) == 30.0
+    # the paper's lr on alexnet_owt (8 classes, batch 8): a spike of 7 steps that comes back is no divergence
+    spike = [3.06, 68.03, 17.7, 9.41, 6.45, 17.12, 6.23, 2.32, 4.37, 2.32, 2.16, 1.91, 2.21, 2.01, 2.2, 2.32, 2.16]
+    assert diag.check_loss(spike + [2.3] * 3, 20, 8, 3.06) is None
+    # He initialisation starts far above chance and falls: no divergence while under 3x the first step's loss
+    assert diag.check_loss([9.0] + [8.0] * 19, 20, 10, 9.0) is None
+    assert diag.check_loss([9.0] + [30.0] * 19, 20, 10, 9.0) == 30.0
 
 
 # --- 2. stuck at chance --------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ one or two plain lines (the condition, its evidence, what to try) and recorded i
 The six diagnoses, their evidence and thresholds (docs/DIAGNOSTICS.md says how each threshold was chosen):
 
 1. ``diverging``: a non-finite loss, or the median of the last `DIVERGE_WINDOW` step losses above
-   `diverge_threshold` (three times chance's ``ln C``, at least ``ln C + 3``) once `DIVERGE_AFTER_STEPS` steps have
-   run. The run stops (`Diverging`); its last good checkpoint stays.
+   `diverge_threshold` (three times chance's ``ln C``, at least ``ln C + 3``) and `DIVERGE_GROWTH` times the first
+   step's, once `DIVERGE_AFTER_STEPS` steps have run. The run stops (`Diverging`); its last checkpoint stays.
 2. ``stuck``: an epoch's training accuracy within `STUCK_SIGMAS` binomial standard deviations of chance (the
    majority class's share of the labels seen) and its loss not below `STUCK_LOSS_FRACTION` of the labels'
    entropy (the loss of predicting the class frequencies), on enough images to tell (`STUCK_MIN_SAMPLES`) and
@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 DIAGNOSES = ("diverging", "stuck", "preprocessing", "leakage", "imbalance", "overfitting")
-DIVERGE_AFTER_STEPS = 3  # judged from the third step: the median then outvotes the first step's loss
-DIVERGE_WINDOW = 5  # the median of (up to) this many step losses: one bad batch is not a divergence
+DIVERGE_AFTER_STEPS = 20  # judged from the 20th step on: early spikes of the paper's lr last a few steps
+DIVERGE_WINDOW = 20  # the median of this many step losses: a spike of under 10 steps is not a divergence
 DIVERGE_GROWTH = 3.0  # and above this many times the first step's loss (He init starts far above ln C, and falls)
 STUCK_SIGMAS = 3.0
 STUCK_LOSS_FRACTION = 0.95
