@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -143,13 +144,18 @@ def check_stuck(acc1: float, loss: float, label_counts: Sequence[int], steps: in
 
 
 # --- 3. preprocessing ---------------------------------------------------------------------------------------------
+INPUT_STATS_IMAGES = 16  # of the first batch: enough for a channel's mean and spread, and cheap
+
+
 def input_stats(x: torch.Tensor) -> dict[str, list[float]] | None:
-    """Per-channel mean, std, min and max of a batch of model inputs (N, 3, S, S) (one device sync); None for
-    anything else (cached features)."""
+    """Per-channel mean, std, min and max of the first `INPUT_STATS_IMAGES` of a batch of model inputs (N, 3, S, S)
+    (one device sync, no copy of the batch); None for anything else (cached features)."""
     if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         return None
-    xs = x.detach().float().transpose(0, 1).reshape(3, -1)
-    rows = torch.stack([xs.mean(1), xs.std(1, correction=0), xs.amin(1), xs.amax(1)]).tolist()
+    xs = x.detach()[:INPUT_STATS_IMAGES]
+    dims = (0, 2, 3)
+    std, mean = torch.std_mean(xs, dim=dims, correction=0)
+    rows = torch.stack([mean, std, xs.amin(dim=dims), xs.amax(dim=dims)]).float().tolist()
     return dict(zip(("mean", "std", "min", "max"), rows))
 
 
@@ -332,6 +338,8 @@ class Monitor:
         self.findings: list[Finding] = []
         self.notes: list[str] = []
         self.epoch, self.step_in_epoch = 0, 0  # where the last step was
+        self._leaks_thread: threading.Thread | None = None
+        self._leaks: dict[str, Any] | None = None
 
     # the run's bookkeeping ------------------------------------------------------------------------------------
     def report(self, finding: Finding, *, echo: bool = True) -> None:
@@ -364,17 +372,34 @@ class Monitor:
 
     # at the start -----------------------------------------------------------------------------------------------
     def start(self, train_ds: Any, val_ds: Any | None) -> list[int] | None:
-        """Imbalance and leakage; returns the training split's class counts (for the header)."""
+        """Imbalance now; leakage in a thread beside the first epoch (hashing reads every file once: the GIL is
+        released while it reads and hashes), reported at its end. Returns the training split's class counts."""
         counts = class_counts(train_ds, self.num_classes)
         if counts is not None and (msg := check_imbalance(counts, self.classes)):
             self.report(Finding("imbalance", msg, evidence={"class_counts": dict(zip(self.classes, counts))}))
         if val_ds is not None and self.is_main:
-            leaks = find_leaks(train_ds, val_ds)
-            if not leaks["checked"]:
-                self.notes.append(f"leakage not checked: {leaks['why']}")
-            elif leaks["count"]:
-                self.report(Finding("leakage", leak_message(leaks), evidence=leaks))
+            self._leaks_thread = threading.Thread(target=self._hash, args=(train_ds, val_ds), daemon=True,
+                                                  name="alexnet-leakage")  # fmt: skip
+            self._leaks_thread.start()
         return counts
+
+    def _hash(self, train_ds: Any, val_ds: Any) -> None:
+        try:
+            self._leaks = find_leaks(train_ds, val_ds)
+        except Exception as e:  # a file that vanished, a data set of another kind: the check only says so
+            self._leaks = {"checked": False, "why": f"{type(e).__name__}: {e}"}
+
+    def collect_leaks(self) -> None:
+        """Wait for the leakage check started by `start` (if any) and report what it found."""
+        thread, self._leaks_thread = self._leaks_thread, None
+        if thread is None:
+            return
+        thread.join()
+        leaks = self._leaks or {"checked": False, "why": "no result"}
+        if not leaks["checked"]:
+            self.notes.append(f"leakage not checked: {leaks['why']}")
+        elif leaks["count"]:
+            self.report(Finding("leakage", leak_message(leaks), self.epoch, evidence=leaks))
 
     # the loop's hooks -----------------------------------------------------------------------------------------
     def first_batch(self, x: torch.Tensor, epoch: int, step: int) -> None:
@@ -422,6 +447,7 @@ class Monitor:
     def stop_error(self, error: TrainError, kept: str) -> TrainError:
         """The error that stops a diverging run (``error``: `Diverging`, or the loop's non-finite loss, recorded
         here), with what was kept; diagnostics.json is written first."""
+        self.collect_leaks()
         if isinstance(error, Diverging):
             message = f"{error}; stopped ({kept})"
         else:
@@ -438,6 +464,7 @@ class Monitor:
     def end_epoch(self, rows: Sequence[Mapping[str, Any]], best_epoch: int) -> None:
         """Stuck at chance and overfitting, from the epoch's row (and the rows before); then diagnostics.json."""
         row = rows[-1]
+        self.collect_leaks()
         counts = self.label_counts.tolist()  # one sync per epoch
         self.label_counts.zero_()
         stuck = check_stuck(float(row["train_acc1"]), float(row["train_loss"]), counts, self.steps)
