@@ -356,3 +356,16 @@ def test_report_shows_the_diagnostics(tmp_path):
     healthy = make_folder(tmp_path / "healthy")
     train.main(tiny_config(healthy, tmp_path / "ok", epochs=1))
     assert "no warning" in report(tmp_path / "ok", evaluate=False).read_text()
+
+
+def test_a_resumed_run_keeps_its_findings_and_does_not_repeat_them(tmp_path, capsys):
+    data = noise_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    train.main(tiny_config(data, run, epochs=3, val_split=0.0, batch_size=4))
+    doc = json.loads((run / "diagnostics.json").read_text())
+    doc["findings"].append({"kind": 3, "junk": True})  # an entry that cannot be read is dropped, not fatal
+    (run / "diagnostics.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    train.main(tiny_config(data, run, epochs=4, val_split=0.0, batch_size=4, resume=str(run), progress="log"))
+    assert warnings_printed(capsys.readouterr().out) == []
+    assert [f["kind"] for f in json.loads((run / "diagnostics.json").read_text())["findings"]] == ["stuck"]

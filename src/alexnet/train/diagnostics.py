@@ -32,7 +32,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -352,11 +352,11 @@ class Monitor:
             print(finding.line(), flush=True)
 
     def resume(self) -> None:
-        """A resumed run keeps the findings its folder already records."""
-        path = self.out / rundir.DIAGNOSTICS
-        if path.is_file():
-            doc = read_diagnostics(self.out)
-            self.findings = [Finding(**f) for f in doc.get("findings", [])]
+        """A resumed run keeps the findings its folder already records (entries it cannot read are dropped)."""
+        known = {f.name for f in fields(Finding)}
+        for f in read_diagnostics(self.out).get("findings", []):
+            if isinstance(f, dict) and isinstance(f.get("kind"), str) and isinstance(f.get("message"), str):
+                self.findings.append(Finding(**{k: v for k, v in f.items() if k in known}))
 
     def save(self) -> None:
         if not self.is_main:
