@@ -12,6 +12,7 @@ BENCHMARKS = {
     "gpu": "benchmarks.gpu",
     "agreement": "benchmarks.bf16_agreement",
     "serve_memory": "benchmarks.serve_memory",
+    "diagnostics": "benchmarks.diagnostics_cost",
 }
 
 

@@ -327,13 +327,13 @@ def test_a_run_whose_loss_explodes_is_reported_as_diverged(tmp_path, monkeypatch
     monkeypatch.setitem(ablate.SCALES, "cpu", dataclasses.replace(ablate.SCALES["cpu"], lr=1e8))
     res = ablate.run_ablation(tiny(data, out, variants=["full"]), log=lambda s: None)
     (run,) = res.runs
-    assert run["diverged"].startswith("training loss not finite: loss is not finite (") and run["centre"] is None
+    assert run["diverged"].startswith("training diverged: loss is not finite (") and run["centre"] is None
     from alexnet.train import loop
 
     assert loop._STEP_HOOKS == []  # the step hook is gone although the run ended in an exception
     assert (out / "full" / "seed-0" / ablate.RUN_RECORD).is_file()
     md = (out / "ablation.md").read_text()
-    assert "- full seed 0 diverged (training loss not finite: loss is not finite (" in md
+    assert "- full seed 0 diverged (training diverged: loss is not finite (" in md
     lines: list[str] = []
     ablate.run_ablation(tiny(data, out, variants=["full"]), log=lines.append)  # a rerun does not train it again
     assert any("full seed 0: skip (finished)" in s for s in lines)

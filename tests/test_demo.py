@@ -58,6 +58,7 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     assert prov["metrics"]["best_val_top1_error"] == pytest.approx(1 - prov["metrics"]["val_top1_accuracy"])
     info = weights_info(out / "best.safetensors")
     assert info["arch"] == "alexnet2012" and info["description"] == "alexnet2012, 67x67, adaptive pooling"
+    assert json.loads((out / "diagnostics.json").read_text())["findings"] == []  # a healthy run: no false alarm
 
 
 def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, capsys):

@@ -129,6 +129,10 @@ def test_readme_command_runs(cmd, workspace):
     out = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     assert "Traceback" not in out.stderr
+    # a healthy run: none of the training diagnostics (docs/DIAGNOSTICS.md) speaks up
+    assert not re.findall(
+        r"^warning: (?:diverging|stuck|preprocessing|leakage|imbalance|overfitting):.*", out.stdout, re.M
+    )
 
 
 def test_readme_python_block_runs(workspace):

@@ -82,6 +82,7 @@ def _prune(folder: Path) -> None:
 def _train(tc: Any, splits: Splits) -> tuple[list[dict[str, Any]], list[tuple[int, int, int, float]], str | None]:
     """(metrics rows, the running totals after every step, why the loss stopped the run or None)."""
     from . import train
+    from .train.diagnostics import Diverging
     from .train.loop import NonFiniteLoss, step_hook
 
     trace: list[tuple[int, int, int, float]] = []
@@ -90,11 +91,11 @@ def _train(tc: Any, splits: Splits) -> tuple[list[dict[str, Any]], list[tuple[in
     try:
         with step_hook(lambda epoch, st: trace.append((epoch, st.samples, st.correct, st.loss_sum))):
             result = train.main(tc, train_dataset=splits.train, val_dataset=splits.val)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, Diverging) as e:  # the run's own checks stopped it (docs/DIAGNOSTICS.md)
         folder = Path(tc.out)
         run = rundir.RunDir(folder)
         rows = run.read_metrics() if run.metrics.exists() else []
-        return rows, trace, f"training loss not finite: {e}"
+        return rows, trace, f"training diverged: {e}"
     if result.interrupted:
         raise AblationError(f"stopped in {tc.out}; run the same command again to resume it")
     return result.metrics, trace, None

@@ -183,6 +183,21 @@ def _curves_section(run: Path, rows: list[dict[str, float]], page: _Page) -> Non
         page.parts.append(_img_tag(plot_curves(run), "image/png", "training curves", "plot"))
 
 
+def _diagnostics_section(run: Path, page: _Page) -> None:
+    """What the training's checks found (diagnostics.json, docs/DIAGNOSTICS.md): one line per warning."""
+    from .train.diagnostics import read_diagnostics
+
+    if not (run / rundir.DIAGNOSTICS).is_file():
+        return
+    doc = read_diagnostics(run)
+    page.parts.append("<h2>Diagnostics</h2>")
+    found = [f for f in doc.get("findings", []) if isinstance(f, dict)]
+    items = "".join(f"<li><b>{html.escape(str(f.get('kind')))}</b>: {html.escape(str(f.get('message')))}</li>"
+                    for f in found)  # fmt: skip
+    page.parts.append(f"<ul>{items}</ul>" if found else _note("no warning: the training's checks found nothing"))
+    page.notes += [str(n) for n in doc.get("notes", [])]
+
+
 @dataclass
 class _EvalRequest:
     """How `report` was asked to evaluate (``data``: a data source; ``fresh``: the run's own data allowed)."""
@@ -389,6 +404,7 @@ def report(
     evaluation, source, weights = _evaluation(run, cfg, req, page)
     _summary_section(run, cfg, rows, evaluation, weights, page)
     _curves_section(run, rows, page)
+    _diagnostics_section(run, page)
     _final_metrics_section(evaluation, source, rows[-1] if rows else None, page)
     _confusion_section(evaluation, page)
     _filters_section(weights, page)

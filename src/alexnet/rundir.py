@@ -33,6 +33,7 @@ except ImportError:  # Windows: no flock
 __all__ = [
     "BEST",
     "CONFIG",
+    "DIAGNOSTICS",
     "EVAL",
     "LAST",
     "LOCK",
@@ -71,17 +72,17 @@ __all__ = [
 
 CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "eval.json"
 TENSORBOARD = "tensorboard"
-# written by others into a run folder: the demo's held-out test evaluation, the HTML report (`alexnet.report`),
-# what the training's checks found (`alexnet.train.diagnostics`)
-TEST_EVAL, REPORT, DIAGNOSTICS = "test_eval.json", "report.html", "diagnostics.json"
+# written by others into a run folder: the demo's held-out test evaluation, the HTML report (`alexnet.report`)
+TEST_EVAL, REPORT = "test_eval.json", "report.html"
+DIAGNOSTICS = "diagnostics.json"  # what the training's checks found (`alexnet.train.diagnostics`: writer and reader)
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
 STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safetensors", ".previous.last.safetensors"
 # LOCK: present while a process owns the folder (`RunLock`); never a run file (`clear_run` leaves it alone)
 LOCK = ".lock"
-RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
+RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, DIAGNOSTICS, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
 # every name a run folder can hold (tests/test_rundir.py refuses one of them spelled out anywhere else in src/)
-RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, DIAGNOSTICS, LOCK, TENSORBOARD)
+RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, LOCK, TENSORBOARD)
 METRICS_COLUMNS = (
     "epoch",
     "lr",

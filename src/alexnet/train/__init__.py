@@ -9,8 +9,10 @@ Laid out as torchvision's ``references/classification/train.py``: plain function
 (`train_one_epoch`, `main`), precision chosen once (`alexnet.runtime`), DDP started by torchrun
 (`alexnet.distributed`). The package's modules, bottom to top: `config` (TrainConfig, its sources and checks),
 `loop` (one epoch), `setup` (model, frozen layers, parameter groups, schedule, feature cache), `checkpoint` (state,
-RNG, atomic saves), `inputs` (data sets and loaders), `run` (`main`: the run as a sequence of named steps). The run
-folder's files are `alexnet.rundir`'s (docs/CONTRACTS.md); ``state.pt`` loads with ``weights_only=True``.
+RNG, atomic saves), `inputs` (data sets and loaders), `diagnostics` (the checks that say when a run fails, and
+why: docs/DIAGNOSTICS.md), `summary` (the header and closing summary), `run` (`main`: the run as a sequence of
+named steps). The run folder's files are `alexnet.rundir`'s (docs/CONTRACTS.md); ``state.pt`` loads with
+``weights_only=True``.
 """
 
 from __future__ import annotations

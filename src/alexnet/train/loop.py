@@ -113,6 +113,7 @@ class EpochOptions:
     total_steps: int | None = None  # steps in a whole epoch (for progress)
     progress: str = "none"  # bar | log | none (already resolved)
     log_every: int = 50  # steps between log lines
+    monitor: Any = None  # `alexnet.train.diagnostics.Monitor`: the first batch, then each step's loss and labels
 
 
 _STEP_HOOKS: list[Callable[[int, EpochStats], Any]] = []
@@ -258,7 +259,11 @@ def train_one_epoch(
             continue
         x, labels = inputs
         where = f"epoch {epoch}, step {stats.steps + 1}"
+        if options.monitor is not None and options.monitor.wants_batch:
+            options.monitor.first_batch(x, epoch, stats.steps + 1)  # once per run: against the preprocessing
         loss_value, logits, stopped = _step(net, optimizer, x, labels, options, flags, where)
+        if options.monitor is not None:
+            options.monitor.step(loss_value, labels, epoch, stats.steps + 1)  # no device sync: a float and a device add
         n = len(labels)
         stats.loss_sum += loss_value * n
         stats.correct += int((logits.detach().argmax(dim=1) == labels).sum())

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
 from ..models import AlexNet
 from ..preprocessing import Preprocessing
-from . import inputs, setup
+from . import diagnostics, inputs, setup, summary
 from .checkpoint import (
     RunProgress,
     Trainables,
@@ -355,6 +356,7 @@ def _assemble(
     else:
         run.state.skipped = data.skipped
     run.open(overwrite=overwrite)
+    run.start_diagnostics(learners, new_layers, (train_ds, val_ds), resumed=resume_state is not None)
     return run
 
 
@@ -431,6 +433,9 @@ class _Run:
         )  # fmt: skip
         self.restore_signals: Callable[[], None] = lambda: None
         self.tb: rundir.TensorBoardLog | None = None
+        self.monitor: diagnostics.Monitor  # set by `start_diagnostics`
+        self.last_val: EvalResult | None = None
+        self.t0 = time.perf_counter()
 
     def open(self, *, overwrite: bool = False) -> None:
         """The run folder with this run's config.json (``overwrite``: the files of the run it held removed
@@ -447,6 +452,25 @@ class _Run:
         )  # fmt: skip
         self.tb = rundir.TensorBoardLog(rundir.RunDir(self.out).tensorboard, cfg.tensorboard and info.is_main)
         self.restore_signals = install_signal_handlers(self.stop)  # last: `train` puts them back
+
+    def start_diagnostics(self, learners: list[str], new_layers: set[str], sets: tuple, resumed: bool) -> None:
+        """The header, then the checks at the start (imbalance, leakage); the loop's hooks watch the rest."""
+        cfg, env, pre = self.cfg, self.env, self.t.pre
+        classes = list(pre.class_names or [])
+        self.monitor = m = diagnostics.Monitor(
+            out=self.out, num_classes=len(classes), classes=classes, pre=pre, model=self.t.model,
+            optimizer=self.t.optimizer, learners=learners, new_layers=new_layers, device=env.device,
+            check_batch=not cfg.cache_features, is_main=env.info.is_main, verbose=env.progress != "none",
+            distributed=env.info.distributed,
+        )  # fmt: skip
+        self.opts.monitor = m
+        if resumed:
+            m.resume()
+        if m.verbose and m.is_main:
+            where = f"{env.device}, {env.precision.name}, {env.info.world_size} process(es)"
+            summary.print_lines(summary.header_lines(cfg, m, sets, input_size=pre.input_size, where=where))
+        m.start(*sets)
+        m.save()
 
     def train(self) -> TrainResult:
         interrupted = False
@@ -465,6 +489,7 @@ class _Run:
                 print(rundir.skipped_summary(s.skipped, self.out), flush=True)
             if not interrupted and s.metrics and s.metrics[-1]["epoch"] >= self.cfg.epochs:
                 finish_checkpoints(self.out, self.cfg.keep)
+                self.print_summary()
         return TrainResult(
             out=self.out,
             epochs_done=s.metrics[-1]["epoch"] if s.metrics else 0,
@@ -474,6 +499,16 @@ class _Run:
             skipped=len(s.skipped),
             signal=self.stop.signum if self.stop.requested else None,
         )
+
+    def print_summary(self) -> None:
+        if self.env.progress == "none":
+            return
+        s = self.state
+        summary.print_lines(summary.closing_lines(
+            self.out, epochs_done=s.metrics[-1]["epoch"], epochs=self.cfg.epochs, seconds=time.perf_counter() - self.t0,
+            best=(s.best_epoch, s.best_err), findings=self.monitor.findings,
+            per_class=summary.eval_per_class(self.last_val, self.t.pre.class_names or []),
+        ))  # fmt: skip
 
     def save(self, epoch_done: int, stats: EpochStats | None, *, best: bool = False) -> None:
         save_checkpoint(self.out, self.t, self.state, epoch_done, stats, self.env.info, self.env.device,
@@ -495,10 +530,10 @@ class _Run:
         try:
             stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
                                              stats=stats)  # fmt: skip
-        except NonFiniteLoss as e:
+        except (NonFiniteLoss, diagnostics.Diverging) as e:  # diagnostics.json records it; the checkpoint stays
             run = rundir.RunDir(self.out)
             kept = f"{run.last} kept" if run.state.exists() else "none saved yet"
-            raise NonFiniteLoss(f"{e}; stopped (last good checkpoint: {kept}); try a lower --lr") from None
+            raise self.monitor.stop_error(e, f"last good checkpoint: {kept}") from None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []
         return stats, stopped
@@ -547,6 +582,8 @@ class _Run:
         if improved:
             s.best_err, s.best_epoch = err, epoch
         self.record(_metrics_row(epoch, lr_now, totals, stats.seconds, val), val)
+        self.last_val = val
+        self.monitor.end_epoch(s.metrics, s.best_epoch)
         self.write_skipped()
         self.save(epoch, None, best=improved)
         if self.stop.requested:  # a signal between the last step and here: the epoch is whole, stop now
