@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _builders import TINY, make_folder, tiny_config
 from PIL import Image
-from test_train import TINY, make_folder, tiny_config
 
 from alexnet import train
 from alexnet.preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
@@ -216,7 +216,7 @@ def test_images_in_both_splits_are_counted_and_named(tmp_path, capsys):
 
 
 def test_leakage_of_stored_pixels_and_of_a_split_folder(tmp_path):
-    from test_demo import make_fashion
+    from _builders import make_fashion
 
     from alexnet.data.datasets import Subset, open_dataset
     from alexnet.data.fashion_mnist import FashionMNISTDataset
