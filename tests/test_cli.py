@@ -72,7 +72,7 @@ COMMANDS = _commands(build_parser())
 def test_the_walk_reaches_every_command():
     assert set(COMMANDS) == {
         "models", "predict", "convert", "export", "serve", "evaluate", "features", "neighbors", "plot filters",
-        "plot curves", "plot confusion", "report", "stats", "prepare", "train", "finetune", "demo", "ablate",
+        "plot curves", "plot confusion", "report", "stats", "prepare", "train", "finetune", "demo", "ablate", "info",
     }  # fmt: skip
 
 

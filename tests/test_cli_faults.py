@@ -34,7 +34,7 @@ def test_ablate_out_naming_a_file_is_one_line(tmp_path, capsys):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
     assert main(["ablate", str(tmp_path / "data"), "--seeds", "1", "--out", str(out)]) == 1
-    _one_error_line(capsys, "ablate", f"{out}: is a file, not a folder; choose another output folder")
+    _one_error_line(capsys, "ablate", f"{out}: is a file, not a run folder; choose another --out")
     assert out.read_text() == "mine"
 
 

@@ -3,6 +3,7 @@ item 5): each diagnosis produced on tiny data with its message checked, and heal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from _builders import TINY, make_folder, tiny_config
 from PIL import Image
 
 from alexnet import train
+from alexnet.errors import AlexnetError
 from alexnet.preprocessing import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING, Preprocessing
 from alexnet.train import diagnostics as diag
 
@@ -183,16 +185,19 @@ class _Normalised(torch.utils.data.Dataset):
         return self.images[i], self.targets[i]
 
 
-def test_images_normalised_before_the_run_are_flagged(tmp_path):
-    cfg = tiny_config(tmp_path, tmp_path / "run", epochs=1, val_split=0.0)
-    cfg.data = None
-    train.main(cfg, train_dataset=_Normalised())
-    msg = findings(tmp_path / "run")["preprocessing"]["message"]
-    assert re.search(
-        r"\d+x too narrow: images already converted to floats in \[0, 1\] or normalised, then scaled again as "
-        r"0-255 pixels\?",
-        msg,
-    ), msg
+def test_images_normalised_before_the_run_are_refused_before_any_step(tmp_path):
+    """Normalised floats handed to training never reach a step: the handed-in data set's first sample is checked
+    (`alexnet.data.pixels`, issue 22) and refused with its numbers; the run writes no checkpoint."""
+    cfg = dataclasses.replace(tiny_config(tmp_path, tmp_path / "run", epochs=1, val_split=0.0), data=None)
+    with pytest.raises(AlexnetError) as e:
+        train.main(cfg, train_dataset=_Normalised())
+    assert str(e.value) == (
+        "train_dataset: the first sample is already normalised (a Normalize in its transform?): min -2.000, max "
+        "2.444, mean 0.229; the training code takes uint8 (3, S, S) images with 0..255 values and normalises them "
+        "with the run's mean and std: drop Normalize and ToDtype/ToTensor from the data set's transform "
+        "(v2.PILToTensor() gives uint8)"
+    )
+    assert not (tmp_path / "run" / "state.pt").exists()
 
 
 # --- 4. leakage ----------------------------------------------------------------------------------------------------

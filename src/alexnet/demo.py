@@ -51,7 +51,7 @@ class DemoConfig:
     full: bool = False  # the paper's setting: whole training set, 10 epochs, 227x227 (meant for a GPU)
     train_samples: int | None = None  # training images (stratified subset); default 30,000 (CPU) / all (--full)
     val_samples: int | None = None  # training images held out for the schedule and best checkpoint
-    test_samples: int | None = None  # test images for the final figure: the first N of the 10,000
+    test_samples: int | None = None  # test images for the final figure: the first N of the 10,000 (0: all)
     epochs: int | None = None
     input_size: int | None = None  # crop side; default 67 (CPU from scratch), 227 (--full), 224 (fine-tune)
     batch_size: int | None = None
@@ -145,8 +145,10 @@ def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig
     for k, v in defaults.items():
         if getattr(c, k) is None:
             setattr(c, k, v)
-    if c.test_samples < 1 or c.test_samples > 10000:
-        raise DemoError(f"--test-samples must be in 1..10000, got {c.test_samples}")
+    if c.test_samples == 0:
+        c.test_samples = 10000  # 0 = all of the test split, as ablate's --test-samples says
+    if c.test_samples < 0 or c.test_samples > 10000:
+        raise DemoError(f"--test-samples must be in 0..10000 (0 = all), got {c.test_samples}")
     if c.val_samples < 1 or c.train_samples < 0 or c.epochs < 1:
         raise DemoError("--val-samples and --epochs must be >= 1, --train-samples >= 0 (0 = all)")
     return c

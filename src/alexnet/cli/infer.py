@@ -250,7 +250,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         formatter_class=Formatter,
     )
     add_weights_flags(p, default=None, positional=True)
-    p.add_argument("--json", action="store_true", help="print JSON (docs/JSON.md, alexnet.info)")
+    add_json_flag(p, what="print JSON (docs/JSON.md, alexnet.info)")
     p.set_defaults(func=_cmd_info, fast_exit=True)
 
 

@@ -273,9 +273,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", choices=("auto", "torchvision", "scratch"), default="auto", help="auto: fine-tune "
                    "torchvision's ImageNet weights when cached or downloadable, else train from scratch")  # fmt: skip
     p.add_argument("--full", action="store_true", help="whole training set, 10 epochs, 227x227 input (GPU)")
-    p.add_argument("--train-samples", type=int, default=None, help="training images (0: all)")
+    p.add_argument("--train-samples", type=nonneg_int, default=None, help="training images (0: all)")
     p.add_argument("--val-samples", type=positive_int, default=None, help="training images held out")
-    p.add_argument("--test-samples", type=positive_int, default=None, help="first N test images to report on")
+    p.add_argument("--test-samples", type=nonneg_int, default=None, help="first N test images to report on (0: all)")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--input-size", type=positive_int, default=None, help="crop side")
     p.add_argument("--batch-size", type=positive_int, default=None)

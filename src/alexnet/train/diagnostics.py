@@ -467,7 +467,7 @@ class Monitor:
         self.collect_leaks()
         counts = self.label_counts.tolist()  # one sync per epoch
         self.label_counts.zero_()
-        stuck = check_stuck(float(row["train_acc1"]), float(row["train_loss"]), counts, self.steps)
+        stuck = check_stuck(100.0 * float(row["train_top1_accuracy"]), float(row["train_loss"]), counts, self.steps)
         if stuck is not None:
             self.report(Finding("stuck", self._stuck_message(stuck, counts), int(row["epoch"]), evidence={
                 **stuck, "label_counts": counts, "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
