@@ -173,15 +173,77 @@ _ARCHS: dict[str, Callable[[], AlexNetConfig]] = {
 }
 
 
+def _lrn_band(channels: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(C, C) 0/1 matrix B with ``(sq @ B)[:, c]`` the sum of ``sq`` over channels ``c - size//2 .. c + (size-1)//2``
+    (zero-padded at the ends): LRN's window, as `torch.nn.functional.local_response_norm` takes it."""
+    i = torch.arange(channels)
+    d = i.view(1, -1) - i.view(-1, 1)  # d[j, c] = c - j
+    return ((d >= -((size - 1) // 2)) & (d <= size // 2)).to(dtype)
+
+
+def _channels_last_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (N, C, H, W) as an (N*H*W, C) view when it is channels_last in memory, else None."""
+    rows = x.permute(0, 2, 3, 1)
+    return rows.view(-1, x.shape[1]) if rows.is_contiguous() else None
+
+
+def _window_sum(sq: torch.Tensor, band: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """``shift + scale * window_sum(sq)`` over channels, as one matmul per layout (channels_last: rows of C;
+    NCHW: B^T @ (C, H*W) per image). ``band`` is symmetric for LRN's odd sizes and transposed otherwise."""
+    n, c, h, w = sq.shape
+    rows = _channels_last_rows(sq)
+    if rows is not None:
+        out = torch.addmm(torch.full((c,), shift, dtype=sq.dtype), rows, band, alpha=scale)
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    out = torch.matmul(band.t(), sq.reshape(n, c, h * w)).mul_(scale).add_(shift)
+    return out.view(n, c, h, w)
+
+
+class _LRNFunction(torch.autograd.Function):
+    """LRN with its own backward: ``y = x * d**-beta``, ``d = k + alpha/n * W(x**2)`` (W the channel window), so
+    ``dx = g * d**-beta - 2*alpha*beta/n * x * W'(g * y / d)``. Two small matmuls and a few elementwise passes in
+    the input's dtype, instead of PyTorch's avg_pool3d forward and backward in float32 (38% of a bf16 training
+    step at the demo's shape, docs/BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        band = _lrn_band(x.shape[1], size, x.dtype)
+        d = _window_sum(x * x, band, alpha / size, k)
+        p = d.pow(-beta)
+        ctx.save_for_backward(x, p, d, band)
+        ctx.coef = 2.0 * alpha * beta / size
+        return x * p
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, p, d, band = ctx.saved_tensors
+        gp = g * p
+        u = _window_sum(gp * x / d, band.t().contiguous(), 1.0, 0.0)  # W' = W^T
+        return torch.addcmul(gp, x, u, value=-ctx.coef), None, None, None, None
+
+
 class LocalResponseNorm(nn.LocalResponseNorm):
-    """`torch.nn.LocalResponseNorm` (section 3.3) that also runs on half-precision CPU tensors: PyTorch's CPU
-    kernel (an avg_pool3d) has no bfloat16/float16 version, so those are normalised in float32 and cast back.
-    The sum of squares is better kept in float32 anyway."""
+    """`torch.nn.LocalResponseNorm` (section 3.3: ``b = a * (k + alpha/n * sum of a**2 over n adjacent channels)
+    ** -beta``) computed on the CPU as a channel-window matmul in the input's dtype (`_LRNFunction`): PyTorch's
+    kernel is an avg_pool3d with no bfloat16 CPU version (a float32 round trip) and a slow backward. Elsewhere,
+    and when traced or scripted for export, PyTorch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
-            return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
+        if torch.jit.is_scripting() or not _eager_cpu(x):
+            return super().forward(x)
+        return self._fused(x)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a real 4-d CPU tensor in eager mode (not traced by TorchScript, torch.fx, torch.export or
+    the ONNX exporter, which get PyTorch's own LRN)."""
+    if torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.onnx.is_in_onnx_export() and x.device.type == "cpu" and x.ndim == 4
 
 
 class Dropout(nn.Dropout):
