@@ -241,7 +241,7 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 def _eager_cpu(x: torch.Tensor) -> bool:
     """Whether ``x`` is a real 4-d CPU tensor in eager mode (not traced by TorchScript, torch.fx, torch.export or
     the ONNX exporter, which get PyTorch's own LRN)."""
-    if torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     return not torch.onnx.is_in_onnx_export() and x.device.type == "cpu" and x.ndim == 4
 
