@@ -16,7 +16,7 @@ PKG = SRC / "alexnet"
 
 # Bottom to top: a module imports only modules of its own layer or below (docs/ARCHITECTURE.md draws the same).
 LAYERS = [
-    ["errors", "options", "names"],
+    ["errors", "options", "names", "threads"],
     ["runtime", "progress", "models"],
     ["data"],
     ["preprocessing", "weights"],
