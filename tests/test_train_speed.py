@@ -127,3 +127,15 @@ def test_the_program_sets_the_policy_before_torch_loads() -> None:
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout) == (0, "ACTIVE False\n"), out.stderr
+
+
+def test_demo_cpu_recipe_is_the_readmes() -> None:
+    """The from-scratch CPU demo: all training images but 1,000, 3 epochs at batch 256, lr 0.04 after a 50-step
+    warm-up, x0.1 after 2/3 of the steps, reported on all 10,000 test images (README, "make demo")."""
+    from alexnet import demo
+
+    c = demo.resolve(demo.DemoConfig(), False, torch.device("cpu"))
+    assert (c.train_samples, c.val_samples, c.test_samples) == (0, 1000, 10000)
+    assert (c.epochs, c.batch_size, c.lr, c.input_size) == (3, 256, 0.04, 67)
+    tc = demo._train_config(c, Path("data"), False, 59000)
+    assert (tc.schedule, tc.step_size, tc.warmup_steps, tc.arch) == ("step", 462, 50, "alexnet2012")
