@@ -110,13 +110,16 @@ def test_openmp_threads_sleep_unless_the_user_chose() -> None:
     assert openmp_environment({"ALEXNET_THREAD_TUNING": "0"}) == {}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     assert not configure_openmp(env) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {}
+    assert not configure_openmp(env, command="predict") and env == {}
+    assert configure_openmp(env, command="demo") and env == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_the_program_sets_the_policy_before_torch_loads() -> None:
-    """`alexnet.cli.run` (the console script) sets OMP_WAIT_POLICY before any command imports torch (libgomp reads
-    it once, when torch loads it), and a user's own setting wins."""
+    """`alexnet.cli.run` (the console script) sets OMP_WAIT_POLICY for a training command before any command imports
+    torch (libgomp reads it once, when torch loads it), and a user's own setting wins."""
     code = (
-        "import os, sys; import alexnet.cli as c; "
+        "import os, sys; sys.argv = ['alexnet', 'train']; import alexnet.cli as c; "
         "c._execute = lambda argv: (print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules), (0, False))[1]; "
         "c.run()"
     )

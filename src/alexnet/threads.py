@@ -14,7 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, MutableMapping
 
-__all__ = ["USER_THREAD_VARIABLES", "configure_openmp", "openmp_environment"]
+__all__ = ["TRAINING_COMMANDS", "USER_THREAD_VARIABLES", "configure_openmp", "openmp_environment"]
+
+# the commands whose steps are long enough that a wake-up per parallel region costs nothing measurable; inference
+# commands (predict's batch-1 latency, serve) keep libgomp's default until a quiet machine has measured them
+TRAINING_COMMANDS = ("train", "finetune", "demo", "ablate")
 
 # a user who set any of these chose their own threading; we leave it alone
 USER_THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_LIBRARY")
@@ -28,9 +32,11 @@ def openmp_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def configure_openmp(env: MutableMapping[str, str] | None = None) -> bool:
-    """Apply `openmp_environment` to this process's environment (and so to its children's); True if anything was
-    set. Only effective before torch is first imported."""
+def configure_openmp(env: MutableMapping[str, str] | None = None, command: str | None = None) -> bool:
+    """Apply `openmp_environment` to this process's environment (and so to its children's) when ``command`` is
+    None or one of `TRAINING_COMMANDS`; True if anything was set. Only effective before torch is first imported."""
+    if command is not None and command not in TRAINING_COMMANDS:
+        return False
     env = os.environ if env is None else env
     extra = openmp_environment(env)
     env.update(extra)

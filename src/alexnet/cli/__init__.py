@@ -70,7 +70,7 @@ def run() -> None:
     are shut down as usual."""
     from ..threads import configure_openmp
 
-    configure_openmp()  # before torch loads its OpenMP runtime (see alexnet.threads)
+    configure_openmp(command=sys.argv[1] if len(sys.argv) > 1 else "")  # before torch loads (alexnet.threads)
     code, fast = _execute(sys.argv[1:])
     if fast:
         import contextlib
