@@ -199,3 +199,28 @@ def test_lrn_bf16_within_rounding() -> None:
     y = LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x.to(torch.bfloat16))
     ref = torch.nn.functional.local_response_norm(x, 5, 1e-4, 0.75, 2.0)
     torch.testing.assert_close(y.double(), ref, rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["alexnet2012", "caffenet"])
+def test_fc6_folded_over_a_1x1_conv5_map_is_the_same_network(arch: str) -> None:
+    """At 67x67 conv5's map is 1x1 and adaptive pooling copies it to fc6's 36 cells: the forward then runs fc6 as
+    one product with its weight summed over the cells. Output and every gradient equal the unfolded network's; a
+    hook on fc6 (count_macs, feature extraction) gets the unfolded path that calls it."""
+    torch.manual_seed(0)
+    model = alexnet.create_model(arch, num_classes=7, input_size=67, adaptive_pool=True, dropout=0.0).double()
+    x = torch.randn(3, 3, 67, 67, dtype=torch.float64)
+    assert model._folds_fc6(model.features(x))
+    out = model(x)
+    out.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    ref = model.classifier(model.forward_features(x))
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-10, atol=1e-12)
+    seen = []
+    handle = model.fc6.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    model(x)
+    handle.remove()
+    assert seen == [torch.Size([3, 9216])]

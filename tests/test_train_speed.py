@@ -33,8 +33,9 @@ def _tiny(seed: int = 0) -> alexnet.AlexNet:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_update_equals_plain_sgd(precision: str) -> None:
-    """The training loop's step (fused SGD, momentum, weight decay, a new layer at 10x lr, the CPU LRN) moves every
-    weight as plain fp32 `torch.optim.SGD` with PyTorch's LRN does: three steps equal up to float rounding in fp32;
+    """The training loop's step (fused SGD, momentum, weight decay, a new layer at 10x lr, the CPU LRN, fc6 folded
+    over the 1x1 conv5 map) moves every weight as plain fp32 `torch.optim.SGD` with PyTorch's LRN and the unfolded
+    fc6 does: three steps equal up to float rounding in fp32;
     one step within bf16's rounding under bf16 autocast (after that the two trajectories part, as any two do)."""
     ours, ref = _tiny(), _tiny()
     for i, m in enumerate(ref.features):  # the reference: PyTorch's own LRN
@@ -59,7 +60,7 @@ def test_update_equals_plain_sgd(precision: str) -> None:
         y = torch.randint(0, 5, (8,), generator=g)
         _step(ours, opt, x.contiguous(memory_format=torch.channels_last), y, o, torch.zeros(2), "test")
         ref_opt.zero_grad()
-        F.cross_entropy(ref(x), y).backward()
+        F.cross_entropy(ref.classifier(ref.forward_features(x)), y).backward()  # unfolded fc6
         ref_opt.step()
     moved = {k: w - before[k] for k, w in ours.state_dict().items()}
     ref_moved = {k: w - before[k] for k, w in ref.state_dict().items()}
