@@ -4,12 +4,14 @@ Both train the same network, ``alexnet2012`` at 67x67 with adaptive pooling befo
 ``alexnet demo`` trains on a CPU), on a synthetic batch (no data loading), with SGD, momentum 0.9 and weight decay
 5e-4.
 
-- baseline: what a torchvision user writes: the model in fp32, NCHW, PyTorch's own ``nn.LocalResponseNorm``,
+- baseline: what a torchvision user writes: the model in fp32, NCHW, PyTorch's own ``nn.LocalResponseNorm``, fc6
+  applied to the 6x6 cells that adaptive pooling copies from conv5's 1x1 map,
   ``torch.optim.SGD`` (its default foreach update), ``zero_grad()``, ``loss.backward()``, ``opt.step()``, in a
   plain Python process (no allocator setting, torch's default threads).
 - ours: the step ``alexnet train`` and ``alexnet demo`` run (`alexnet.train.loop`'s ``_step``) with what they set
   up: the precision ``auto`` resolves to (bf16 autocast on a CPU with AVX512-BF16/AMX), channels_last, the fused SGD
-  update (`alexnet.train.setup.make_optimizer`), the CPU LRN of `alexnet.models`, the allocator and thread settings
+  update (`alexnet.train.setup.make_optimizer`), the CPU LRN and fc6 folded over the copied cells of
+  `alexnet.models`, the allocator and thread settings
   of the ``alexnet`` command (`alexnet.runtime`).
 
 Each case runs in a fresh process (median seconds per step of ``--steps`` steps after 2 warm-up steps); a round runs
@@ -47,10 +49,11 @@ def _model(baseline: bool) -> Any:
     model = alexnet.create_model(
         "alexnet2012", num_classes=CLASSES, input_size=SIZE, adaptive_pool=True, init="kaiming"
     )
-    if baseline:  # PyTorch's own LRN, as a torchvision user's model has
+    if baseline:  # PyTorch's own LRN and fc6 over the 36 copied cells, as a torchvision user's model has
         for i, m in enumerate(model.features):
             if isinstance(m, torch.nn.LocalResponseNorm):
                 model.features[i] = torch.nn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)
+        model.forward = lambda x: model.classifier(model.forward_features(x))
     return model
 
 
