@@ -4,6 +4,7 @@ schedule of the demo's recipe; the OpenMP waiting policy the command line sets b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,15 @@ def test_demo_cpu_recipe_is_the_readmes() -> None:
     assert (c.epochs, c.batch_size, c.lr, c.input_size) == (3, 256, 0.04, 67)
     tc = demo._train_config(c, Path("data"), False, 59000)
     assert (tc.schedule, tc.step_size, tc.warmup_steps, tc.arch) == ("step", 462, 50, "alexnet2012")
+
+
+@pytest.mark.slow
+def test_training_benchmark_prints_ours_the_baseline_and_the_ratio() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "benchmarks", "train", "--runs", "1", "--steps", "1", "--batch", "4", "--json"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["quiet"]["ours"] > 0 and r["quiet"]["baseline"] > 0
+    assert r["quiet"]["ratio"] == pytest.approx(r["quiet"]["ours"] / r["quiet"]["baseline"])
+    assert r["threads"]["ours"]["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
