@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks pipeline
 	$(BIN)/python -m benchmarks loader
 	$(BIN)/python -m benchmarks model
+	$(BIN)/python -m benchmarks train --batch 256 --hog
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -9,6 +9,7 @@ BENCHMARKS = {
     "model": "benchmarks.model_speed",
     "predict": "benchmarks.predict_speed",
     "finetune": "benchmarks.finetune_cache",
+    "train": "benchmarks.train_speed",
     "gpu": "benchmarks.gpu",
     "agreement": "benchmarks.bf16_agreement",
     "serve_memory": "benchmarks.serve_memory",

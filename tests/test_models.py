@@ -165,3 +165,62 @@ def test_activation_default_is_the_papers_relu():
     assert set(relu.state_dict()) == set(tanh.state_dict())
     with pytest.raises(ValueError, match="activation"):
         AlexNetConfig(activation="sigmoid")
+
+
+@pytest.mark.parametrize("size", [5, 4])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_lrn_matches_torch_forward_and_backward(size: int, channels_last: bool) -> None:
+    """The CPU LRN (a channel-window matmul with its own backward) computes torch's LRN and its gradient,
+    zeros in the input included, in either memory layout."""
+    from alexnet.models import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 5, 5, dtype=torch.float64) * 3
+    x[0, :, 0, 0] = 0
+    ours_x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.clone()
+    ours_x.requires_grad_(True)
+    ref_x = x.clone().requires_grad_(True)
+    y = LocalResponseNorm(size, 1e-2, 0.75, 2.0)(ours_x)
+    ref = torch.nn.functional.local_response_norm(ref_x, size, 1e-2, 0.75, 2.0)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_lrn_bf16_within_rounding() -> None:
+    """In bfloat16 (training under autocast) the LRN stays within bf16 rounding of the float64 result."""
+    from alexnet.models import LocalResponseNorm
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 96, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y = LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x.to(torch.bfloat16))
+    ref = torch.nn.functional.local_response_norm(x, 5, 1e-4, 0.75, 2.0)
+    torch.testing.assert_close(y.double(), ref, rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["alexnet2012", "caffenet"])
+def test_fc6_folded_over_a_1x1_conv5_map_is_the_same_network(arch: str) -> None:
+    """At 67x67 conv5's map is 1x1 and adaptive pooling copies it to fc6's 36 cells: the forward then runs fc6 as
+    one product with its weight summed over the cells. Output and every gradient equal the unfolded network's; a
+    hook on fc6 (count_macs, feature extraction) gets the unfolded path that calls it."""
+    torch.manual_seed(0)
+    model = alexnet.create_model(arch, num_classes=7, input_size=67, adaptive_pool=True, dropout=0.0).double()
+    x = torch.randn(3, 3, 67, 67, dtype=torch.float64)
+    assert model._folds_fc6(model.features(x))
+    out = model(x)
+    out.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    ref = model.classifier(model.forward_features(x))
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-10, atol=1e-12)
+    seen = []
+    handle = model.fc6.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    model(x)
+    handle.remove()
+    assert seen == [torch.Size([3, 9216])]

@@ -177,21 +177,88 @@ _ARCHS: dict[str, Callable[[], AlexNetConfig]] = {
 }
 
 
+def _lrn_band(channels: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(C, C) 0/1 matrix B with ``(sq @ B)[:, c]`` the sum of ``sq`` over channels ``c - size//2 .. c + (size-1)//2``
+    (zero-padded at the ends): LRN's window, as `torch.nn.functional.local_response_norm` takes it."""
+    i = torch.arange(channels)
+    d = i.view(1, -1) - i.view(-1, 1)  # d[j, c] = c - j
+    return ((d >= -((size - 1) // 2)) & (d <= size // 2)).to(dtype)
+
+
+def _channels_last_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (N, C, H, W) as an (N*H*W, C) view when it is channels_last in memory, else None."""
+    rows = x.permute(0, 2, 3, 1)
+    return rows.view(-1, x.shape[1]) if rows.is_contiguous() else None
+
+
+def _window_sum(sq: torch.Tensor, band: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """``shift + scale * window_sum(sq)`` over channels, as one matmul per layout (channels_last: rows of C;
+    NCHW: B^T @ (C, H*W) per image). ``band`` is symmetric for LRN's odd sizes and transposed otherwise."""
+    n, c, h, w = sq.shape
+    rows = _channels_last_rows(sq)
+    if rows is not None:
+        out = torch.addmm(torch.full((c,), shift, dtype=sq.dtype), rows, band, alpha=scale)
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    out = torch.matmul(band.t(), sq.reshape(n, c, h * w)).mul_(scale).add_(shift)
+    return out.view(n, c, h, w)
+
+
+class _LRNFunction(torch.autograd.Function):
+    """LRN with its own backward: ``y = x * d**-beta``, ``d = k + alpha/n * W(x**2)`` (W the channel window), so
+    ``dx = g * d**-beta - 2*alpha*beta/n * x * W'(g * y / d)``. Two small matmuls and a few elementwise passes in
+    the input's dtype, instead of PyTorch's avg_pool3d forward and backward in float32 (38% of a bf16 training
+    step at the demo's shape, docs/BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        band = _lrn_band(x.shape[1], size, x.dtype)
+        d = _window_sum(x * x, band, alpha / size, k)
+        p = d.pow(-beta)
+        ctx.save_for_backward(x, p, d, band)
+        ctx.coef = 2.0 * alpha * beta / size
+        return x * p
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, p, d, band = ctx.saved_tensors
+        gp = g * p
+        u = _window_sum(gp * x / d, band.t().contiguous(), 1.0, 0.0)  # W' = W^T
+        return torch.addcmul(gp, x, u, value=-ctx.coef), None, None, None, None
+
+
 class LocalResponseNorm(nn.LocalResponseNorm):
-    """`torch.nn.LocalResponseNorm` (section 3.3) that also runs on half-precision CPU tensors: PyTorch's CPU
-    kernel (an avg_pool3d) has no bfloat16/float16 version, so those are normalised in float32 and cast back.
-    The sum of squares is better kept in float32 anyway."""
+    """`torch.nn.LocalResponseNorm` (section 3.3: ``b = a * (k + alpha/n * sum of a**2 over n adjacent channels)
+    ** -beta``) computed on the CPU as a channel-window matmul in the input's dtype (`_LRNFunction`): PyTorch's
+    kernel is an avg_pool3d with no bfloat16 CPU version (a float32 round trip) and a slow backward. Elsewhere,
+    and when traced or scripted for export, PyTorch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
 
 def _local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """`LocalResponseNorm`'s arithmetic. A free function, wrapped for torch.fx (below): its branch on the device
-    is taken when the traced graph runs, not when it is traced, and TorchScript compiles it (no ``super()``)."""
+    """`LocalResponseNorm`'s arithmetic. A free function, wrapped for torch.fx (below): its branches are taken
+    when the traced graph runs, not when it is traced, and TorchScript compiles it (the fused path is skipped
+    there). Eager CPU tensors take `_LRNFunction`; traced, exported or compiled graphs PyTorch's own LRN."""
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when the test stands alone)
+        if _eager_cpu(x):
+            return _fused_lrn(x, size, alpha, beta, k)
     if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or x.dtype == torch.float16):
         return F.local_response_norm(x.float(), size, alpha, beta, k).to(x.dtype)
     return F.local_response_norm(x, size, alpha, beta, k)
+
+
+@torch.jit.unused
+def _fused_lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    return _LRNFunction.apply(x, size, alpha, beta, k)
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a real 4-d CPU tensor in eager mode (not traced by TorchScript, torch.fx, torch.export or
+    the ONNX exporter, which get PyTorch's own LRN)."""
+    if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.onnx.is_in_onnx_export() and x.device.type == "cpu" and x.ndim == 4
 
 
 class Dropout(nn.Dropout):
@@ -330,13 +397,42 @@ class AlexNet(nn.Module):
         return nodes
 
     # --- forward -----------------------------------------------------------------------------------------------
+    @torch.jit.export  # a public method of the scripted model too (forward reaches it through `_pooled`)
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 features, flattened: (N, 9216)."""
-        x = _check_conv5(self.avgpool(self.features(x)), self.input_size)  # (N, 256, 6, 6)
+        return self._pooled(self.features(x))
+
+    def _pooled(self, f: torch.Tensor) -> torch.Tensor:
+        x = _check_conv5(self.avgpool(f), self.input_size)  # (N, 256, 6, 6)
         return torch.flatten(x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
+        f = self.features(x)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when the test stands alone)
+            if self._folds_fc6(f):  # eager CPU only: never true while traced, exported or compiled
+                return self._forward_folded(f)
+        return self.classifier(self._pooled(f))
+
+    @torch.jit.unused
+    def _folds_fc6(self, f: torch.Tensor) -> bool:
+        """Whether `_forward_folded` applies: eager mode on the CPU, adaptive pooling of a 1x1 conv5 map (inputs of
+        67x67 to 98x98, the CPU demo's size), fc6 first in the classifier (the paper's layout: no dropout between
+        the pooling and fc6) and no hooks on fc6."""
+        if not _eager_cpu(f) or not self.config.adaptive_pool or f.shape[-2:] != (1, 1):
+            return False
+        fc6 = self.classifier[0]
+        hooks = fc6._forward_hooks or fc6._forward_pre_hooks or nn.modules.module._global_forward_hooks
+        return fc6 is self.fc6 and not hooks
+
+    @torch.jit.unused
+    def _forward_folded(self, f: torch.Tensor) -> torch.Tensor:
+        """The classifier on conv5's (N, C, 1, 1) map: adaptive pooling only copies each value to the 36 cells of
+        fc6's 6x6 input, so fc6 is one (C -> 4096) product with its weight summed over the cells, and autograd
+        gives every cell the gradient the unfolded network gives it. The same function and gradients (rounding
+        aside) at a 36th of fc6's arithmetic: 1.2-1.27x a bf16 training step at 67x67 (docs/BENCHMARKS.md)."""
+        fc6 = self.classifier[0]
+        weight = fc6.weight.view(fc6.out_features, f.shape[1], -1).sum(-1)
+        return self.classifier[1:](nn.functional.linear(torch.flatten(f, 1), weight, fc6.bias))
 
 
 def _make_layer_property(name: str) -> property:

@@ -76,6 +76,9 @@ def run() -> None:
     flushed, skipping the interpreter's teardown of torch, a third of a second of a one-photo ``alexnet predict``
     (docs/BENCHMARKS.md). Other commands exit normally, so that loader workers, TensorBoard writers and servers
     are shut down as usual."""
+    from ..threads import configure_openmp
+
+    configure_openmp(command=sys.argv[1] if len(sys.argv) > 1 else "")  # before torch loads (alexnet.threads)
     code, fast = _execute(sys.argv[1:])
     if fast:
         import contextlib

@@ -139,6 +139,8 @@ def _add_recipe_group(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--plateau-patience", type=int, default=S, help="epochs without gain" + d("plateau_patience"))
     g.add_argument("--max-lr-drops", type=int, default=S, help="most plateau drops" + d("max_lr_drops"))
     g.add_argument("--step-size", type=positive_int, default=S, help="iterations per step" + d("step_size"))
+    g.add_argument("--warmup-steps", type=int, default=S, help="iterations of linear lr warm-up (step schedule)"
+                   + d("warmup_steps"))  # fmt: skip
     g.add_argument("--seed", type=seed_int, default=S, help="random seed" + d("seed"))
 
 

@@ -78,6 +78,7 @@ class TrainConfig:
     plateau_patience: int = 5  # epochs without improvement before the learning rate drops
     max_lr_drops: int = 3  # the paper reduced the learning rate three times
     step_size: int = 100_000  # iterations between drops with schedule=step (bvlc_alexnet solver: 100000)
+    warmup_steps: int = 0  # schedule=step: lr rises linearly over these first iterations (not the paper's; 0 = none)
     augment: bool = True  # random crop + horizontal flip + PCA lighting (section 4.1); False: eval geometry
     lighting: float = 0.1  # sigma of the PCA lighting coefficients alpha_i (section 4.1); 0 disables
     # engineering
@@ -112,7 +113,7 @@ RUN_DEFINING_SETTINGS = (
     "val_split", "stats", "arch", "input_size", "resize_size", "model_options", "dropout", "init", "weights",
     "train_layers", "reinit", "new_layer_lr_mult", "cache_features", "batch_size", "lr", "momentum",
     "weight_decay", "schedule", "lr_factor", "plateau_patience", "max_lr_drops", "step_size", "augment", "lighting",
-    "seed",
+    "seed", "warmup_steps",
 )  # fmt: skip
 # What may change on resume (honoured, printed and recorded in config.json): how long and where the run computes,
 # and how it reports. ``data`` may move (its classes are checked); ``out`` is always the resumed folder.
@@ -210,6 +211,11 @@ def _check_numbers(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "plateau_patience" else 1):
             raise TrainError(f"{name}: expected a positive integer, got {v!r}")
+    w = cfg.warmup_steps
+    if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+        raise TrainError(f"warmup_steps: expected a non-negative integer, got {w!r}")
+    if w and cfg.schedule != "step":
+        raise TrainError("warmup_steps: only with schedule=step (the plateau rule has no iteration count)")
     for name in ("lr", "new_layer_lr_mult"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:

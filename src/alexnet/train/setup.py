@@ -180,7 +180,14 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], device: torch
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
     """(per-epoch scheduler, per-iteration scheduler). plateau: ReduceLROnPlateau on the validation top-1 error,
     floored at ``lr * factor**max_lr_drops`` (the paper: three drops); step: Caffe's policy,
-    ``lr * gamma**floor(iter / step_size)``, stepped every iteration."""
+    ``lr * gamma**floor(iter / step_size)``, stepped every iteration, times ``min(1, (iter + 1) / warmup_steps)``
+    with a warm-up."""
+    if cfg.schedule == "step" and cfg.warmup_steps:
+        # Goyal et al. (2017)'s gradual warm-up for a large batch's scaled learning rate, then Caffe's steps
+        w, size, gamma = cfg.warmup_steps, cfg.step_size, cfg.lr_factor
+        return None, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda it: min(1.0, (it + 1) / w) * gamma ** (it // size)
+        )
     if cfg.schedule == "step":
         return None, torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.lr_factor)
     # The floor sits a hair below the third drop; eps (a fraction of the floor) makes the would-be fourth drop,
