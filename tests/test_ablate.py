@@ -259,6 +259,10 @@ def test_divergence_and_step_curve_on_synthetic_curves():
     )
     assert reason([ep(1, 0.9)], 10) is None  # one epoch: too early to call
     assert reason([ep(1, 0.9), ep(2, 0.6)], 10) is None
+    # the chance rule needs an epoch of enough images to tell chance from learning; a non-finite loss does not
+    assert reason([ep(1, 0.9), ep(2, 0.87)], 10, samples=199) is None
+    assert reason([ep(1, 0.9), ep(2, 0.87)], 10, samples=200) is not None
+    assert reason([ep(1, 0.5), ep(2, math.nan, math.nan)], 10, samples=15) == "training loss not finite at epoch 2"
     # 4 steps of 10 images per epoch; correct so far 2, 5, 9, 14 then 8, 17, 26, 35
     trace = [(1, 10 * i, c, 2.0 * 10 * i) for i, c in enumerate((2, 5, 9, 14), 1)]
     trace += [(2, 10 * i, c, 1.0 * 10 * i) for i, c in enumerate((8, 17, 26, 35), 1)]

@@ -112,7 +112,7 @@ def train_and_record(
     resumed = rundir.RunDir(folder).is_resumable()
     metrics, trace, nonfinite = _train(dataclasses.replace(tc, resume=str(folder)) if resumed else tc, splits)
     curve = epoch_curve(metrics)
-    diverged = nonfinite or ablate_stats.diverged_reason(curve, splits.num_classes)
+    diverged = nonfinite or ablate_stats.diverged_reason(curve, splits.num_classes, samples=len(splits.train))
     steps = ablate_stats.step_curve(trace)
     epochs_to, seconds_to = to_threshold(curve, threshold)
     record: dict[str, Any] = {

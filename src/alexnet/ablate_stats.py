@@ -118,15 +118,22 @@ def discordant(reference: list[bool], other: list[bool]) -> tuple[int, int]:
     return b, c
 
 
-def diverged_reason(curve: list[dict[str, Any]], num_classes: int, near: float = 0.95) -> str | None:
+MIN_CHANCE_SAMPLES = 200  # binomial sd of an error near 2/3 over 200 images: 3.3 points, under the 5 % margin
+
+
+def diverged_reason(
+    curve: list[dict[str, Any]], num_classes: int, near: float = 0.95, samples: int | None = None
+) -> str | None:
     """Why a run counts as diverged, or None. Diverged: a training loss that is not finite, or a training error
     still near chance after the first epoch (at least ``near`` x chance's 1 - 1/C in the last epoch, when the run
     has two or more). A run that never learned says nothing about the idea it tests; averaging it in would make
-    an interval that measures the accident, not the idea."""
+    an interval that measures the accident, not the idea. The chance rule needs an epoch of at least
+    `MIN_CHANCE_SAMPLES` training images (``samples``): over fewer, an epoch's training error (dropout and
+    augmentation on) swings by more than the 5 % that separates "near chance" from learning."""
     for p in curve:
         if not math.isfinite(float(p["train_loss"])):
             return f"training loss not finite at epoch {p['epoch']}"
-    if len(curve) >= 2 and num_classes >= 2:
+    if len(curve) >= 2 and num_classes >= 2 and (samples is None or samples >= MIN_CHANCE_SAMPLES):
         chance = 1.0 - 1.0 / num_classes
         last = curve[-1]
         if last["train_error"] >= near * chance:
