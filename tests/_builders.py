@@ -233,6 +233,16 @@ def tiny_train_flags(data: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def signal_at(p: subprocess.Popen, prefix: str, sig: int) -> tuple[str, str]:
+    """Send ``sig`` to the training process ``p`` once it prints a line starting with ``prefix`` (its step log),
+    then wait for it (within `HANG_S`) and return what it printed after that: (stdout, stderr)."""
+    for line in p.stdout:
+        if line.startswith(prefix):
+            p.send_signal(sig)
+            break
+    return p.communicate(timeout=HANG_S)
+
+
 def check_sigint_resume(data: Path, tmp_path: Path, workers: int) -> None:
     """Train 2 epochs uninterrupted; train again through the CLI, SIGINT at epoch 1 step 4, resume: both equal."""
     kw = dict(epochs=2, batch_size=2, lr=0.02, workers=workers)
@@ -240,11 +250,7 @@ def check_sigint_resume(data: Path, tmp_path: Path, workers: int) -> None:
     p = alexnet_cli([*tiny_train_flags(data, tmp_path / "cut"), "--epochs", "2", "--batch-size", "2", "--lr", "0.02",
               "--progress", "log", "--log-every", "1", "--workers", str(workers)],
              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    for line in p.stdout:
-        if line.startswith("epoch 1 step 4/"):
-            p.send_signal(signal.SIGINT)
-            break
-    out, err = p.communicate(timeout=HANG_S)
+    out, err = signal_at(p, "epoch 1 step 4/", signal.SIGINT)
     assert p.returncode == 130, err
     assert "interrupted at epoch 1" in out and "Traceback" not in err
     state = _train().load_state(tmp_path / "cut")

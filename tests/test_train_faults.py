@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import HANG_S, TINY, make_fashion, make_folder
+from _builders import HANG_S, TINY, make_fashion, make_folder, signal_at
 
 import alexnet
 from alexnet import rundir, train
@@ -243,11 +243,7 @@ def test_sigterm_mid_epoch_exits_143(data, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "alexnet", "train", str(data), "--out", str(tmp_path / "run"), *flags,
                           "--batch-size", "1", "--log-every", "1", "--epochs", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    for line in p.stdout:
-        if line.startswith("epoch 1 step 2/"):
-            p.send_signal(signal.SIGTERM)
-            break
-    out, err = p.communicate(timeout=HANG_S)
+    out, err = signal_at(p, "epoch 1 step 2/", signal.SIGTERM)
     assert p.returncode == 143, err
     assert "interrupted at epoch 1" in out and "Traceback" not in err
 
