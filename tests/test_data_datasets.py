@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from _builders import write_idx
+from _builders import make_fashion, write_idx
 from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data import datasets as D
 from alexnet.data.decode import BadImageError
 from alexnet.data.prepare import prepare
-from alexnet.data.stats import compute_stats, load_stats, save_stats
+from alexnet.data.stats import compute_stats, load_stats, pixel_stats, save_stats
 from alexnet.data.transforms import ResizeCenterCrop
 from alexnet.errors import AlexnetError
 
@@ -186,6 +186,22 @@ def test_stats_equal_numpy(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(AlexnetError, match="broken.json"):
         load_stats(tmp_path / "broken.json")
+
+
+def test_pixel_stats_equal_the_loader_pass_on_fashion_mnist(tmp_path):
+    """The demo's histogram shortcut gives what `compute_stats` gives through the loader, field by field."""
+    folder = make_fashion(tmp_path / "fm", n_train=40, n_test=10)
+    ds = D.FashionMNISTDataset(folder, "train")
+    idx = list(range(3, 40, 2))
+    fast = pixel_stats(ds.images[idx])
+    slow = compute_stats(D.Subset(ds, idx), size=28, batch_size=7, progress=False)
+    assert fast.num_images == slow.num_images == len(idx) and fast.size == 28
+    for name in ("mean", "std", "eigvals", "eigvecs", "cov"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(fast.mean_image, slow.mean_image, atol=1e-7)
+    assert max(fast.eigvals[1:]) < 1e-12 * fast.eigvals[0]  # grey images: one eigen-pair, a brightness jitter
+    with pytest.raises(AlexnetError, match=r"expected grey uint8 images \(N, S, S\), got float64"):
+        pixel_stats(ds.images[idx].astype(np.float64))
 
 
 def test_prepared_set_reads_back_identical_and_resumes(tmp_path, capsys):

@@ -59,6 +59,14 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     info = weights_info(out / "best.safetensors")
     assert info["arch"] == "alexnet2012" and info["description"] == "alexnet2012, 67x67, adaptive pooling"
     assert json.loads((out / "diagnostics.json").read_text())["findings"] == []  # a healthy run: no false alarm
+    # section 2's mean subtraction with the training images' own mean, and PCA lighting with their own eigen-pairs
+    stats = json.loads((out / "stats.json").read_text())
+    assert cfg["stats"] == str(out / "stats.json") and stats["num_images"] == 150 and "mean_image" not in stats
+    train = datasets.FashionMNISTDataset(fashion, "train").images
+    assert abs(stats["mean"][0] - train.mean() / 255) < 0.02  # a subset of 150 of the 300 images
+    assert stats["eigvals"][1] < 1e-12 and stats["eigvecs"][0][0] == pytest.approx(3**-0.5)
+    pre = alexnet.load_model(out / "best.safetensors")[1]
+    assert list(pre.mean) == stats["mean"] and list(pre.std) == stats["std"]
 
 
 def test_demo_text_output_says_where_everything_is(fashion, tmp_path, offline, capsys):

@@ -210,7 +210,7 @@ def _stats_file(splits: Splits, out: Path) -> str:
     from .data import stats as stats_mod
     from .data.transforms import ResizeCenterCrop
 
-    path = out / "stats.json"
+    path = rundir.RunDir(out).stats
     if path.is_file():
         return str(path)
     splits.train.transform = ResizeCenterCrop(32)  # colour statistics need no resolution

@@ -187,9 +187,26 @@ def _choose_mode(cfg: DemoConfig, log: Any, notes: list[str]) -> bool:
     return False
 
 
-def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int) -> Any:
+def _training_stats(out: str, images: Any, rerun: bool) -> str | None:
+    """Write the training images' statistics to the run folder's stats.json and return its path: section 2
+    subtracts the training set's own mean, and section 4.1's PCA lighting uses its own RGB eigen-pairs (for grey
+    images one eigen-pair: a brightness jitter; ImageNet's would paint them in colour). config.json names the file,
+    so a resume reads the same one. None when the folder holds another run, which training then refuses before
+    anything is written."""
+    from .data.stats import pixel_stats, save_stats
+
+    run = rundir.RunDir(out)
+    if run.describe() is not None and not rerun:
+        return None
+    st = pixel_stats(images)  # exact, from a histogram of the grey levels: well under a second
+    st.mean_image = None  # the per-channel mean is what the training subtracts; no mean image beside it
+    run.prepare()
+    return str(save_stats(st, run.stats))
+
+
+def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int, stats: str | None) -> Any:
     """The `TrainConfig` of this mode: fine-tuning fc6-fc8 over cached conv5 features, or the paper's network
-    from scratch at the scaled-down size with Caffe's step schedule."""
+    from scratch at the scaled-down size, with the training images' own statistics and Caffe's step schedule."""
     from .train import TrainConfig
 
     tc = TrainConfig(
@@ -219,7 +236,9 @@ def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int
         )  # fmt: skip
     steps = c.epochs * -(-train_images // c.batch_size)
     # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
-    tc = dataclasses.replace(tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps))
+    tc = dataclasses.replace(
+        tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps), stats=stats
+    )
     if c.input_size < 224:
         tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
     return tc
@@ -287,7 +306,10 @@ def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
     train_idx = [rest[i] for i in _take([base.targets[i] for i in rest], c.train_samples, c.seed)[1]]
     test_base = datasets.FashionMNISTDataset(folder, "test")
     test_idx = list(range(min(c.test_samples, len(test_base))))
-    tc = _train_config(c, folder, finetune, len(train_idx))
+    # a rerun of the demo replaces the demo's previous run (test_eval.json marks one); any other run is refused
+    rerun = rundir.RunDir(c.out).test_eval.is_file()
+    stats = None if finetune else _training_stats(c.out, base.images[train_idx], rerun)
+    tc = _train_config(c, folder, finetune, len(train_idx), stats)
 
     # two views of one data set (train.main gives each its geometry)
     train_ds = datasets.Subset(base, train_idx)
@@ -296,8 +318,6 @@ def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
         f"{mode}: {tc.arch} at {c.input_size}x{c.input_size}, {len(train_ds):,} training images, "
         f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"
     )
-    # a rerun of the demo replaces the demo's previous run (test_eval.json marks one); any other run is refused
-    rerun = rundir.RunDir(c.out).test_eval.is_file()
     result = train.main(tc, train_dataset=train_ds, val_dataset=val_ds, overwrite=rerun)
     if result.interrupted:
         raise DemoError(f"interrupted; the run so far is in {result.out}")
@@ -325,6 +345,8 @@ def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
         "test_eval": run.test_eval,
         "config": run.config,
     }
+    if stats is not None:
+        files["stats"] = run.stats
     return DemoResult(
         out=out,
         mode=mode,

@@ -45,6 +45,7 @@ __all__ = [
     "RUN_FILES",
     "SKIPPED",
     "STATE",
+    "STATS",
     "TEST_EVAL",
     "DIAGNOSTICS",
     "TENSORBOARD",
@@ -74,6 +75,9 @@ CONFIG, METRICS, SKIPPED, EVAL = "config.json", "metrics.csv", "skipped.txt", "e
 TENSORBOARD = "tensorboard"
 # written by others into a run folder: the demo's held-out test evaluation, the HTML report (`alexnet.report`)
 TEST_EVAL, REPORT = "test_eval.json", "report.html"
+# the training set's statistics a run subtracts and lights with (`alexnet.data.stats`), written by the demo into its
+# run folder and by `alexnet ablate` into the study's folder; the run's config.json names it (``stats``)
+STATS = "stats.json"
 DIAGNOSTICS = "diagnostics.json"  # what the training's checks found (`alexnet.train.diagnostics`: writer and reader)
 # the checkpoints (written by `alexnet.train.checkpoint`): named here so that a run folder is recognised and
 # cleared by one list. PREVIOUS_LAST: the last weights kept (a hard link) while a new pair is being written.
@@ -82,7 +86,7 @@ STATE, LAST, BEST, PREVIOUS_LAST = "state.pt", "last.safetensors", "best.safeten
 LOCK = ".lock"
 RUN_FILES = (CONFIG, METRICS, SKIPPED, EVAL, DIAGNOSTICS, STATE, LAST, BEST, PREVIOUS_LAST)  # + the TENSORBOARD folder
 # every name a run folder can hold (tests/test_rundir.py refuses one of them spelled out anywhere else in src/)
-RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, LOCK, TENSORBOARD)
+RUN_FOLDER_NAMES = (*RUN_FILES, TEST_EVAL, REPORT, STATS, LOCK, TENSORBOARD)
 METRICS_COLUMNS = (
     "epoch",
     "lr",
@@ -513,6 +517,7 @@ class RunDir:
     eval = property(lambda self: self.path / EVAL, doc="eval.json: the last evaluation")
     test_eval = property(lambda self: self.path / TEST_EVAL, doc="test_eval.json: the demo's test evaluation")
     report = property(lambda self: self.path / REPORT, doc="report.html: `alexnet report`'s page")
+    stats = property(lambda self: self.path / STATS, doc="stats.json: the training set's mean, std and eigen-pairs")
     diagnostics = property(lambda self: self.path / DIAGNOSTICS, doc="diagnostics.json: the training's checks")
     state = property(lambda self: self.path / STATE, doc="state.pt: what an exact resume needs")
     last = property(lambda self: self.path / LAST, doc="last.safetensors: the last epoch's weights")
