@@ -124,9 +124,7 @@ def pixel_stats(images: np.ndarray) -> Stats:
     return _from_sums(sum_image, sum_outer, len(images), images.shape[1], [])
 
 
-def _from_sums(
-    sum_image: torch.Tensor, sum_outer: torch.Tensor, count: int, size: int, skipped: list[str]
-) -> Stats:
+def _from_sums(sum_image: torch.Tensor, sum_outer: torch.Tensor, count: int, size: int, skipped: list[str]) -> Stats:
     """`Stats` from the float64 sums over ``count`` images of ``size x size`` in 0..255: the per-pixel sum (3, S, S)
     and the sum of the RGB outer products (3, 3)."""
     pixels = count * size * size
