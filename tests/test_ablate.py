@@ -85,10 +85,10 @@ def test_too_few_images_says_the_minimum(tmp_path):
 def test_counts_become_shares_of_a_small_folder():
     fit, Counts = ablate_data.fit_counts, ablate_data.Counts
     unset = Counts(-1, -1, -1)
-    cpu, long = ablate.SCALES["cpu"], ablate.SCALES["cpu-long"]
+    cpu, long = ablate.SCALES["cpu-small"], ablate.SCALES["cpu"]
     # Fashion-MNIST: 60,000 training images and a test split of 10,000: the scale's counts as they are
     assert fit(cpu, unset, pool=60000, test_split=10000) == Counts(6000, 500, 1000)
-    assert fit(long, unset, pool=60000, test_split=10000) == Counts(0, 1000, 10000)  # all test images
+    assert fit(long, unset, pool=60000, test_split=10000) == Counts(0, 1000, 10000)  # all, all test images
     # a folder of 300 (no test split): 20% held out to test, 10% to validate, the rest to train
     assert fit(cpu, unset, pool=300, test_split=None) == Counts(210, 30, 60)
     assert fit(cpu, unset, pool=80, test_split=None) == Counts(56, 8, 16)
@@ -214,6 +214,10 @@ def test_a_folder_of_80_images_runs_a_tiny_study_and_the_report_says_what_it_did
     assert (meta["epochs"], meta["seeds"], meta["num_classes"], meta["input_size"]) == (1, [0], 4, 67)
     assert all(r["test_samples"] == 16 and len(r["curve"]) == 1 for r in doc["runs"])
     assert all(r["images_per_epoch"] == 56 and r["steps"][-1]["images"] == 56 for r in doc["runs"])
+    # the CPU scale tests ten patches on full's runs only (the ten-crop row); the others get the centre crop
+    assert {r["variant"]: r["ten_crop"] is not None for r in doc["runs"]} == {"full": True, "no-lrn": False}
+    tc = doc["runs"][0]["train_config"]
+    assert (tc["batch_size"], tc["lr"], tc["warmup_steps"], tc["stats"]) == (256, 0.04, 1, str(out / "stats.json"))
     md = (out / "ablation.md").read_text()
     assert md.startswith(
         "Seeds [0]; scale `cpu`: 56 training images, 8 validation, 16 test images (held out of the training data), "
@@ -241,6 +245,19 @@ def test_mcnemar_exact_known_answers():
     bits = [True, False, True, True, False, False, True]
     assert ablate_stats.unpack_bits(ablate_stats.pack_bits(bits), 7) == bits
     assert ablate_stats.discordant([True, True, False, False], [True, False, True, False]) == (1, 1)
+
+
+def test_paired_interval_known_answers():
+    iv = ablate_stats.paired_interval
+    # 20 images only the reference gets right, none the other way, of 200: +10 points, se sqrt(20 - 2) / 200
+    half = 1.959964 * math.sqrt(18) / 200 * 100
+    assert tuple(iv(20, 0, 200).values()) == pytest.approx((10.0, 10.0 - half, 10.0 + half))
+    # balanced discordance: no difference, and an interval around zero that narrows with more images
+    a, b = iv(50, 50, 10_000), iv(50, 50, 20_000)
+    assert a["mean"] == 0.0 and a["low"] == -a["high"] and b["high"] < a["high"]
+    assert iv(0, 0, 100) == {"mean": 0.0, "low": 0.0, "high": 0.0}  # identical answers: nothing to tell apart
+    with pytest.raises(ValueError):
+        iv(60, 50, 100)
 
 
 def test_interval_is_clipped_to_the_range_of_a_difference():
@@ -311,7 +328,7 @@ def test_report_keeps_diverged_runs_out_and_pools_mcnemar():
             "test_source": "test split", "epochs": 2, "input_size": 67, "num_classes": 10}  # fmt: skip
     md = ablate_report.markdown(rows, fig, meta)
     assert "- no-lrn seed 1 diverged (training loss not finite at epoch 2): counted, kept out of the means." in md
-    assert "| 20 / 0, p 1.9e-06; agrees |" in md and "Diverged runs: 1 (kept out of the means)." in md
+    assert "| 20 / 0: +10.00 [+5.84, +14.16], p 1.9e-06; agrees |" in md and "Diverged runs: 1 (kept out of the means)." in md
     assert "seed 0: ReLU 1,000 images, tanh 6,000 images (ratio 6.00)" in md
     assert "seed 1: ReLU 1,000 images, tanh not reached (ratio above 9.00: tanh not there after 9,000 images)" in md
     assert "with 3 seeds the t-interval is mean +- 4.3 sd / sqrt(3)" in md

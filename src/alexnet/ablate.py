@@ -67,7 +67,7 @@ class AblationConfig:
     data: str  # Fashion-MNIST's folder (or "fashion-mnist"), or anything `alexnet.data.datasets.open_dataset` reads
     out: str = "runs/ablate"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    seeds: int = 3  # seeds 0 .. seeds-1: model init, data order, augmentation and dropout
+    seeds: int | None = None  # seeds 0 .. seeds-1 (model init, data order, augmentation, dropout); None: the scale's
     epochs: int | None = None
     scale: str = "cpu"
     device: str = "auto"
@@ -121,10 +121,9 @@ def resolve_settings(config: AblationConfig) -> Settings:
     if config.scale not in SCALES:
         raise AblationError(f"unknown scale {config.scale!r}; valid scales: {', '.join(SCALES)}")
     s = SCALES[config.scale]
-    if not isinstance(config.seeds, int) or not 1 <= config.seeds <= MAX_SEEDS:
-        raise AblationError(
-            f"seeds must be from 1 to {MAX_SEEDS} (each is a training run per variant), got {config.seeds!r}"
-        )
+    seeds = s.seeds if config.seeds is None else config.seeds
+    if not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise AblationError(f"seeds must be from 1 to {MAX_SEEDS} (each is a training run per variant), got {seeds!r}")
     if not 0.0 < config.threshold < 1.0:
         raise AblationError(f"threshold must be a training error in (0, 1), got {config.threshold!r}")
 
@@ -136,7 +135,7 @@ def resolve_settings(config: AblationConfig) -> Settings:
 
     return Settings(
         variants=parse_variants(config.variants),
-        seeds=list(range(config.seeds)),
+        seeds=list(range(seeds)),
         scale=s,
         epochs=pick(config.epochs, s.epochs, "epochs", 1),
         asked=Counts(
@@ -185,6 +184,7 @@ def variant_train_config(
         lr=s.lr,
         schedule=s.schedule,
         step_size=max(1, (2 * steps) // 3),  # schedule "step": the last third of the run at lr/10
+        warmup_steps=min(s.warmup_steps, steps),
         device=config.device,
         precision=config.precision,
         channels_last=True,
@@ -210,14 +210,20 @@ def _stats_file(splits: Splits, out: Path) -> str:
     from .data import stats as stats_mod
     from .data.transforms import ResizeCenterCrop
 
+    from .data.fashion_mnist import FashionMNISTDataset
+
     path = rundir.RunDir(out).stats
     if path.is_file():
         return str(path)
-    splits.train.transform = ResizeCenterCrop(32)  # colour statistics need no resolution
-    try:
-        st = stats_mod.compute_stats(splits.train, size=32, progress=False)
-    finally:
-        splits.train.transform = None
+    base = getattr(splits.train, "base", None)
+    if isinstance(base, FashionMNISTDataset):  # grey arrays in memory: exact, from a histogram, in a second
+        st = stats_mod.pixel_stats(base.images[splits.train.indices])
+    else:
+        splits.train.transform = ResizeCenterCrop(32)  # colour statistics need no resolution
+        try:
+            st = stats_mod.compute_stats(splits.train, size=32, progress=False)
+        finally:
+            splits.train.transform = None
     out.mkdir(parents=True, exist_ok=True)
     stats_mod.save_stats(st, path)
     return str(path)
@@ -315,6 +321,7 @@ def _run_ablation(config: AblationConfig, log: Callable[[str], Any]) -> Ablation
         record = train_and_record(
             plan.variant, plan.seed, plan.train_config, splits, threshold=config.threshold, device=config.device,
             workers=settings.workers, keep=config.keep_checkpoints,
+            ten_crop=s.ten_crop == "all" or plan.variant == "full",
         )  # fmt: skip
         spent += time.perf_counter() - t_run
         done_here += 1
@@ -335,8 +342,9 @@ def _run_line(record: dict[str, Any]) -> str:
     if record["diverged"]:
         return f"diverged ({record['diverged']}): kept out of the means"
     c, t = record["centre"], record["ten_crop"]
+    ten = f" (ten patches {t['top1_error']:.2%})" if t else ""
     return (
-        f"test top-1 error {c['top1_error']:.2%} (ten patches {t['top1_error']:.2%}), top-5 {c['top5_error']:.2%}; "
+        f"test top-1 error {c['top1_error']:.2%}{ten}, top-5 {c['top5_error']:.2%}; "
         f"final training error {record['final_train_error']:.2%}"
     )
 
@@ -387,7 +395,9 @@ def _command(config: AblationConfig) -> str:
     parts = ["alexnet ablate", str(config.data), "--out", str(config.out)]
     if list(config.variants) != list(VARIANTS):
         parts += ["--variants", ",".join(config.variants)]
-    parts += ["--seeds", str(config.seeds), "--scale", config.scale]
+    if config.seeds is not None:
+        parts += ["--seeds", str(config.seeds)]
+    parts += ["--scale", config.scale]
     for flag, value in (("--epochs", config.epochs), ("--train-samples", config.train_samples),
                         ("--val-samples", config.val_samples), ("--test-samples", config.test_samples)):  # fmt: skip
         if value is not None:

@@ -31,6 +31,7 @@ from .ablate_stats import (
     BOUND,
     discordant,
     mcnemar_exact,
+    paired_interval,
     t_interval,
     t_quantile,
     unpack_bits,
@@ -85,18 +86,21 @@ def _bits(r: dict[str, Any], crop: str) -> list[bool] | None:
 
 def _mcnemar(pairs: list[tuple[dict[str, Any], str, dict[str, Any], str]]) -> dict[str, Any] | None:
     """McNemar's exact test pooled over the seeds: b = images the reference gets right and the other wrong, c
-    the reverse, summed over (reference, other) pairs of runs on the same test images. Per seed too."""
-    per_seed = []
+    the reverse, summed over (reference, other) pairs of runs on the same test images; with the difference's
+    per-image 95% interval (`paired_interval`, over the pooled images). Per seed too."""
+    per_seed, images = [], 0
     for ref, ref_crop, other, other_crop in pairs:
         a, o = _bits(ref, ref_crop), _bits(other, other_crop)
         if a is None or o is None or len(a) != len(o):
             return None
         b, c = discordant(a, o)
+        images += len(a)
         per_seed.append({"seed": int(ref["seed"]), "b": b, "c": c, "p": mcnemar_exact(b, c)})
-    if not per_seed:
+    if not per_seed or not images:
         return None
     b, c = sum(x["b"] for x in per_seed), sum(x["c"] for x in per_seed)
-    return {"b": b, "c": c, "p": mcnemar_exact(b, c), "pooled": "over seeds", "seeds": per_seed}
+    return {"b": b, "c": c, "p": mcnemar_exact(b, c), "images": images, "interval": paired_interval(b, c, images),
+            "pooled": "over seeds", "seeds": per_seed}  # fmt: skip
 
 
 def _diverged(records: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
@@ -119,9 +123,9 @@ def _absolute(records: list[dict[str, Any]], variant: str) -> dict[str, Any]:
         "seeds": sorted(int(r["seed"]) for r in mine),
         "diverged": len(every) - len(mine),
         "top1_centre": mean(lambda r: r["centre"]["top1_error"]),
-        "top1_ten": mean(lambda r: r["ten_crop"]["top1_error"]),
+        "top1_ten": mean(lambda r: (r["ten_crop"] or {}).get("top1_error")),  # None: not tested on ten patches
         "top5_centre": mean(lambda r: r["centre"]["top5_error"]),
-        "top5_ten": mean(lambda r: r["ten_crop"]["top5_error"]),
+        "top5_ten": mean(lambda r: (r["ten_crop"] or {}).get("top5_error")),
         "train_error": mean(lambda r: r["final_train_error"]),
         "gap": mean(lambda r: r["centre"]["top1_error"] - r["final_train_error"]),
         "epochs_to_threshold": statistics.fmean(reached) if reached else None,
@@ -149,7 +153,7 @@ def summarize(records: list[dict[str, Any]], variants: dict[str, dict[str, Any]]
             row["mcnemar"] = _mcnemar([(runs[("full", s)], "centre", runs[(name, s)], "centre") for s in seeds])
             row["verdict"] = verdict(row["top1"], info["expect"])
         rows.append(row)
-    full = [r for r in records if r["variant"] == "full" and _ok(r)]
+    full = [r for r in records if r["variant"] == "full" and _ok(r) and r.get("ten_crop")]
     if full:
         row = {"variant": "ten-crop", "description": "ten patches (corners, centre, mirrors) against the centre crop",
                "switch": "evaluation of full", "paper": "averages the softmax of ten patches at test time (4.1)",
@@ -233,7 +237,9 @@ def _mc(row: dict[str, Any]) -> str:
     if m["p"] < 0.05 and row["expect"]:
         worse = m["b"] > m["c"]  # the variant loses more images than it gains: removing the idea hurts
         side = "; agrees" if worse == (row["expect"] > 0) else "; disagrees"
-    return f"{m['b']:,} / {m['c']:,}, p {_p(m['p'])}{side}"
+    iv = m.get("interval")
+    diff = f": {_pp(iv['mean'])} [{_pp(iv['low'])}, {_pp(iv['high'])}]" if iv else ""
+    return f"{m['b']:,} / {m['c']:,}{diff}, p {_p(m['p'])}{side}"
 
 
 def _paper(row: dict[str, Any]) -> str:
@@ -358,9 +364,9 @@ def markdown(rows: list[dict[str, Any]], fig: dict[str, Any] | None, meta: dict[
     diverged = sum(len(r.get("diverged") or []) for r in rows)
     lines = [
         f"{_describe(meta)} Differences are variant minus `full` in points of test error (centre crop), mean over "
-        f"seeds [95% t-interval]; per-image test: McNemar's exact test on the test images only one of the two gets "
-        f"right (only full / only the variant), pooled over seeds.{partial}"
-        + (f" Diverged runs: {diverged} (kept out of the means)." if diverged else ""),
+        f"seeds [95% t-interval]; per-image test: the test images only one of the two gets right (only full / only "
+        f"the variant), pooled over seeds, the difference they make in points [its 95% per-image interval] and "
+        f"McNemar's exact p.{partial}" + (f" Diverged runs: {diverged} (kept out of the means)." if diverged else ""),
         "",
         "| variant | switch | top-1 error diff | top-5 error diff | per-image test | paper (points, idea removed) "
         "| direction |",

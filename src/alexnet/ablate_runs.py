@@ -48,15 +48,16 @@ def to_threshold(curve: list[dict[str, float]], threshold: float) -> tuple[int |
     return None, None
 
 
-def _evaluate(folder: Path, splits: Splits, device: Any, workers: int) -> dict[str, Any]:
-    """Top-1/top-5 error of the run's final weights on the test images, centre crop and the softmax averaged
-    over the ten patches (section 4.1), with every image's top-1 right or wrong (packed, `ablate_stats`)."""
+def _evaluate(folder: Path, splits: Splits, device: Any, workers: int, ten_crop: bool) -> dict[str, Any]:
+    """Top-1/top-5 error of the run's final weights on the test images, centre crop and (``ten_crop``) the softmax
+    averaged over the ten patches (section 4.1), with every image's top-1 right or wrong (packed,
+    `ablate_stats`). Ten patches cost ten forwards an image: the CPU scale tests them on ``full``'s runs only."""
     from .evaluate import evaluate_dataset
     from .weights import load_model
 
     model, pre = load_model(rundir.RunDir(folder).last)
-    out: dict[str, Any] = {}
-    for name, ten in (("centre", False), ("ten_crop", True)):
+    out: dict[str, Any] = {"ten_crop": None}
+    for name, ten in (("centre", False), ("ten_crop", True))[: 2 if ten_crop else 1]:
         splits.test.transform = pre.geometry(False, ten_crop=ten)
         ev = evaluate_dataset(
             model, splits.test, preprocessing=pre, ten_crop=ten, batch_size=128, workers=workers, device=device,
@@ -102,9 +103,19 @@ def _train(tc: Any, splits: Splits) -> tuple[list[dict[str, Any]], list[tuple[in
 
 
 def train_and_record(
-    variant: str, seed: int, tc: Any, splits: Splits, *, threshold: float, device: str, workers: int, keep: bool
+    variant: str,
+    seed: int,
+    tc: Any,
+    splits: Splits,
+    *,
+    threshold: float,
+    device: str,
+    workers: int,
+    keep: bool,
+    ten_crop: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) one run, evaluate it unless it diverged, write its record into the run folder."""
+    """Train (or resume) one run, evaluate it unless it diverged (``ten_crop``: on ten patches too), write its
+    record into the run folder."""
     from .data.fileio import atomic_write_text
     from .runtime import resolve_device
 
@@ -138,7 +149,7 @@ def train_and_record(
         "train_config": tc.to_dict(),
     }
     if nonfinite is None and rundir.RunDir(folder).last.is_file():
-        ev = _evaluate(folder, splits, resolve_device(device), workers)
+        ev = _evaluate(folder, splits, resolve_device(device), workers, ten_crop)
         record.update(centre=ev["centre"], ten_crop=ev["ten_crop"], test_samples=ev["num_samples"])
     atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2) + "\n")
     if not keep:

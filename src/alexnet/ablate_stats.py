@@ -94,6 +94,19 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def paired_interval(b: int, c: int, n: int, z: float = 1.959964) -> dict[str, float]:
+    """The difference of two error rates measured on the same ``n`` images, other minus reference, in points,
+    with its 95% interval: b images only the reference gets right, c only the other. The difference is
+    (b - c) / n; its standard error sqrt(b + c - (b - c)^2 / n) / n is that of a mean of paired +1/0/-1 scores
+    (Wald's, for paired proportions). It says how far apart the two trained models are on these images; a new
+    seed's spread is the t-interval's question."""
+    if n <= 0 or b < 0 or c < 0 or b + c > n:
+        raise ValueError(f"need 0 <= b + c <= n, n > 0; got b={b}, c={c}, n={n}")
+    diff = (b - c) / n
+    half = z * math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
+    return {"mean": 100.0 * diff, "low": 100.0 * (diff - half), "high": 100.0 * (diff + half)}
+
+
 def pack_bits(flags: list[bool]) -> str:
     """Per-image right/wrong as hex (4 images a digit), so a run's record stays small with 10,000 test images."""
     text = "".join("1" if f else "0" for f in flags)

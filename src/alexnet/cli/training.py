@@ -382,14 +382,17 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     add_data_arg(p)
     p.add_argument("--out", default="runs/ablate", help="runs and outputs go here")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; full is always run")
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 for every variant")
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: the scale's (cpu 4, full 90)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="seeds 0..N-1 for every variant; default: the "
+                   "scale's (cpu 2, cpu-small and full 3)")  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="default: the scale's (cpu 3, cpu-small 4, full 90)"
+    )
     p.add_argument(
         "--scale",
         choices=tuple(SCALES),
         default="cpu",
-        help="cpu: 67x67, 6,000 images, 4 epochs (a CPU, ~40 min); cpu-long: 67x67, the whole training set, all "
-        "test images, 3 epochs (a CPU, 1-3 h); full: 227x227, the whole set, 90 epochs (a GPU)",
+        help="cpu: 67x67, the whole training set, all test images, 3 epochs, 2 seeds (a CPU, about 1 h); cpu-small: "
+        "67x67, 6,000 images, 4 epochs, 3 seeds (a CPU, about 40 min); full: 227x227, the whole set, 90 epochs (a GPU)",
     )
     counts = "default: the scale's, at most a share of what the data holds"
     p.add_argument("--train-samples", type=nonneg_int, default=None, help=f"training images, 0 = all left; {counts}")
