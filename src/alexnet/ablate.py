@@ -208,9 +208,8 @@ def _stats_file(splits: Splits, out: Path) -> str:
     """The training subset's statistics (mean, std and the RGB eigen-pairs PCA lighting needs, section 4.1),
     computed once and shared by every run; a rerun reuses the file."""
     from .data import stats as stats_mod
-    from .data.transforms import ResizeCenterCrop
-
     from .data.fashion_mnist import FashionMNISTDataset
+    from .data.transforms import ResizeCenterCrop
 
     path = rundir.RunDir(out).stats
     if path.is_file():
