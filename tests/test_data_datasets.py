@@ -204,6 +204,25 @@ def test_pixel_stats_equal_the_loader_pass_on_fashion_mnist(tmp_path):
         pixel_stats(ds.images[idx].astype(np.float64))
 
 
+def test_fashion_mnist_presized_gives_the_same_centre_crops_and_patches_as_slices(tmp_path):
+    from alexnet.data.geometry import CenterPatch
+    from alexnet.data.transforms import RandomPatch
+
+    ds = D.FashionMNISTDataset(make_fashion(tmp_path / "fm", n_train=20, n_test=10), "train")
+    big = ds.presized(76)
+    assert big.images.shape == (20, 76, 76) and ds.images.shape == (20, 28, 28)  # the original is untouched
+    centre = CenterPatch(76, 67)
+    for i in (0, 7, 19):  # resizing once, then cropping, is what the eval geometry does to each image
+        assert torch.equal(centre(ds.load(i)), centre(big.load(i)))
+    torch.manual_seed(3)
+    i, j = RandomPatch(76, 67).draw()
+    torch.manual_seed(3)
+    assert torch.equal(RandomPatch(76, 67)(big.load(5)), big.load(5)[:, i : i + 67, j : j + 67])  # a plain slice
+    view = big.view()
+    view.transform = centre
+    assert view.images is big.images and big.transform is None and big.presized(76).images is big.images
+
+
 def test_prepared_set_reads_back_identical_and_resumes(tmp_path, capsys):
     root = _write_images(tmp_path / "data", per_class=(5, 4), size=(60, 40), bad=("class0/zz_bad.png",))
     out = tmp_path / "prep"

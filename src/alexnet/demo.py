@@ -34,6 +34,7 @@ import torch
 from . import rundir
 from .errors import AlexnetError
 from .options import cpu_count
+from .preprocessing import paper_resize
 from .runtime import resolve_device
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "locate_data", "pretrained_available"]
@@ -311,9 +312,12 @@ def _run_demo(cfg: DemoConfig, log: Any) -> DemoResult:
     stats = None if finetune else _training_stats(c.out, base.images[train_idx], rerun)
     tc = _train_config(c, folder, finetune, len(train_idx), stats)
 
-    # two views of one data set (train.main gives each its geometry)
+    # two views of one data set (train.main gives each its geometry); from scratch, its images resized once to
+    # the preprocessing's square, so that an epoch only slices them (fine-tuning computes its features once)
+    if not finetune:
+        base = base.presized(tc.resize_size or paper_resize(c.input_size))
     train_ds = datasets.Subset(base, train_idx)
-    val_ds = datasets.Subset(datasets.FashionMNISTDataset(folder, "train"), val_idx)
+    val_ds = datasets.Subset(base.view(), val_idx)
     log(
         f"{mode}: {tc.arch} at {c.input_size}x{c.input_size}, {len(train_ds):,} training images, "
         f"{len(val_ds):,} held out for validation, {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, on {device}"
