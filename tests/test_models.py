@@ -169,9 +169,10 @@ def test_activation_default_is_the_papers_relu():
 
 @pytest.mark.parametrize("size", [5, 4])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_lrn_matches_torch_forward_and_backward(size: int, channels_last: bool) -> None:
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_matches_torch_forward_and_backward(size: int, channels_last: bool, beta: float) -> None:
     """The CPU LRN (a channel-window matmul with its own backward) computes torch's LRN and its gradient,
-    zeros in the input included, in either memory layout."""
+    zeros in the input included, in either memory layout; the paper's beta by roots, another by pow."""
     from alexnet.models import LocalResponseNorm
 
     torch.manual_seed(0)
@@ -180,8 +181,8 @@ def test_lrn_matches_torch_forward_and_backward(size: int, channels_last: bool) 
     ours_x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.clone()
     ours_x.requires_grad_(True)
     ref_x = x.clone().requires_grad_(True)
-    y = LocalResponseNorm(size, 1e-2, 0.75, 2.0)(ours_x)
-    ref = torch.nn.functional.local_response_norm(ref_x, size, 1e-2, 0.75, 2.0)
+    y = LocalResponseNorm(size, 1e-2, beta, 2.0)(ours_x)
+    ref = torch.nn.functional.local_response_norm(ref_x, size, 1e-2, beta, 2.0)
     g = torch.randn_like(ref)
     y.backward(g)
     ref.backward(g)

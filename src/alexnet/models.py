@@ -213,7 +213,11 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         band = _lrn_band(x.shape[1], size, x.dtype)
         d = _window_sum(x * x, band, alpha / size, k)
-        p = d.pow(-beta)
+        if beta == 0.75:  # the paper's: d**-0.75 = d**-0.5 * d**-0.25, two root passes instead of pow's exp and log
+            p = d.rsqrt()
+            p = p.mul_(p.sqrt())
+        else:
+            p = d.pow(-beta)
         ctx.save_for_backward(x, p, d, band)
         ctx.coef = 2.0 * alpha * beta / size
         return x * p
