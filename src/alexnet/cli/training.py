@@ -280,6 +280,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-samples", type=nonneg_int, default=None, help="first N test images to report on (0: all)")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--input-size", type=positive_int, default=None, help="crop side")
+    p.add_argument(
+        "--resize-size",
+        type=positive_int,
+        default=None,
+        help="side of the square the patches are cut from (default: the input size + 5 on a CPU from scratch, else "
+        "the paper's 256:224 ratio)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--init", choices=INIT_SCHEMES, default="kaiming", help="from-scratch initialisation")
@@ -305,6 +312,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         test_samples=args.test_samples,
         epochs=args.epochs,
         input_size=args.input_size,
+        resize_size=args.resize_size,
         batch_size=args.batch_size,
         lr=args.lr,
         init=args.init,
