@@ -29,7 +29,8 @@ def test_two_process_gloo_equals_one_process(tmp_path):
 
     cfg = tmp_path / "ddp.json"
     cfg.write_text(json.dumps(common))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # torchrun's elastic agent keeps its logs in a torchelastic_* folder under TMPDIR and never removes it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "alexnet", "train", str(data), "--config", str(cfg), "--out", str(tmp_path / "two")]  # fmt: skip
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
