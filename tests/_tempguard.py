@@ -10,7 +10,8 @@ keeps them (the last three sessions, for inspection): the guard asks for pytest'
 So does PyTorch's compile cache (``torchinductor_<user>``, which lives in the temp folder by design and is reused from
 run to run): TORCHINDUCTOR_CACHE_DIR keeps it where it would be without the guard.
 
-Not collected (no ``test_`` prefix); tests/conftest.py installs the fixture and the two hooks."""
+Each entry left is named with the test after which it was first seen. Not collected (no ``test_`` prefix);
+tests/conftest.py installs the two fixtures and the two hooks."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ INDUCTOR = "TORCHINDUCTOR_CACHE_DIR"
 
 
 class TempGuard:
-    """Switches the temporary folder to a fresh one, and at the end lists what the session left in it."""
+    """Switches the temporary folder to a fresh one, and at the end lists what the session left in it, each entry
+    with the test after which it was first seen."""
 
     def __init__(self) -> None:
         self.folder: Path | None = None
         self.left: list[str] = []
+        self.seen_after: dict[str, str] = {}  # entry -> the test after which it was first there
         self._saved: tuple[str | None, str | None, str | None] = (None, None, None)
 
     def start(self) -> Path:
@@ -41,6 +44,12 @@ class TempGuard:
         os.environ["TMPDIR"] = str(self.folder)
         tempfile.tempdir = str(self.folder)
         return self.folder
+
+    def note(self, test: str) -> None:
+        """After each test: what is new in the folder is that test's (or a process it started)."""
+        if self.folder is not None and self.folder.is_dir():
+            for name in left_in(self.folder):
+                self.seen_after.setdefault(name, test)
 
     def finish(self) -> list[str]:
         """Restore the temporary folder, record what is left in the session's one, and remove it."""
@@ -66,9 +75,11 @@ def left_in(folder: Path) -> list[str]:
     return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
 
 
-def report(left: list[str], folder: Path | None) -> str:
+def report(guard: TempGuard) -> str:
+    left = guard.left
     what = "1 entry" if len(left) == 1 else f"{len(left)} entries"
-    return f"the tests left {what} in the session's temporary folder {folder}: {', '.join(left)}"
+    named = ", ".join(f"{n} (after {guard.seen_after.get(n, 'the last test')})" for n in left)
+    return f"the tests left {what} in the session's temporary folder {guard.folder}: {named}"
 
 
 GUARD = TempGuard()
@@ -81,6 +92,12 @@ def _session_temp_folder(tmp_path_factory):
     GUARD.finish()
 
 
+@pytest.fixture(autouse=True)
+def _temp_left_by_test(request):
+    yield
+    GUARD.note(request.node.nodeid)
+
+
 @pytest.hookimpl(trylast=True)  # after the session fixtures are torn down (the runner's own sessionfinish)
 def pytest_sessionfinish(session):
     if GUARD.left and session.exitstatus == pytest.ExitCode.OK:
@@ -90,4 +107,4 @@ def pytest_sessionfinish(session):
 def pytest_terminal_summary(terminalreporter):
     if GUARD.left:
         terminalreporter.section("temporary folder", red=True)
-        terminalreporter.write_line("error: " + report(GUARD.left, GUARD.folder), red=True)
+        terminalreporter.write_line("error: " + report(GUARD), red=True)

@@ -14,8 +14,13 @@ import contextlib
 import pytest
 import torch
 
-# the session's own temporary folder, and the check that it is left empty (a fixture and two hooks, found by name)
-from _tempguard import _session_temp_folder, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
+# the session's own temporary folder, and the check that it is left empty (fixtures and hooks, found by name)
+from _tempguard import (  # noqa: F401
+    _session_temp_folder,
+    _temp_left_by_test,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 import alexnet
 

@@ -33,7 +33,8 @@ def test_cleans_up(tmp_path):
 
 def test_guard_fails_a_session_that_leaks_and_names_what_it_left(tmp_path):
     (tmp_path / "conftest.py").write_text(
-        "from _tempguard import _session_temp_folder, pytest_sessionfinish, pytest_terminal_summary  # noqa\n"
+        "from _tempguard import _session_temp_folder, _temp_left_by_test\n"
+        "from _tempguard import pytest_sessionfinish, pytest_terminal_summary\n"
     )
     (tmp_path / "test_inner.py").write_text(INNER)
     real = tmp_path / "tmp"  # the inner session's machine-wide temp folder
@@ -47,7 +48,8 @@ def test_guard_fails_a_session_that_leaks_and_names_what_it_left(tmp_path):
     errors = [x for x in p.stdout.splitlines() if x.startswith("error: ")]
     expected = (
         rf"error: the tests left 2 entries in the session's temporary folder {re.escape(str(real))}/{PREFIX}\w+: "
-        r"alexnet-x\w+, torchelastic_\w+/"
+        r"alexnet-x\w+ \(after test_inner.py::test_a_child_process_leaks_a_file\), "
+        r"torchelastic_\w+/ \(after test_inner.py::test_leaks_a_folder\)"
     )
     assert len(errors) == 1 and re.fullmatch(expected, errors[0]), errors
     assert [x.name for x in real.iterdir()] == [f"pytest-of-{getpass.getuser()}"]  # the session's folder is gone
