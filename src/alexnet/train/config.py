@@ -179,6 +179,9 @@ def resolve_config(*layers: Mapping[str, Any] | None, source_names: Sequence[str
     return settle_config(TrainConfig(**merged))
 
 
+_SETTLED = "_settled"  # the attribute `settle_config` sets on the frozen config it returns
+
+
 def settle_config(cfg: TrainConfig) -> TrainConfig:
     """`normalize_config`, then `check_config`: what every config passes once before a run. The config returned
     is marked settled and is returned as it is when it comes back (`alexnet.train.main` takes a config from
@@ -190,9 +193,6 @@ def settle_config(cfg: TrainConfig) -> TrainConfig:
     check_config(cfg)
     object.__setattr__(cfg, _SETTLED, True)  # not a field: no config key, no part of equality or config.json
     return cfg
-
-
-_SETTLED = "_settled"
 
 
 def _layer_list(value: Any, what: str) -> list[str]:
