@@ -2,7 +2,10 @@
 
 pytest keeps the last three sessions' temporary folders for inspection; the demo and README tests train and
 download full-size AlexNets (about 230 MB per weights file), which left gigabytes there. At the end of a session
-every file over `BIG` bytes in its temporary folder is removed; logs, configs, metrics and reports stay."""
+every file over `BIG` bytes in its temporary folder is removed; logs, configs, metrics and reports stay.
+
+Everything else a test or a process it starts writes to the temp folder goes to the session's own folder, which must
+be empty at the end (tests/_tempguard.py): a leak fails the session."""
 
 from __future__ import annotations
 
@@ -10,6 +13,14 @@ import contextlib
 
 import pytest
 import torch
+
+# the session's own temporary folder, and the check that it is left empty (fixtures and hooks, found by name)
+from _tempguard import (  # noqa: F401
+    _session_temp_folder,
+    _temp_left_by_test,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 import alexnet
 

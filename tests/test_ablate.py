@@ -6,26 +6,13 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _builders import make_folder
 
 from alexnet import ablate, ablate_data, ablate_report, ablate_stats, train
 from alexnet.data.datasets import Subset
 
 TINY_NET = {"conv_channels": [8, 16, 16, 16, 16], "fc_features": 32}
-
-
-def make_folder(root: Path, classes: int = 3, per_class: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        d = root / f"class{c}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            a = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-            a[..., c % 3] += 150 if c < 3 else 80  # a colour per class: learnable
-            Image.fromarray(a).save(d / f"{i:02d}.png")
-    return root
 
 
 def tiny(data: Path, out: Path, **kw) -> ablate.AblationConfig:
@@ -72,7 +59,7 @@ def test_unknown_variant_is_one_line_listing_the_valid_ones(capsys):
 
 
 def test_too_few_images_says_the_minimum(tmp_path):
-    data = make_folder(tmp_path / "data", per_class=2)
+    data = make_folder(tmp_path / "data", per_class=2, size=20)
     with pytest.raises(ablate.AblationError) as e:
         ablate.run_ablation(tiny(data, tmp_path / "abl", val_samples=500), log=lambda s: None)
     assert str(e.value) == (
@@ -133,7 +120,7 @@ class _StopAt(Subset):
 
 
 def test_rerun_skips_finished_and_resumes_stopped(tmp_path):
-    data = make_folder(tmp_path / "data")
+    data = make_folder(tmp_path / "data", size=20)
     out = tmp_path / "abl"
     first = ablate.run_ablation(tiny(data, out, variants=["full"]), log=lambda s: None)
     record = out / "full" / "seed-0" / ablate.RUN_RECORD
@@ -189,7 +176,7 @@ def test_rerun_skips_finished_and_resumes_stopped(tmp_path):
 
 
 def test_tanh_curves_and_figure1(tmp_path):
-    data = make_folder(tmp_path / "data")
+    data = make_folder(tmp_path / "data", size=20)
     out = tmp_path / "abl"
     res = ablate.run_ablation(tiny(data, out, variants=["tanh"], threshold=0.9), log=lambda s: None)
     assert {r["variant"] for r in res.runs} == {"full", "tanh"}
@@ -204,7 +191,7 @@ def test_a_folder_of_80_images_runs_a_tiny_study_and_the_report_says_what_it_did
     """The user's own folder, the command line, nothing but the scale's defaults: the counts become shares."""
     from alexnet.cli import main
 
-    data = make_folder(tmp_path / "data", classes=4, per_class=20)
+    data = make_folder(tmp_path / "data", classes=4, per_class=20, size=20)
     out = tmp_path / "abl"
     argv = ["ablate", str(data), "--out", str(out), "--variants", "full,no-lrn", "--seeds", "1", "--epochs", "1"]
     assert main([*argv, "--progress", "none"]) == 0
@@ -344,7 +331,7 @@ def test_report_keeps_diverged_runs_out_and_pools_mcnemar():
 def test_a_run_whose_loss_explodes_is_reported_as_diverged(tmp_path, monkeypatch):
     import dataclasses
 
-    data = make_folder(tmp_path / "data")
+    data = make_folder(tmp_path / "data", size=20)
     out = tmp_path / "abl"
     monkeypatch.setitem(ablate.SCALES, "cpu", dataclasses.replace(ablate.SCALES["cpu"], lr=1e8))
     res = ablate.run_ablation(tiny(data, out, variants=["full"]), log=lambda s: None)

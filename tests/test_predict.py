@@ -12,6 +12,7 @@ from alexnet.cli import main
 from alexnet.data.decode import decode_image
 from alexnet.errors import AlexnetError
 from alexnet.predict import ClassScore, classify, classify_batch, expand_inputs, predict_files
+from alexnet.runtime import Precision
 from alexnet.weights import Preprocessing
 
 CLASSES = ["cat", "dog", "bird", "fish", "frog"]
@@ -141,6 +142,36 @@ def test_cli_predict_json_and_exit_code(small, folder, tmp_path_factory, capsys)
     assert main([*argv[:1], str(good[0]), *argv[2:], "--ten-crop"]) == 0
     out, _ = capsys.readouterr()
     assert out.splitlines()[0] == str(good[0]) and len(out.splitlines()) == 4
+
+
+def _count_preparations(monkeypatch) -> list[tuple[str, bool]]:
+    calls: list[tuple[str, bool]] = []
+    real = Precision.inference_model
+
+    def counting(self, model, device, *, copy=True):
+        calls.append((self.name, copy))
+        return real(self, model, device, copy=copy)
+
+    monkeypatch.setattr(Precision, "inference_model", counting)
+    return calls
+
+
+def test_cli_predict_prepares_its_model_once(small, tmp_path, monkeypatch, capsys):
+    """The command casts the model where it loads it (`load_for_inference`, in place); predict_files takes it as
+    it is (issue 23: one preparation, at the boundary)."""
+    model, pre = small
+    weights = alexnet.save_model(model, pre, tmp_path / "small.safetensors")
+    image = _save(_images(1)[0], tmp_path / "a.png")
+    calls = _count_preparations(monkeypatch)
+    argv = ["predict", str(image), "--weights", str(weights), "--device", "cpu", "--precision", "bf16", "--json"]
+    assert main(argv) == 0
+    assert calls == [("bf16", False)]
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["error"] is None and len(row["predictions"]) == 5
+    # a caller's fp32 model in a bf16 call: prepared (a cast copy) by predict_files itself, the caller's untouched
+    calls.clear()
+    (r,) = predict_files(model, pre, [image], precision=Precision("bf16"))
+    assert calls == [("bf16", True)] and r.error is None and next(model.parameters()).dtype == torch.float32
 
 
 def test_cli_predict_no_images(tmp_path, capsys):

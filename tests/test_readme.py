@@ -75,6 +75,7 @@ def workspace(tmp_path_factory):
     env["TORCH_HOME"] = str(ws / "torch_home")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["TMPDIR"] = str(ws)  # torchrun's torchelastic_* log folders stay in the workspace, never in /tmp
     state: dict = {"ws": ws, "env": env, "server": None}
     yield state
     if state["server"] is not None:

@@ -494,6 +494,31 @@ def test_precision_and_the_json_vocabulary_of_predict(weights):
     assert served.net is model and next(model.parameters()).dtype == torch.bfloat16
 
 
+def test_alexnet_serve_prepares_its_model_once(tmp_path, monkeypatch):
+    """`alexnet serve` casts the model it loads once, in place (`load_for_inference`); the server takes it as it
+    is (issue 23). `serve` is replaced by what it does before binding: build the app on the command's model."""
+    from alexnet.cli import main
+    from alexnet.runtime import Precision
+
+    calls, apps = [], []
+    real = Precision.inference_model
+
+    def counting(self, model, device, *, copy=True):
+        calls.append((self.name, copy))
+        return real(self, model, device, copy=copy)
+
+    def serve_without_binding(model, *, preprocessing, name, provenance, options, **_):
+        apps.append(serve_mod.create_app(model, preprocessing, name=name, options=options, own_model=True,
+                                         provenance=provenance))  # fmt: skip
+
+    monkeypatch.setattr(Precision, "inference_model", counting)
+    monkeypatch.setattr(serve_mod, "serve", serve_without_binding)
+    weights = make_weights(tmp_path / "w.safetensors")
+    assert main(["serve", "--weights", str(weights), "--device", "cpu", "--precision", "bf16"]) == 0
+    (app,) = apps
+    assert calls == [("bf16", False)] and next(app.state.served.net.parameters()).dtype == torch.bfloat16
+
+
 def test_serve_options_check_themselves_with_the_package_error(capsys):
     """`ServeOptions` checks every field and raises `AlexnetError` (issue 23): the command line re-checks none of
     them and prints the options' own one line."""

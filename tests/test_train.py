@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -395,6 +396,36 @@ def test_resume_with_a_different_architecture(data, tmp_path, capsys):
     assert "alexnet_owt" in err and "caffenet" in err
     err = _cli_error(capsys, ["train", "--resume", str(tmp_path / "nothing")])
     assert "no such run folder" in err
+
+
+def test_a_resume_reads_config_json_once_and_settles_the_config_once(data, tmp_path, monkeypatch, capsys):
+    """The command reads the resumed run's config.json once and hands it, as a value, to the config merge and to
+    the run; the merged config is normalised and checked once (train.main takes a settled config as it is)."""
+    from alexnet.train import config as train_config
+
+    run = tmp_path / "run"
+    train.main(tiny_config(data, run, epochs=1))
+    reads, settled = [], []
+    real_read, real_normalize = Path.read_text, train_config.normalize_config
+
+    def read_text(self, *a, **k):
+        reads.append(self.name)
+        return real_read(self, *a, **k)
+
+    def normalize(cfg):
+        settled.append(cfg)
+        return real_normalize(cfg)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(train_config, "normalize_config", normalize)
+    assert cli_main(["train", "--resume", str(run)]) == 0
+    assert reads.count("config.json") == 1 and len(settled) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{run} is complete: 1 of 1 epochs done. To train longer: alexnet train --resume {run} --epochs 2 (or more)"
+    ]
+    plain = dataclasses.replace(tiny_config(data, run, epochs=1), resume=str(run))  # a new, unsettled config
+    settled.clear()
+    assert train.main(plain).epochs_done == 1 and len(settled) == 1  # settled once, by train.main
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Two-process gloo DDP on CPU (torchrun) against one process with the same global batch (issue 4)."""
+"""Two-process gloo DDP on CPU (torchrun) against one process with the same global batch (issue 4); the process
+group is the command's to start, never `train.main`'s (issue 23)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_two_process_gloo_equals_one_process(tmp_path):
 
     cfg = tmp_path / "ddp.json"
     cfg.write_text(json.dumps(common))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # torchrun's elastic agent keeps its logs in a torchelastic_* folder under TMPDIR and never removes it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "alexnet", "train", str(data), "--config", str(cfg), "--out", str(tmp_path / "two")]  # fmt: skip
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
@@ -49,3 +51,17 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
     # only rank 0 wrote: one set of files, no per-rank leftovers
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_train_main_joins_a_group_but_never_starts_one(tmp_path, monkeypatch):
+    """The command starts the process group (`alexnet train` under torchrun); `train.main` called without one is
+    rank 0 of 1 whatever torchrun's variables say (starting one here would wait for a rank 0 that is not there)."""
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    data = make_folder(tmp_path / "data", per_class=4)
+    cfg = train.resolve_config(dict(data=str(data), out=str(tmp_path / "run"), arch="alexnet_owt", input_size=64,
+                                    model_options=TINY, batch_size=8, epochs=1, workers=0, val_split=0.25,
+                                    progress="none", tensorboard=False))  # fmt: skip
+    result = train.main(cfg)
+    assert result.epochs_done == 1 and not torch.distributed.is_initialized()
+    assert train.load_state(tmp_path / "run")["world_size"] == 1

@@ -29,7 +29,7 @@ from .data.base import IMAGE_EXTENSIONS
 from .data.decode import BadImageError, decode_image
 from .options import check_workers, cpu_count
 from .preprocessing import Preprocessing
-from .runtime import FP32, Precision, check_finite_scores, model_input, require_precision
+from .runtime import FP32, Precision, check_finite_scores, model_input, ready_for_inference
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -128,7 +128,7 @@ def classify(
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = require_precision(precision).inference_model(model, dev)
+    model = ready_for_inference(model, precision, dev)  # as it is when the caller prepared it
     results: list[list[ClassScore]] = []
     for start in range(0, len(images), batch_size):
         chunk = [prepare_image(im, preprocessing, ten_crop=ten_crop) for im in images[start : start + batch_size]]
@@ -183,7 +183,7 @@ def predict_files(
         raise ValueError(f"topk must be >= 1, got {topk}")
     files = expand_inputs(inputs) if expand else [str(f) for f in inputs]
     dev = torch.device(device) if device is not None else _model_device(model)
-    model = require_precision(precision).inference_model(model, dev)
+    model = ready_for_inference(model, precision, dev)  # as it is when the caller prepared it
     workers = check_workers(min(8, cpu_count()) if workers is None else workers)  # threads: decoding frees the GIL
 
     # Threads do the uint8 work (decode, resize, crop); the float normalisation runs batched on the device, so

@@ -36,7 +36,9 @@ __all__ = [
     "bf16_native",
     "check_finite_scores",
     "env_local_rank",
+    "is_inference_ready",
     "one_malloc_arena",
+    "ready_for_inference",
     "release_free_memory",
     "model_input",
     "require_precision",
@@ -206,6 +208,27 @@ class Precision:
 
 
 FP32 = Precision("fp32")  # the exact figures: the library's default wherever a precision is taken
+
+
+def is_inference_ready(model: nn.Module, precision: Precision, device: torch.device) -> bool:
+    """Whether ``model`` already is what `Precision.inference_model` makes of it: in eval mode, its weights on
+    ``device`` and in ``precision``'s dtype (fp32's own for fp32). A command prepares its model once, where it loads
+    it (`alexnet.weights.load_for_inference`); predict and serve then take it as it is."""
+    param = next(model.parameters(), None)
+    if param is None or model.training or param.dtype != (precision.dtype or torch.float32):
+        return False
+    return param.device.type == device.type and (device.index is None or param.device.index == device.index)
+
+
+def ready_for_inference(
+    model: nn.Module, precision: Precision, device: torch.device, *, copy: bool = True
+) -> nn.Module:
+    """``model`` as it is when `is_inference_ready`, else `Precision.inference_model` (``copy``: see there): the
+    model is prepared once, at the boundary that loads it, and travels prepared."""
+    precision = require_precision(precision)
+    if is_inference_ready(model, precision, device):
+        return model
+    return precision.inference_model(model, device, copy=copy)
 
 
 def require_precision(value: Precision) -> Precision:

@@ -63,6 +63,7 @@ from .runtime import (
     check_finite_scores,
     model_input,
     one_malloc_arena,
+    ready_for_inference,
     release_free_memory,
     resolve_device,
     unwrap_model,
@@ -135,8 +136,9 @@ class ServedModel:
         self.device = resolve_device(opts.device)
         self.precision: Precision = opts.precision
         self.model = model
-        # model itself (eval, on device) for fp32; else a cast copy, or the model cast in place when it is ours
-        self.net = self.precision.inference_model(model, self.device, copy=not own)
+        # as it is when already prepared (alexnet serve: load_for_inference); else the model itself (eval, on
+        # device) for fp32, a cast copy, or the model cast in place when it is ours
+        self.net = ready_for_inference(model, self.precision, self.device, copy=not own)
         self.num_classes = _num_classes(self.net, preprocessing, self.device)
         names = list(preprocessing.class_names or [])
         self.class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]

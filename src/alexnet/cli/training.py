@@ -212,11 +212,19 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..train import config_from_sources, main
+    from ..distributed import setup_distributed, shutdown_distributed
+    from ..runtime import resolve_device
+    from ..train import config_from_sources, main, read_resumed_config
 
-    config = config_from_sources(config_flags(args), config_file=args.config, command=args.command)
-    with _log_to_stderr(args.json):  # with --json, stdout is the summary alone
-        result = main(config, overwrite=getattr(args, "overwrite", False))
+    flags = config_flags(args)
+    saved = read_resumed_config(flags["resume"]) if flags.get("resume") else None  # its config.json, read once
+    config = config_from_sources(flags, config_file=args.config, command=args.command, resumed_config=saved)
+    info = setup_distributed(resolve_device(config.device))  # under torchrun: the group every rank trains in
+    try:
+        with _log_to_stderr(args.json):  # with --json, stdout is the summary alone
+            result = main(config, overwrite=getattr(args, "overwrite", False), resumed_config=saved)
+    finally:
+        shutdown_distributed(info)
     if args.json:
         print_json({
             "schema": "alexnet.train/1", "command": args.command, "out": str(result.out),

@@ -26,7 +26,7 @@ _HOMES = {
     "load_state": ".checkpoint",
     **dict.fromkeys(
         ["TrainConfig", "TrainError", "check_config", "config_from_sources", "load_config_file", "normalize_config",
-         "resolve_config"],
+         "read_resumed_config", "resolve_config"],
         ".config",
     ),
     **dict.fromkeys(["EpochOptions", "EpochStats", "NonFiniteLoss", "train_one_epoch"], ".loop"),
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         config_from_sources,
         load_config_file,
         normalize_config,
+        read_resumed_config,
         resolve_config,
     )
     from .loop import EpochOptions, EpochStats, NonFiniteLoss, train_one_epoch
@@ -78,6 +79,7 @@ __all__ = [
     "normalize_config",
     "check_config",
     "config_from_sources",
+    "read_resumed_config",
     "build_model",
     "freeze_layers",
     "make_param_groups",

@@ -30,8 +30,10 @@ __all__ = [
     "config_from_sources",
     "load_config_file",
     "normalize_config",
+    "read_resumed_config",
     "resolve_config",
     "run_settings",
+    "settle_config",
     "settle_run",
 ]
 
@@ -174,8 +176,22 @@ def resolve_config(*layers: Mapping[str, Any] | None, source_names: Sequence[str
             where = source_names[i] if i < len(source_names) else "config"
             raise TrainError(f"{where}: unknown setting(s) {', '.join(unknown)}")
         merged.update(layer)
-    cfg = normalize_config(TrainConfig(**merged))
+    return settle_config(TrainConfig(**merged))
+
+
+_SETTLED = "_settled"  # the attribute `settle_config` sets on the frozen config it returns
+
+
+def settle_config(cfg: TrainConfig) -> TrainConfig:
+    """`normalize_config`, then `check_config`: what every config passes once before a run. The config returned
+    is marked settled and is returned as it is when it comes back (`alexnet.train.main` takes a config from
+    `resolve_config` or `config_from_sources` without a second pass); ``TrainConfig`` is frozen, and
+    ``dataclasses.replace`` makes a new, unsettled one."""
+    if getattr(cfg, _SETTLED, False):
+        return cfg
+    cfg = normalize_config(cfg)
     check_config(cfg)
+    object.__setattr__(cfg, _SETTLED, True)  # not a field: no config key, no part of equality or config.json
     return cfg
 
 
@@ -281,28 +297,40 @@ def check_config(cfg: TrainConfig) -> None:
 _WEIGHTS_FLAGS = {"prototxt": "prototxt", "mean": "mean", "labels": "labels", "trust_pickle": "allow_pickle"}
 
 
+def read_resumed_config(resume: str | Path) -> dict[str, Any]:
+    """The config.json of the run ``resume`` names: read once by the command that resumes it and handed, as a
+    value, to both `config_from_sources` (its lowest layer) and `alexnet.train.main` (``resumed_config``: what
+    `check_resume` compares with)."""
+    if not Path(resume).is_dir():
+        raise TrainError(f"{resume}: no such run folder to resume")
+    saved_path = rundir.RunDir(resume).config
+    if not saved_path.exists():
+        raise TrainError(f"{resume}: not a run folder (no config.json)")
+    return load_config_file(saved_path)
+
+
 def config_from_sources(
-    flags: Mapping[str, Any], *, config_file: str | Path | None = None, command: str = "train"
+    flags: Mapping[str, Any],
+    *,
+    config_file: str | Path | None = None,
+    command: str = "train",
+    resumed_config: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """The resolved config of a command: defaults < the resumed run's config.json < ``config_file`` < ``flags``
     (only the flags the user gave). The weights flags (``--prototxt``, ``--mean``, ``--labels``,
     ``--trust-pickle``) complete the ``weights`` source, whichever layer named it. ``finetune`` needs weights,
-    unless it resumes a run that had them."""
+    unless it resumes a run that had them. ``resumed_config``: the resumed run's config.json as the command read
+    it (`read_resumed_config`; read here when not given)."""
     layers: list[Mapping[str, Any]] = []
     names: list[str] = []
     flags = dict(flags)
     weights_flags = {_WEIGHTS_FLAGS[k]: flags.pop(k) for k in list(flags) if k in _WEIGHTS_FLAGS}
     resume = flags.get("resume")
     if resume:
-        saved_path = rundir.RunDir(resume).config
-        if not Path(resume).is_dir():
-            raise TrainError(f"{resume}: no such run folder to resume")
-        if not saved_path.exists():
-            raise TrainError(f"{resume}: not a run folder (no config.json)")
-        saved = load_config_file(saved_path)
+        saved = dict(read_resumed_config(resume) if resumed_config is None else resumed_config)
         saved.pop("trust_pickle", None)  # trust is given anew on each command line (a resume loads no weights)
         layers.append(saved)
-        names.append(str(saved_path))
+        names.append(str(rundir.RunDir(resume).config))
     if config_file is not None:
         from_file = load_config_file(config_file)
         if from_file.pop("trust_pickle", False) or _asks_pickle(from_file.get("weights")):
@@ -312,18 +340,20 @@ def config_from_sources(
             )
         layers.append(from_file)
         names.append(str(config_file))
+    # the weights flags complete the source the last layer naming ``weights`` gives; a resume's out is its folder
+    named = next((layer["weights"] for layer in reversed([*layers, flags]) if "weights" in layer), None)
+    if weights_flags and named is not None:
+        try:
+            flags["weights"] = dataclasses.replace(WeightsSource.of(named), **weights_flags)
+        except AlexnetError as e:
+            raise TrainError(str(e)) from None
+    elif any(weights_flags.values()):
+        raise TrainError("--prototxt, --mean, --labels and --trust-pickle describe --weights: give --weights")
+    if resume and "out" not in flags:
+        flags["out"] = str(resume)  # the resumed folder as this command names it
     layers.append(flags)
     names.append("flags")
     cfg = resolve_config(*layers, source_names=names)
-    if weights_flags and cfg.weights is not None:
-        try:
-            cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, **weights_flags))
-        except AlexnetError as e:
-            raise TrainError(str(e)) from None
-    elif any(weights_flags.values()) and cfg.weights is None:
-        raise TrainError("--prototxt, --mean, --labels and --trust-pickle describe --weights: give --weights")
-    if resume and "out" not in flags:
-        cfg = dataclasses.replace(cfg, out=str(resume))  # the resumed folder as this command names it
     if command == "finetune" and cfg.weights is None:
         raise TrainError("finetune needs --weights (torchvision, a .safetensors, .pth, .npy or .caffemodel file)")
     if not cfg.data:

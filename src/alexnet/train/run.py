@@ -1,8 +1,9 @@
 """A training run as a short sequence of named steps (torchvision's ``references/classification/train.py``
-``main``): resolve the device and join the process group; build the model and open the data; place the model and
-choose its precision; compute the feature cache when asked; build the optimizer and schedule; restore a resumed
-run; then per epoch train, validate, record (metrics.csv, eval.json, TensorBoard) and checkpoint. SIGINT/SIGTERM
-stop the run at the next step with everything saved, so ``--resume`` continues it exactly.
+``main``): resolve the device and join the process group its caller started (the command, under torchrun); build
+the model and open the data; place the model and choose its precision; compute the feature cache when asked; build
+the optimizer and schedule; restore a resumed run; then per epoch train, validate, record (metrics.csv, eval.json,
+TensorBoard) and checkpoint. SIGINT/SIGTERM stop the run at the next step with everything saved, so ``--resume``
+continues it exactly.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from ..distributed import (
     all_gather,
     eval_sampler,
     gather_lists,
+    joined_group,
     reduce_max,
     reduce_sums,
-    setup_distributed,
-    shutdown_distributed,
 )
 from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
@@ -51,11 +51,10 @@ from .config import (
     DEFAULT_OUT,
     TrainConfig,
     TrainError,
-    check_config,
     check_resume,
-    load_config_file,
-    normalize_config,
+    read_resumed_config,
     run_settings,
+    settle_config,
     settle_run,
 )
 from .loop import EpochOptions, EpochStats, NonFiniteLoss, StopFlag, install_signal_handlers, train_one_epoch
@@ -82,6 +81,7 @@ def main(
     train_dataset: Any | None = None,
     val_dataset: Any | None = None,
     overwrite: bool = False,
+    resumed_config: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) as ``config`` says and write the run folder; returns a `TrainResult`.
 
@@ -90,45 +90,45 @@ def main(
     used instead of opening ``config.data``. One whose ``transform`` attribute is None gets the run's
     `Preprocessing.geometry` (training or evaluation).
 
+    Many processes: the caller starts the process group (`alexnet.distributed.setup_distributed`, as the
+    ``alexnet train`` command does under torchrun) and every rank calls ``main``; without one the run is rank 0 of
+    1, whatever torchrun's variables say: a library function joins a group, never starts one.
+
     A folder that already holds a run is refused unless ``config.resume`` continues it or ``overwrite`` (never a
     config key: only the caller's explicit word) starts it afresh; ``config.out`` None picks a new folder.
     A resumed run refuses settings that define it when they differ from what its state.pt records
-    (`check_resume`), be they flags or an edited config.json.
+    (`check_resume`), be they flags or an edited config.json. ``resumed_config``: that run's config.json as the
+    caller already read it (the command: `read_resumed_config`, once); read here when not given.
     """
-    cfg = normalize_config(config)
-    check_config(cfg)
+    cfg = settle_config(config)  # a config from resolve_config / config_from_sources is already settled
     runtime.tune_cpu_allocator()  # what the alexnet command does at start-up: same results, faster CPU steps
     try:
         device = runtime.resolve_device(cfg.device)
     except AlexnetError as e:
         raise TrainError(str(e)) from None
-    info = setup_distributed(device)
-    try:
-        with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
-            cfg = _own_folder(cfg, info, overwrite, owned)
-            resume_state = load_state(cfg.resume) if cfg.resume else None
-            if resume_state is None:
-                cfg = settle_run(cfg, None)  # out and arch: from here on the config is not rewritten
-            else:
-                saved = _resumed_config(cfg)
-                cfg = settle_run(cfg, saved, resume_state.get("arch"))
-                changes = check_resume(cfg, saved, cfg.resume, resume_state.get("settings") or None)
-                if int(resume_state["epoch"]) >= cfg.epochs:
-                    return _complete(cfg, resume_state)
-                if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
-                    print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
-            run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
-            return run.train()
-    finally:
-        shutdown_distributed(info)
+    info = joined_group()  # the group the caller started (`alexnet train` under torchrun), else rank 0 of 1
+    with contextlib.ExitStack() as owned:  # the run folder's lock, held by the first process until the end
+        cfg = _own_folder(cfg, info, overwrite, owned)
+        resume_state = load_state(cfg.resume) if cfg.resume else None
+        if resume_state is None:
+            cfg = settle_run(cfg, None)  # out and arch: from here on the config is not rewritten
+        else:
+            saved = _resumed_config(cfg, resumed_config)
+            cfg = settle_run(cfg, saved, resume_state.get("arch"))
+            changes = check_resume(cfg, saved, cfg.resume, resume_state.get("settings") or None)
+            if int(resume_state["epoch"]) >= cfg.epochs:
+                return _complete(cfg, resume_state)
+            if changes and info.is_main and options.resolve_progress(cfg.progress) != "none":
+                print(f"resume {cfg.out}: {', '.join(changes)}", flush=True)
+        run = _assemble(cfg, info, device, resume_state, train_dataset, val_dataset, overwrite=overwrite)
+        return run.train()
 
 
-def _resumed_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The resumed run's config.json (settings that define the run must equal it: `check_resume`); an ``--out``
-    other than the run's own folder is refused."""
+def _resumed_config(cfg: TrainConfig, given: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The resumed run's config.json, ``given`` or read now (settings that define the run must equal it:
+    `check_resume`); an ``--out`` other than the run's own folder is refused."""
     run_dir = Path(cfg.resume)
-    saved_path = run_dir / rundir.CONFIG
-    saved = load_config_file(saved_path) if saved_path.exists() else {}
+    saved = read_resumed_config(run_dir) if given is None else given
     if cfg.out is not None and cfg.out != saved.get("out") and Path(cfg.out).resolve() != run_dir.resolve():
         raise TrainError(
             f"--out {cfg.out}: a resumed run continues in its own folder {run_dir}; drop --out (to start a new run "
