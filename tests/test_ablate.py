@@ -204,7 +204,7 @@ def test_a_folder_of_80_images_runs_a_tiny_study_and_the_report_says_what_it_did
     # the CPU scale tests ten patches on full's runs only (the ten-crop row); the others get the centre crop
     assert {r["variant"]: r["ten_crop"] is not None for r in doc["runs"]} == {"full": True, "no-lrn": False}
     tc = doc["runs"][0]["train_config"]
-    assert (tc["batch_size"], tc["lr"], tc["warmup_steps"], tc["stats"]) == (256, 0.04, 1, str(out / "stats.json"))
+    assert (tc["batch_size"], tc["lr"], tc["warmup_steps"], tc["stats"]) == (256, 0.02, 1, str(out / "stats.json"))
     md = (out / "ablation.md").read_text()
     assert md.startswith(
         "Seeds [0]; scale `cpu`: 56 training images, 8 validation, 16 test images (held out of the training data), "
