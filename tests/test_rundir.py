@@ -316,8 +316,8 @@ def test_run_folder_file_names_are_spelled_out_in_rundir_only():
 
 def test_the_run_folder_object_names_every_file(tmp_path):
     run = rundir.RunDir(tmp_path)
-    paths = [run.config, run.metrics, run.skipped, run.eval, run.test_eval, run.report, run.diagnostics, run.state,
-             run.last, run.best, run.previous_last, run.lock_file, run.tensorboard]  # fmt: skip
+    paths = [run.config, run.metrics, run.skipped, run.eval, run.test_eval, run.report, run.stats, run.diagnostics,
+             run.state, run.last, run.best, run.previous_last, run.lock_file, run.tensorboard]  # fmt: skip
     assert sorted(p.name for p in paths) == sorted(rundir.RUN_FOLDER_NAMES)
     assert all(p.parent == tmp_path for p in paths) and os.fspath(run) == str(tmp_path)
     assert run.weights() is None and not run.is_resumable() and run.describe() is None

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from _builders import HANG_S
-from _tempguard import PREFIX, TempGuard
+from _tempguard import PREFIX, TempGuard, left_in
 
 TESTS = Path(__file__).resolve().parent
 
@@ -64,3 +64,11 @@ def test_guard_passes_a_clean_session_and_restores_the_temp_folder():
         assert Path(d).parent == folder
     assert guard.finish() == []
     assert (os.environ.get("TMPDIR"), tempfile.gettempdir()) == before and not folder.exists()
+
+
+def test_a_librarys_own_file_is_not_a_leftover(tmp_path):
+    """onnxruntime writes its session id to $TMPDIR/.ses when imported: not a test's leftover; anything else is."""
+    (tmp_path / ".ses").write_text("1796576997785\n4a831850-dab6-aa76-d2cd-e1757d41cd16\n")
+    assert left_in(tmp_path) == []
+    (tmp_path / "stray").mkdir()
+    assert left_in(tmp_path) == ["stray/"]
