@@ -105,23 +105,12 @@ def agreement(a: list[int], b: list[int]) -> float:
 def agreement_report(model, pre, files: list[str], batch: int) -> str:
     """Top-1 agreement of precision=auto with fp32 on ``files``, and how decided fp32's top-1 is there."""
     fp32 = list(predict_files(model, pre, files, topk=2, batch_size=batch, device="cpu", expand=False))
-    low = list(
-        predict_files(
-            model,
-            pre,
-            files,
-            topk=1,
-            batch_size=batch,
-            device="cpu",
-            expand=False,
-            precision=resolve_precision("auto", torch.device("cpu")),
-        )
-    )
+    low = run_ours(model, pre, files, batch, "auto")[1]  # the top-1 classes of precision auto
     top = [r.scores[0].index for r in fp32]
     margin = statistics.median(r.scores[0].prob - r.scores[1].prob for r in fp32)
     p1 = statistics.median(r.scores[0].prob for r in fp32)
     return (
-        f"auto vs our fp32 {agreement([r.scores[0].index for r in low], top):.2f}% of {len(files)}; fp32: "
+        f"auto vs our fp32 {agreement(low, top):.2f}% of {len(files)}; fp32: "
         f"{len(set(top))} distinct classes, median top-1 prob {p1:.4f}, median top-1 - top-2 prob {margin:.2e}"
     )
 

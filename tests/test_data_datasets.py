@@ -12,7 +12,7 @@ from alexnet.cli import main
 from alexnet.data import datasets as D
 from alexnet.data.decode import BadImageError
 from alexnet.data.prepare import prepare
-from alexnet.data.stats import compute_stats, load_stats, pixel_stats, save_stats
+from alexnet.data.stats import compute_stats, dataset_stats, load_stats, pixel_stats, save_stats
 from alexnet.data.transforms import ResizeCenterCrop
 from alexnet.errors import AlexnetError
 
@@ -199,6 +199,8 @@ def test_pixel_stats_equal_the_loader_pass_on_fashion_mnist(tmp_path):
     for name in ("mean", "std", "eigvals", "eigvecs", "cov"):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-12, err_msg=name)
     np.testing.assert_allclose(fast.mean_image, slow.mean_image, atol=1e-7)
+    assert dataset_stats(D.Subset(ds, idx)).mean == fast.mean  # the dispatch takes the histogram for Fashion-MNIST
+    assert ds.transform is None
     assert max(fast.eigvals[1:]) < 1e-12 * fast.eigvals[0]  # grey images: one eigen-pair, a brightness jitter
     with pytest.raises(AlexnetError, match=r"expected grey uint8 images \(N, S, S\), got float64"):
         pixel_stats(ds.images[idx].astype(np.float64))

@@ -149,3 +149,14 @@ def test_demo_explicit_folder_without_data_is_one_line(tmp_path, capsys):
 def test_demo_bad_option_is_one_line(fashion, tmp_path, offline, capsys):
     assert cli.main(["demo", "--data", str(fashion), "--test-samples", "20000", "--no-download"]) == 1
     assert "--test-samples" in capsys.readouterr().err
+
+
+def test_demo_resize_smaller_than_the_input_is_one_line_before_anything_is_written(fashion, tmp_path, offline, capsys):
+    out = tmp_path / "run"
+    argv = ["demo", "--data", str(fashion), "--out", str(out), "--resize-size", "60", "--no-download"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == "alexnet demo: error: --resize-size 60 is smaller than the input size 67: the patches are cut from it\n"
+    )
+    assert not (out / "stats.json").exists()

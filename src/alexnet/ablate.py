@@ -208,21 +208,11 @@ def _stats_file(splits: Splits, out: Path) -> str:
     """The training subset's statistics (mean, std and the RGB eigen-pairs PCA lighting needs, section 4.1),
     computed once and shared by every run; a rerun reuses the file."""
     from .data import stats as stats_mod
-    from .data.fashion_mnist import FashionMNISTDataset
-    from .data.transforms import ResizeCenterCrop
 
     path = rundir.RunDir(out).stats
     if path.is_file():
         return str(path)
-    base = getattr(splits.train, "base", None)
-    if isinstance(base, FashionMNISTDataset):  # grey arrays in memory: exact, from a histogram, in a second
-        st = stats_mod.pixel_stats(base.images[splits.train.indices])
-    else:
-        splits.train.transform = ResizeCenterCrop(32)  # colour statistics need no resolution
-        try:
-            st = stats_mod.compute_stats(splits.train, size=32, progress=False)
-        finally:
-            splits.train.transform = None
+    st = stats_mod.dataset_stats(splits.train)
     out.mkdir(parents=True, exist_ok=True)
     stats_mod.save_stats(st, path)
     return str(path)

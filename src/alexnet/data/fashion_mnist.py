@@ -131,20 +131,21 @@ class FashionMNISTDataset(Dataset):
     def presized(self, side: int) -> FashionMNISTDataset:
         """This data set with every image resized once to ``side`` x ``side`` (the preprocessing's resize_size;
         `alexnet.data.geometry.resize`, the resampling the per-image path uses), held in memory as grey uint8
-        (76: 347 MB for 60,000). Each epoch's patches and centre crops are then slices (`RandomPatch`,
-        `CenterPatch`), as from a prepared set, instead of a resampling per image per epoch: the demo's data path
-        costs a third of what it did beside a training step that runs on both cores. The centre crop is
+        (``side``^2 bytes an image: 72 makes 311 MB for 60,000). Each epoch's patches and centre crops are then
+        slices (`RandomPatch`, `CenterPatch`), as from a prepared set, instead of a resampling per image per
+        epoch (the demo's epochs: 944-983 img/s, 927-942 before; docs/BENCHMARKS.md). The centre crop is
         unchanged bit for bit (the same resize, then the same crop); a training patch is cut from the resized
-        square instead of resampled from the 28x28 source, as a prepared set's are. Shares nothing mutable
-        with ``self``: a view with its own ``transform``."""
+        square instead of resampled from the 28x28 source, as a prepared set's are. A view with its own
+        ``transform``; ``self`` is unchanged."""
         from .geometry import resize
 
         out = copy.copy(self)
         if self.images.shape[1:] != (side, side):
-            src = torch.from_numpy(np.array(self.images)).unsqueeze(1)  # (N, 1, 28, 28), a writable copy
-            dst = torch.empty(len(src), 1, side, side, dtype=torch.uint8)
-            for k in range(0, len(src), 4096):  # bounded temporaries
-                dst[k : k + 4096] = resize(src[k : k + 4096], (side, side))
+            dst = torch.empty(len(self.images), 1, side, side, dtype=torch.uint8)
+            for k in range(0, len(dst), 4096):  # bounded temporaries; np.array: a writable copy of the chunk
+                dst[k : k + 4096] = resize(
+                    torch.from_numpy(np.array(self.images[k : k + 4096])).unsqueeze(1), (side, side)
+                )
             out.images = dst.squeeze(1).numpy()
         return out
 

@@ -23,7 +23,7 @@ from .datasets import make_loader, open_dataset
 from .fileio import atomic_write, atomic_write_text, check_output_file
 from .transforms import ResizeCenterCrop
 
-__all__ = ["Stats", "StatsError", "compute_stats", "load_stats", "pixel_stats", "save_stats"]
+__all__ = ["Stats", "StatsError", "compute_stats", "dataset_stats", "load_stats", "pixel_stats", "save_stats"]
 
 
 class StatsError(AlexnetError, ValueError):
@@ -122,6 +122,24 @@ def pixel_stats(images: np.ndarray) -> Stats:
     sum_image = torch.from_numpy(images.sum(0, dtype=np.int64).astype(np.float64)).expand(3, -1, -1)
     sum_outer = torch.full((3, 3), squares, dtype=torch.float64)  # the three channels are one grey value
     return _from_sums(sum_image, sum_outer, len(images), images.shape[1], [])
+
+
+def dataset_stats(ds: Dataset, size: int = 32) -> Stats:
+    """The statistics a training run subtracts and lights with, of the images of ``ds``: Fashion-MNIST (a
+    `FashionMNISTDataset` or a `Subset` of one) exactly from its grey-level histogram at its own 28x28
+    (`pixel_stats`, a second for 59,000 images); any other data set by one pass at ``size`` (`compute_stats`;
+    colour statistics need no resolution). ``ds``'s transform is restored afterwards."""
+    from .fashion_mnist import FashionMNISTDataset
+
+    base, indices = getattr(ds, "base", ds), getattr(ds, "indices", None)
+    if isinstance(base, FashionMNISTDataset):
+        return pixel_stats(base.images if indices is None else base.images[indices])
+    before = getattr(ds, "transform", None)
+    ds.transform = ResizeCenterCrop(size)
+    try:
+        return compute_stats(ds, size=size, progress=False)
+    finally:
+        ds.transform = before
 
 
 def _from_sums(sum_image: torch.Tensor, sum_outer: torch.Tensor, count: int, size: int, skipped: list[str]) -> Stats:
