@@ -11,7 +11,7 @@ Both train the same network, ``alexnet2012`` at 67x67 with adaptive pooling befo
 - ours: the step ``alexnet train`` and ``alexnet demo`` run (`alexnet.train.loop`'s ``_step``) with what they set
   up: the precision ``auto`` resolves to (bf16 autocast on a CPU with AVX512-BF16/AMX), channels_last, the fused SGD
   update (`alexnet.train.setup.make_optimizer`), the CPU LRN and fc6 folded over the copied cells of
-  `alexnet.models`, the allocator and thread settings
+  `alexnet.models` and trained through their mean (`alexnet.train.fold`), the allocator and thread settings
   of the ``alexnet`` command (`alexnet.runtime`).
 
 Each case runs in a fresh process (median seconds per step of ``--steps`` steps after 2 warm-up steps); a round runs
@@ -82,6 +82,7 @@ def ours_step(batch: int):
 
     from alexnet.runtime import resolve_precision, tune_cpu_allocator
     from alexnet.train import TrainConfig
+    from alexnet.train.fold import fc6_fold
     from alexnet.train.loop import EpochOptions, _step
     from alexnet.train.setup import make_optimizer, make_param_groups
 
@@ -96,6 +97,9 @@ def ours_step(batch: int):
     x = torch.randn(batch, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (batch,))
     flags = torch.zeros(2)
+    fold = fc6_fold(model, opt, SIZE, device=device) if os.environ.get("BENCH_NO_FOLD") != "1" else None
+    if fold is not None:  # as `alexnet train` opens it for an epoch's steps (its open and close: once per epoch)
+        fold.open()
 
     def step() -> None:
         _step(model, opt, x, y, o, flags, "benchmark")

@@ -18,6 +18,7 @@ import alexnet
 from alexnet import train
 from alexnet.runtime import Precision
 from alexnet.threads import configure_openmp, openmp_environment
+from alexnet.train.fold import fc6_fold
 from alexnet.train.loop import EpochOptions, _step
 from alexnet.train.setup import make_optimizer, make_param_groups
 
@@ -35,9 +36,9 @@ def _tiny(seed: int = 0) -> alexnet.AlexNet:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_update_equals_plain_sgd(precision: str) -> None:
     """The training loop's step (fused SGD, momentum, weight decay, a new layer at 10x lr, the CPU LRN, fc6 folded
-    over the 1x1 conv5 map) moves every weight as plain fp32 `torch.optim.SGD` with PyTorch's LRN and the unfolded
-    fc6 does: three steps equal up to float rounding in fp32;
-    one step within bf16's rounding under bf16 autocast (after that the two trajectories part, as any two do)."""
+    over the 1x1 conv5 map and trained through its cells' mean) moves every weight as plain fp32 `torch.optim.SGD`
+    with PyTorch's LRN and the unfolded fc6 does: three steps equal up to float rounding in fp32; one step within
+    bf16's rounding under bf16 autocast (after that the two trajectories part, as any two do)."""
     ours, ref = _tiny(), _tiny()
     for i, m in enumerate(ref.features):  # the reference: PyTorch's own LRN
         if isinstance(m, torch.nn.LocalResponseNorm):
@@ -56,10 +57,13 @@ def test_update_equals_plain_sgd(precision: str) -> None:
     o = EpochOptions(device=cpu, num_classes=5, autocast=lambda: p.autocast(cpu), channels_last=True)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
     g = torch.Generator().manual_seed(1)
+    fold = fc6_fold(ours, opt, 67, device=cpu)  # as `alexnet.train` opens it around an epoch's steps
+    assert fold is not None
     for _ in range(3 if precision == "fp32" else 1):
         x = torch.randn(8, 3, 67, 67, generator=g)
         y = torch.randint(0, 5, (8,), generator=g)
-        _step(ours, opt, x.contiguous(memory_format=torch.channels_last), y, o, torch.zeros(2), "test")
+        with fold:
+            _step(ours, opt, x.contiguous(memory_format=torch.channels_last), y, o, torch.zeros(2), "test")
         ref_opt.zero_grad()
         F.cross_entropy(ref.classifier(ref.forward_features(x)), y).backward()  # unfolded fc6
         ref_opt.step()

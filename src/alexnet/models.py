@@ -322,12 +322,16 @@ class AlexNet(nn.Module):
     # How the model's inputs must look (an `alexnet.Preprocessing`: crop size, mean/std, class names), set by
     # `alexnet.create_model` and `alexnet.load_model`; None on a bare network. Not part of the state dict.
     preprocessing: Any = None
-    __jit_ignored_attributes__ = ["preprocessing"]  # TorchScript: a Python object the forward never reads
+    # TorchScript: Python objects the forward never reads when scripted (the cells' mean is a training state)
+    __jit_ignored_attributes__ = ["preprocessing", "fc6_cell_mean"]
 
     def __init__(self, config: AlexNetConfig) -> None:
         super().__init__()
         self.config = c = config
         self.input_size = c.input_size  # a plain int for forward's size check (TorchScript cannot read config)
+        # While `alexnet.train.fold` trains fc6 folded: the (4096, C) mean of its weight over the 36 cells of each
+        # conv5 channel, which the folded forward uses instead of fc6.weight (not a parameter: never saved)
+        self.fc6_cell_mean: torch.Tensor | None = None
         ch = c.conv_channels
         feats: list[nn.Module] = []
         # paper name -> ("features" | "classifier", index); not annotated: TorchScript reads no string annotations
@@ -400,6 +404,16 @@ class AlexNet(nn.Module):
                 nodes[f"{seq}.{idx if name == 'fc8' else idx + 1}"] = name
         return nodes
 
+    def conv5_map_size(self, input_size: int) -> int:
+        """The side of conv5's pooled map for a square input (6 at the paper's 224/227; 1 from 67 to 98, where the
+        CPU forward folds fc6), from the layers' kernels, strides and padding alone."""
+        side = input_size
+        for m in self.features:
+            if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+                k, s, p = (_pair(v) for v in (m.kernel_size, m.stride, m.padding))
+                side = (side + 2 * p - k) // s + 1
+        return side
+
     # --- forward -----------------------------------------------------------------------------------------------
     @torch.jit.export  # a public method of the scripted model too (forward reaches it through `_pooled`)
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,6 +429,8 @@ class AlexNet(nn.Module):
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when the test stands alone)
             if self._folds_fc6(f):  # eager CPU only: never true while traced, exported or compiled
                 return self._forward_folded(f)
+            if self.fc6_cell_mean is not None:  # fc6.weight is stale until the fold writes it back
+                raise RuntimeError("fc6 is being trained folded (alexnet.train.fold) but this input is not folded")
         return self.classifier(self._pooled(f))
 
     @torch.jit.unused
@@ -435,8 +451,30 @@ class AlexNet(nn.Module):
         gives every cell the gradient the unfolded network gives it. The same function and gradients (rounding
         aside) at a 36th of fc6's arithmetic: 1.2-1.27x a bf16 training step at 67x67 (docs/BENCHMARKS.md)."""
         fc6 = self.classifier[0]
-        weight = fc6.weight.view(fc6.out_features, f.shape[1], -1).sum(-1)
+        if self.fc6_cell_mean is not None:  # every cell equals the mean plus a deviation summing to zero
+            weight = _EqualCellsSum.apply(self.fc6_cell_mean, fc6.in_features // f.shape[1])
+        else:
+            weight = fc6.weight.view(fc6.out_features, f.shape[1], -1).sum(-1)
         return self.classifier[1:](nn.functional.linear(torch.flatten(f, 1), weight, fc6.bias))
+
+
+class _EqualCellsSum(torch.autograd.Function):
+    """The sum of fc6's cells from their mean (``cells * mean``; the deviations sum to zero), whose gradient is
+    one cell's: each of the 36 cells gets the folded weight's gradient, so the mean, trained by SGD on that
+    gradient, moves exactly as the cells' mean of the unfolded network moves (`alexnet.train.fold`)."""
+
+    @staticmethod
+    def forward(ctx: Any, mean: torch.Tensor, cells: int) -> torch.Tensor:
+        return mean * cells
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _pair(v: int | tuple[int, ...]) -> int:
+    """One side of a square kernel, stride or padding (nn.Conv2d keeps tuples, nn.MaxPool2d ints)."""
+    return v if isinstance(v, int) else v[0]
 
 
 def _make_layer_property(name: str) -> property:

@@ -36,7 +36,7 @@ from ..errors import AlexnetError
 from ..evaluate import EvalResult, evaluate
 from ..models import AlexNet
 from ..preprocessing import Preprocessing
-from . import diagnostics, inputs, setup, summary
+from . import diagnostics, fold, inputs, setup, summary
 from .checkpoint import (
     RunProgress,
     Trainables,
@@ -424,6 +424,8 @@ class _Run:
             self.train_net = nn.parallel.DistributedDataParallel(data.net, **ddp_kwargs)
         if cfg.compile:
             self.train_net = torch.compile(self.train_net)
+        plain = not (info.distributed or cfg.compile or t.scaler)  # fc6 through its cells' mean where it folds
+        self.fc6_fold = fold.fc6_fold(data.net, t.optimizer, t.pre.input_size, device=device, plain_step=plain)
         self.stop = StopFlag()
         self.opts = EpochOptions(
             device=device, num_classes=len(t.pre.class_names or []), batch_transform=data.train_tf,
@@ -528,8 +530,9 @@ class _Run:
         if hasattr(self.loader.batch_sampler, "set_epoch"):  # per-batch seeds of the random transforms
             self.loader.batch_sampler.set_epoch(epoch)
         try:
-            stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
-                                             stats=stats)  # fmt: skip
+            with self.fc6_fold or contextlib.nullcontext():  # closed (fc6.weight written back) before any reader
+                stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts,
+                                                 epoch=epoch, stats=stats)  # fmt: skip
         except (NonFiniteLoss, diagnostics.Diverging) as e:  # diagnostics.json records it; the checkpoint stays
             run = rundir.RunDir(self.out)
             kept = f"{run.last} kept" if run.state.exists() else "none saved yet"
