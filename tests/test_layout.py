@@ -18,7 +18,7 @@ PKG = SRC / "alexnet"
 # Bottom to top: a module imports only modules of its own layer or below (docs/ARCHITECTURE.md draws the same).
 LAYERS = [
     ["errors", "options", "names", "limits", "schemas", "threads"],
-    ["runtime", "progress", "models"],
+    ["runtime", "progress", "cpu_ops", "models"],
     ["data"],
     ["preprocessing", "weights"],
     ["distributed", "rundir"],

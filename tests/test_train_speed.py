@@ -20,7 +20,7 @@ from alexnet.runtime import Precision
 from alexnet.threads import configure_openmp, openmp_environment
 from alexnet.train.fold import fc6_fold
 from alexnet.train.loop import EpochOptions, _step
-from alexnet.train.setup import make_optimizer, make_param_groups
+from alexnet.train.setup import make_optimizer, make_param_groups, resolve_decay_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,13 +100,46 @@ def test_warmup_then_caffe_steps() -> None:
     assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.01, 0.01])
 
 
-def test_warmup_needs_the_step_schedule() -> None:
+def test_warmup_then_a_straight_line_to_zero() -> None:
+    """The demo's schedule: the warm-up, then lr falls linearly to 0 at decay_steps (and stays there)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    cfg = train.TrainConfig(schedule="linear", warmup_steps=2, decay_steps=5, lr=0.1)
+    epoch_sched, per_iter = train.make_scheduler(cfg, opt)
+    assert epoch_sched is None
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        per_iter.step()
+    assert lrs == pytest.approx([0.05, 0.08, 0.06, 0.04, 0.02, 0.0, 0.0])
+
+
+def test_a_linear_schedule_s_length_is_the_run_s_at_its_start(tmp_path) -> None:
+    """decay_steps 0 is resolved once, from the run's length when it starts, and recorded in config.json: a resume
+    that trains longer keeps the schedule it started with."""
+    from _builders import make_folder, read_metrics, tiny_config
+
+    data = make_folder(tmp_path / "data")  # 18 training images at batch 8: 3 steps per epoch
+    train.main(tiny_config(data, tmp_path / "run", epochs=2, schedule="linear", lr=0.03))
+    saved = train.load_config_file(tmp_path / "run" / "config.json")
+    assert (saved["schedule"], saved["decay_steps"]) == ("linear", 6)
+    assert [float(r["lr"]) for r in read_metrics(tmp_path / "run")] == pytest.approx([0.03, 0.015])
+    setup = resolve_decay_steps
+    assert setup(train.TrainConfig(schedule="linear", epochs=3, batch_size=8), 17, 2).decay_steps == 9  # 9 a rank
+    assert setup(train.TrainConfig(schedule="linear", decay_steps=4), 17, 1).decay_steps == 4
+    assert setup(train.TrainConfig(schedule="step"), 17, 1).decay_steps == 0
+
+
+def test_warmup_needs_an_iteration_schedule() -> None:
     with pytest.raises(train.TrainError) as e:
         train.check_config(train.TrainConfig(data="x", warmup_steps=10))
-    assert str(e.value) == "warmup_steps: only with schedule=step (the plateau rule has no iteration count)"
+    assert str(e.value) == "warmup_steps: only with schedule=step or linear (the plateau rule has no iteration count)"
     with pytest.raises(train.TrainError) as e:
         train.check_config(train.TrainConfig(data="x", schedule="step", warmup_steps=-1))
     assert str(e.value) == "warmup_steps: expected a non-negative integer, got -1"
+    with pytest.raises(train.TrainError, match="decay_steps: only with schedule=linear"):
+        train.check_config(train.TrainConfig(data="x", schedule="step", decay_steps=10))
 
 
 def test_openmp_threads_sleep_unless_the_user_chose() -> None:
@@ -139,17 +172,20 @@ def test_the_program_sets_the_policy_before_torch_loads() -> None:
 
 
 def test_demo_cpu_recipe_is_the_readmes() -> None:
-    """The from-scratch CPU demo: all training images but 1,000, 4 epochs at batch 256, lr 0.04 after a 50-step
-    warm-up, x0.1 after 2/3 of the steps, patches from a 72x72 square, reported on all 10,000 test images (README,
-    "make demo")."""
+    """The from-scratch CPU demo: all training images but 1,000, 5 epochs at batch 256, lr 0.06 reached over a
+    warm-up epoch and falling linearly to 0 at the last step, patches from a 72x72 square, reported on all 10,000
+    test images (README, "make demo"). The GPU's from-scratch demo keeps Caffe's step schedule."""
     from alexnet import demo
 
     c = demo.resolve(demo.DemoConfig(), False, torch.device("cpu"))
     assert (c.train_samples, c.val_samples, c.test_samples) == (0, 1000, 10000)
-    assert (c.epochs, c.batch_size, c.lr, c.input_size, c.resize_size) == (4, 256, 0.04, 67, 72)
+    assert (c.epochs, c.batch_size, c.lr, c.input_size, c.resize_size) == (5, 256, 0.06, 67, 72)
     tc = demo._train_config(c, Path("data"), False, 59000, "stats.json")
-    assert (tc.schedule, tc.step_size, tc.warmup_steps, tc.arch) == ("step", 616, 50, "alexnet2012")
+    assert (tc.schedule, tc.warmup_steps, tc.decay_steps, tc.arch) == ("linear", 231, 1155, "alexnet2012")
     assert (tc.resize_size, tc.stats) == (72, "stats.json")
+    gpu = demo.resolve(demo.DemoConfig(), False, torch.device("cuda"))
+    tc = demo._train_config(gpu, Path("data"), False, 59000, "stats.json")
+    assert (tc.schedule, tc.step_size, tc.warmup_steps) == ("step", 1844, 50)
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def resolve(cfg: DemoConfig, finetune: bool, device: torch.device) -> DemoConfig
         # linearly to the batch (Goyal et al., 2017) with a 50-step warm-up, then Caffe's step at 2/3 of the run;
         # fewer, larger steps are what a CPU does fast (the weights' traffic is paid once per step)
         defaults = {"train_samples": 0, "val_samples": 1000, "test_samples": 10000}
-        defaults.update(epochs=4, input_size=67, batch_size=256, lr=0.04)
+        defaults.update(epochs=5, input_size=67, batch_size=256, lr=0.06)
     defaults["workers"] = min(8, cpu_count()) if gpu else 0
     for k, v in defaults.items():
         if getattr(c, k) is None:
@@ -252,11 +252,14 @@ def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int
             tc, weights="torchvision", train_layers=["fc6", "fc7", "fc8"], reinit=["fc8"], cache_features=True,
             augment=False, new_layer_lr_mult=10.0,
         )  # fmt: skip
-    steps = c.epochs * -(-train_images // c.batch_size)
-    # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
-    tc = dataclasses.replace(
-        tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps), stats=stats
-    )
+    per_epoch = -(-train_images // c.batch_size)
+    steps = c.epochs * per_epoch
+    if c.input_size < 224:  # the CPU recipe: a warm-up epoch, then straight down to 0 at the end (README)
+        tc = dataclasses.replace(tc, schedule="linear", warmup_steps=per_epoch, decay_steps=steps, stats=stats)
+    else:  # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
+        tc = dataclasses.replace(
+            tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps), stats=stats
+        )
     if c.input_size < 224:
         tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
     return tc

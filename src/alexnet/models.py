@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 import torch.fx
 from torch import nn
-from torch.nn import functional as F
 
+from .cpu_ops import Conv2d, Dropout, EqualCellsSum, LocalResponseNorm, eager_cpu
 from .limits import check_model_limits
 from .names import CONV_LAYERS, FC_LAYERS, INIT_SCHEMES, LAYER_NAMES
 
@@ -177,115 +177,6 @@ _ARCHS: dict[str, Callable[[], AlexNetConfig]] = {
 }
 
 
-def _lrn_band(channels: int, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """(C, C) 0/1 matrix B with ``(sq @ B)[:, c]`` the sum of ``sq`` over channels ``c - size//2 .. c + (size-1)//2``
-    (zero-padded at the ends): LRN's window, as `torch.nn.functional.local_response_norm` takes it."""
-    i = torch.arange(channels)
-    d = i.view(1, -1) - i.view(-1, 1)  # d[j, c] = c - j
-    return ((d >= -((size - 1) // 2)) & (d <= size // 2)).to(dtype)
-
-
-def _channels_last_rows(x: torch.Tensor) -> torch.Tensor | None:
-    """``x`` (N, C, H, W) as an (N*H*W, C) view when it is channels_last in memory, else None."""
-    rows = x.permute(0, 2, 3, 1)
-    return rows.view(-1, x.shape[1]) if rows.is_contiguous() else None
-
-
-def _window_sum(sq: torch.Tensor, band: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
-    """``shift + scale * window_sum(sq)`` over channels, as one matmul per layout (channels_last: rows of C;
-    NCHW: B^T @ (C, H*W) per image). ``band`` is symmetric for LRN's odd sizes and transposed otherwise."""
-    n, c, h, w = sq.shape
-    rows = _channels_last_rows(sq)
-    if rows is not None:
-        out = torch.addmm(torch.full((c,), shift, dtype=sq.dtype), rows, band, alpha=scale)
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    out = torch.matmul(band.t(), sq.reshape(n, c, h * w)).mul_(scale).add_(shift)
-    return out.view(n, c, h, w)
-
-
-class _LRNFunction(torch.autograd.Function):
-    """LRN with its own backward: ``y = x * d**-beta``, ``d = k + alpha/n * W(x**2)`` (W the channel window), so
-    ``dx = g * d**-beta - 2*alpha*beta/n * x * W'(g * y / d)``. Two small matmuls and a few elementwise passes in
-    the input's dtype, instead of PyTorch's avg_pool3d forward and backward in float32 (38% of a bf16 training
-    step at the demo's shape, docs/BENCHMARKS.md)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        band = _lrn_band(x.shape[1], size, x.dtype)
-        d = _window_sum(x * x, band, alpha / size, k)
-        if beta == 0.75:  # the paper's: d**-0.75 = d**-0.5 * d**-0.25, two root passes instead of pow's exp and log
-            p = d.rsqrt()
-            p = p.mul_(p.sqrt())
-        else:
-            p = d.pow(-beta)
-        ctx.save_for_backward(x, p, d, band)
-        ctx.coef = 2.0 * alpha * beta / size
-        return x * p
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, p, d, band = ctx.saved_tensors
-        gp = g * p
-        u = _window_sum(gp * x / d, band.t().contiguous(), 1.0, 0.0)  # W' = W^T
-        return torch.addcmul(gp, x, u, value=-ctx.coef), None, None, None, None
-
-
-class LocalResponseNorm(nn.LocalResponseNorm):
-    """`torch.nn.LocalResponseNorm` (section 3.3: ``b = a * (k + alpha/n * sum of a**2 over n adjacent channels)
-    ** -beta``) computed on the CPU as a channel-window matmul in the input's dtype (`_LRNFunction`): PyTorch's
-    kernel is an avg_pool3d with no bfloat16 CPU version (a float32 round trip) and a slow backward. Elsewhere,
-    and when traced or scripted for export, PyTorch's own."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _local_response_norm(x, self.size, self.alpha, self.beta, self.k)
-
-
-def _local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """`LocalResponseNorm`'s arithmetic. A free function, wrapped for torch.fx (below): its branches are taken
-    when the traced graph runs, not when it is traced, and TorchScript compiles it (the fused path is skipped
-    there). Eager CPU tensors take `_LRNFunction`; traced, exported or compiled graphs PyTorch's own LRN."""
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when the test stands alone)
-        if _eager_cpu(x):
-            return _fused_lrn(x, size, alpha, beta, k)
-    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or x.dtype == torch.float16):
-        return F.local_response_norm(x.float(), size, alpha, beta, k).to(x.dtype)
-    return F.local_response_norm(x, size, alpha, beta, k)
-
-
-@torch.jit.unused
-def _fused_lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    return _LRNFunction.apply(x, size, alpha, beta, k)
-
-
-def _eager_cpu(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a real 4-d CPU tensor in eager mode (not traced by TorchScript, torch.fx, torch.export or
-    the ONNX exporter, which get PyTorch's own LRN)."""
-    if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return not torch.onnx.is_in_onnx_export() and x.device.type == "cpu" and x.ndim == 4
-
-
-class Dropout(nn.Dropout):
-    """`torch.nn.Dropout` (section 4: each hidden unit of fc6/fc7 is zeroed with probability ``p`` while training;
-    inverted, as torchvision's, so that evaluation needs no rescaling) whose CPU mask comes from ``torch.rand``.
-    PyTorch's CPU ``bernoulli_`` kernel is several times slower than ``rand`` for the same Bernoulli(1 - p) mask, a
-    visible share of a cached fine-tuning step (docs/BENCHMARKS.md). Other devices keep PyTorch's fused kernel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dropout(x, self.p, self.training, self.inplace)
-
-
-def _dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
-    """`Dropout`'s arithmetic, a free function for torch.fx and TorchScript as `_local_response_norm`."""
-    if not training or p == 0.0 or x.device.type != "cpu":
-        return F.dropout(x, p, training, inplace)
-    if p == 1.0:
-        return x.mul_(0.0) if inplace else x * 0.0
-    keep = torch.rand(x.shape, device=x.device) >= p  # float32 draws whatever x's dtype
-    scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
-    return x.mul_(scale) if inplace else x * scale
-
-
 def _check_conv5(x: torch.Tensor, input_size: int) -> torch.Tensor:
     """``x`` (N, C, 6, 6) unchanged, else a ValueError that names the input size the architecture needs. A free
     function wrapped for torch.fx (so `forward` has no Python branch on a shape while traced; the check runs in
@@ -298,10 +189,8 @@ def _check_conv5(x: torch.Tensor, input_size: int) -> torch.Tensor:
     return x
 
 
-# torch.fx records calls of these as single nodes instead of tracing into them (their branches depend on the
-# device, the dtype or a shape); torchvision's `create_feature_extractor` traces `AlexNet` through them.
-torch.fx.wrap("_local_response_norm")
-torch.fx.wrap("_dropout")
+# torch.fx records a call of this as one node instead of tracing into it (its branch depends on a shape);
+# torchvision's `create_feature_extractor` traces `AlexNet` through it (and cpu_ops' wrapped functions).
 torch.fx.wrap("_check_conv5")
 
 
@@ -339,7 +228,7 @@ class AlexNet(nn.Module):
 
         def add_conv(name: str, cin: int, cout: int, k: int, stride: int, pad: int, groups: int) -> None:
             self._layer_index[name] = ("features", len(feats))
-            feats.append(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, groups=groups))
+            feats.append(Conv2d(cin, cout, k, stride=stride, padding=pad, groups=groups))
             feats.append(_activation(c.activation))
 
         def add_pool_lrn() -> None:
@@ -438,7 +327,7 @@ class AlexNet(nn.Module):
         """Whether `_forward_folded` applies: eager mode on the CPU, adaptive pooling of a 1x1 conv5 map (inputs of
         67x67 to 98x98, the CPU demo's size), fc6 first in the classifier (the paper's layout: no dropout between
         the pooling and fc6) and no hooks on fc6."""
-        if not _eager_cpu(f) or not self.config.adaptive_pool or f.shape[-2:] != (1, 1):
+        if not eager_cpu(f) or not self.config.adaptive_pool or f.shape[-2:] != (1, 1):
             return False
         fc6 = self.classifier[0]
         hooks = fc6._forward_hooks or fc6._forward_pre_hooks or nn.modules.module._global_forward_hooks
@@ -452,24 +341,10 @@ class AlexNet(nn.Module):
         aside) at a 36th of fc6's arithmetic: 1.2-1.27x a bf16 training step at 67x67 (docs/BENCHMARKS.md)."""
         fc6 = self.classifier[0]
         if self.fc6_cell_mean is not None:  # every cell equals the mean plus a deviation summing to zero
-            weight = _EqualCellsSum.apply(self.fc6_cell_mean, fc6.in_features // f.shape[1])
+            weight = EqualCellsSum.apply(self.fc6_cell_mean, fc6.in_features // f.shape[1])
         else:
             weight = fc6.weight.view(fc6.out_features, f.shape[1], -1).sum(-1)
         return self.classifier[1:](nn.functional.linear(torch.flatten(f, 1), weight, fc6.bias))
-
-
-class _EqualCellsSum(torch.autograd.Function):
-    """The sum of fc6's cells from their mean (``cells * mean``; the deviations sum to zero), whose gradient is
-    one cell's: each of the 36 cells gets the folded weight's gradient, so the mean, trained by SGD on that
-    gradient, moves exactly as the cells' mean of the unfolded network moves (`alexnet.train.fold`)."""
-
-    @staticmethod
-    def forward(ctx: Any, mean: torch.Tensor, cells: int) -> torch.Tensor:
-        return mean * cells
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
 
 
 def _pair(v: int | tuple[int, ...]) -> int:

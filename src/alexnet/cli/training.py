@@ -131,16 +131,19 @@ def _add_recipe_group(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--weight-decay", type=float, default=S, help="weight decay" + d("weight_decay"))
     g.add_argument(
         "--schedule",
-        choices=["plateau", "step"],
+        choices=["plateau", "step", "linear"],
         default=S,
-        help="plateau: /10 when val error stops improving; step: Caffe's every --step-size iterations" + d("schedule"),
+        help="plateau: /10 when val error stops improving; step: Caffe's every --step-size iterations; linear: "
+        "down to 0 at --decay-steps (default: the run's end)" + d("schedule"),
     )
     g.add_argument("--lr-factor", type=float, default=S, help="learning-rate drop factor" + d("lr_factor"))
     g.add_argument("--plateau-patience", type=int, default=S, help="epochs without gain" + d("plateau_patience"))
     g.add_argument("--max-lr-drops", type=int, default=S, help="most plateau drops" + d("max_lr_drops"))
     g.add_argument("--step-size", type=positive_int, default=S, help="iterations per step" + d("step_size"))
-    g.add_argument("--warmup-steps", type=int, default=S, help="iterations of linear lr warm-up (step schedule)"
+    g.add_argument("--warmup-steps", type=int, default=S, help="iterations of linear lr warm-up (step, linear)"
                    + d("warmup_steps"))  # fmt: skip
+    g.add_argument("--decay-steps", type=int, default=S, help="linear schedule: the iteration where lr reaches 0 "
+                   "(0: the run's length at its start)" + d("decay_steps"))  # fmt: skip
     g.add_argument("--seed", type=seed_int, default=S, help="random seed" + d("seed"))
 
 

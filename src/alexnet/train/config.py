@@ -75,12 +75,15 @@ class TrainConfig:
     lr: float = 0.01  # initial learning rate
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "plateau"  # plateau: /10 when val error stops improving; step: Caffe's x0.1 every step_size iters
+    # plateau: /10 when val error stops improving; step: Caffe's x0.1 every step_size iters; linear: after the warm-up
+    # lr falls in a straight line to 0 at iteration decay_steps (not the paper's: the best short-budget schedule)
+    schedule: str = "plateau"
     lr_factor: float = 0.1  # the "divide by 10"
     plateau_patience: int = 5  # epochs without improvement before the learning rate drops
     max_lr_drops: int = 3  # the paper reduced the learning rate three times
     step_size: int = 100_000  # iterations between drops with schedule=step (bvlc_alexnet solver: 100000)
-    warmup_steps: int = 0  # schedule=step: lr rises linearly over these first iterations (not the paper's; 0 = none)
+    warmup_steps: int = 0  # step/linear: lr rises linearly over these first iterations (not the paper's; 0 = none)
+    decay_steps: int = 0  # linear: the iteration where lr reaches 0; 0: the run's length, fixed when it starts
     augment: bool = True  # random crop + horizontal flip + PCA lighting (section 4.1); False: eval geometry
     lighting: float = 0.1  # sigma of the PCA lighting coefficients alpha_i (section 4.1); 0 disables
     # engineering
@@ -115,7 +118,7 @@ RUN_DEFINING_SETTINGS = (
     "val_split", "stats", "arch", "input_size", "resize_size", "model_options", "dropout", "init", "weights",
     "train_layers", "reinit", "new_layer_lr_mult", "cache_features", "batch_size", "lr", "momentum",
     "weight_decay", "schedule", "lr_factor", "plateau_patience", "max_lr_drops", "step_size", "augment", "lighting",
-    "seed", "warmup_steps",
+    "seed", "warmup_steps", "decay_steps",
 )  # fmt: skip
 # What may change on resume (honoured, printed and recorded in config.json): how long and where the run computes,
 # and how it reports. ``data`` may move (its classes are checked); ``out`` is always the resumed folder.
@@ -126,7 +129,7 @@ RESUMABLE_SETTINGS = (
 
 _CHOICES = {
     "keep": KEEP_MODES,
-    "schedule": ("plateau", "step"),
+    "schedule": ("plateau", "step", "linear"),
     "precision": options.PRECISIONS,
     "on_bad_image": ("skip", "fail"),
     "progress": options.PROGRESS_MODES,
@@ -227,11 +230,14 @@ def _check_numbers(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "plateau_patience" else 1):
             raise TrainError(f"{name}: expected a positive integer, got {v!r}")
-    w = cfg.warmup_steps
-    if not isinstance(w, int) or isinstance(w, bool) or w < 0:
-        raise TrainError(f"warmup_steps: expected a non-negative integer, got {w!r}")
-    if w and cfg.schedule != "step":
-        raise TrainError("warmup_steps: only with schedule=step (the plateau rule has no iteration count)")
+    for name in ("warmup_steps", "decay_steps"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise TrainError(f"{name}: expected a non-negative integer, got {v!r}")
+    if cfg.warmup_steps and cfg.schedule == "plateau":
+        raise TrainError("warmup_steps: only with schedule=step or linear (the plateau rule has no iteration count)")
+    if cfg.decay_steps and cfg.schedule != "linear":
+        raise TrainError("decay_steps: only with schedule=linear")
     for name in ("lr", "new_layer_lr_mult"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:

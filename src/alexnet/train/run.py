@@ -343,13 +343,14 @@ def _assemble(
         data = _cache_features(model, cfg, (train_ds, val_ds), eval_tf, env)
     else:
         data = _EpochData(model, train_ds, val_ds, train_tf, eval_tf, [])
+    cfg = setup.resolve_decay_steps(cfg, len(data.train_ds), info.world_size)  # before config.json is written
     groups = setup.make_param_groups(model, learners, new_layers, cfg.lr, cfg.new_layer_lr_mult)
     optimizer = setup.make_optimizer(cfg, groups, device)
     epoch_scheduler, iter_scheduler = setup.make_scheduler(cfg, optimizer)
     t = Trainables(model, pre, cfg.arch, new_layers, optimizer, epoch_scheduler or iter_scheduler,
                    env.precision.grad_scaler(device), run_settings(cfg))  # fmt: skip
     if info.is_main:  # what the weights it writes carry (alexnet.weights.provenance): hashed once, by the writer
-        t.origin = _origin(cfg, train_dataset)
+        t.origin = setup.weights_origin(cfg, train_dataset)
     run = _Run(cfg, env, t, data, (epoch_scheduler, iter_scheduler), Path(cfg.out))
     if resume_state is not None:
         run.state = restore_progress(resume_state, t, run.out, info, device)
@@ -358,14 +359,6 @@ def _assemble(
     run.open(overwrite=overwrite)
     run.start_diagnostics(learners, new_layers, (train_ds, val_ds), resumed=resume_state is not None)
     return run
-
-
-def _origin(cfg: TrainConfig, train_dataset: Any | None) -> dict[str, Any]:
-    """The parent weights (name and SHA-256) and the data source a run's weights record."""
-    from ..weights import parent_of
-
-    data = cfg.data or (type(train_dataset).__name__ if train_dataset is not None else None)
-    return {"parent": parent_of(cfg.weights) if cfg.weights else None, "data": data}
 
 
 # --- the epochs ---------------------------------------------------------------------------------------------------

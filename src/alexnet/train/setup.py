@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..data.batch import Batch
 from ..models import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, init_layer
 from ..preprocessing import Preprocessing, default_preprocessing, paper_resize
 from ..progress import track
-from ..weights import guess_arch, load_model
+from ..weights import guess_arch, load_model, parent_of
 from .config import TrainConfig, TrainError
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "make_optimizer",
     "make_param_groups",
     "make_scheduler",
+    "resolve_decay_steps",
+    "weights_origin",
 ]
 
 
@@ -177,11 +180,36 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], device: torch
     )
 
 
+def weights_origin(cfg: TrainConfig, train_dataset: Any | None) -> dict[str, Any]:
+    """The parent weights (name and SHA-256) and the data source a run's weights record
+    (`alexnet.weights.provenance`)."""
+    data = cfg.data or (type(train_dataset).__name__ if train_dataset is not None else None)
+    return {"parent": parent_of(cfg.weights) if cfg.weights else None, "data": data}
+
+
+def resolve_decay_steps(cfg: TrainConfig, images: int, world_size: int) -> TrainConfig:
+    """``cfg`` with a linear schedule's length fixed: ``decay_steps`` 0 becomes the run's whole length at its start
+    (epochs x steps per epoch over ``images`` training images, each rank a padded share as DistributedSampler
+    gives it), so config.json records the number and a resume that trains longer keeps it."""
+    if cfg.schedule != "linear" or cfg.decay_steps:
+        return cfg
+    steps = math.ceil(math.ceil(images / world_size) / (cfg.batch_size // world_size))
+    return dataclasses.replace(cfg, decay_steps=max(1, cfg.epochs * steps))
+
+
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
     """(per-epoch scheduler, per-iteration scheduler). plateau: ReduceLROnPlateau on the validation top-1 error,
     floored at ``lr * factor**max_lr_drops`` (the paper: three drops); step: Caffe's policy,
     ``lr * gamma**floor(iter / step_size)``, stepped every iteration, times ``min(1, (iter + 1) / warmup_steps)``
-    with a warm-up."""
+    with a warm-up; linear: the warm-up, then ``1 - iter / decay_steps`` (Li et al., 2020, "Budgeted training": the
+    schedule that does best when the run is short), stepped every iteration."""
+    if cfg.schedule == "linear":
+        w, total = max(1, cfg.warmup_steps), cfg.decay_steps
+        if total < 1:
+            raise ValueError("schedule linear needs decay_steps (`resolve_decay_steps` sets the run's length)")
+        return None, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda it: min(1.0, (it + 1) / w) * max(0.0, 1.0 - it / total)
+        )
     if cfg.schedule == "step" and cfg.warmup_steps:
         # Goyal et al. (2017)'s gradual warm-up for a large batch's scaled learning rate, then Caffe's steps
         w, size, gamma = cfg.warmup_steps, cfg.step_size, cfg.lr_factor
