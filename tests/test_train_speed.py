@@ -173,16 +173,16 @@ def test_the_program_sets_the_policy_before_torch_loads() -> None:
 
 def test_demo_cpu_recipe_is_the_readmes() -> None:
     """The from-scratch CPU demo: all training images but 1,000, 5 epochs at batch 256, lr 0.06 reached over a
-    warm-up epoch and falling linearly to 0 at the last step, patches from a 72x72 square, reported on all 10,000
+    warm-up epoch and falling linearly to 0 at the last step, patches from a 70x70 square, reported on all 10,000
     test images (README, "make demo"). The GPU's from-scratch demo keeps Caffe's step schedule."""
     from alexnet import demo
 
     c = demo.resolve(demo.DemoConfig(), False, torch.device("cpu"))
     assert (c.train_samples, c.val_samples, c.test_samples) == (0, 1000, 10000)
-    assert (c.epochs, c.batch_size, c.lr, c.input_size, c.resize_size) == (5, 256, 0.06, 67, 72)
+    assert (c.epochs, c.batch_size, c.lr, c.input_size, c.resize_size) == (5, 256, 0.06, 67, 70)
     tc = demo._train_config(c, Path("data"), False, 59000, "stats.json")
     assert (tc.schedule, tc.warmup_steps, tc.decay_steps, tc.arch) == ("linear", 231, 1155, "alexnet2012")
-    assert (tc.resize_size, tc.stats) == (72, "stats.json")
+    assert (tc.resize_size, tc.stats) == (70, "stats.json")
     gpu = demo.resolve(demo.DemoConfig(), False, torch.device("cuda"))
     tc = demo._train_config(gpu, Path("data"), False, 59000, "stats.json")
     assert (tc.schedule, tc.step_size, tc.warmup_steps) == ("step", 1844, 50)
