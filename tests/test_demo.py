@@ -51,7 +51,8 @@ def test_demo_runs_end_to_end_offline(fashion, tmp_path, offline, capsys):
     assert len(summary["examples"]) == 5 and len(summary["examples"][0]["top3"]) == 3
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "alexnet2012" and cfg["input_size"] == 67 and cfg["init"] == "kaiming"
-    assert cfg["resize_size"] == 67 + demo.JITTER and cfg["warmup_steps"] == 20  # the warm-up cut to 2 x 10 steps
+    assert cfg["resize_size"] == 67 + demo.JITTER and cfg["schedule"] == "linear"
+    assert (cfg["warmup_steps"], cfg["decay_steps"]) == (10, 20)  # a warm-up epoch of 10 steps, then down to 0
     # the weights say where they come from (provenance), and what they are in words
     prov = read_provenance(out / "best.safetensors")
     assert (prov["alexnet_version"], prov["parent"], prov["data"]) == (alexnet.__version__, None, str(fashion))

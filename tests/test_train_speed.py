@@ -131,6 +131,18 @@ def test_a_linear_schedule_s_length_is_the_run_s_at_its_start(tmp_path) -> None:
     assert setup(train.TrainConfig(schedule="step"), 17, 1).decay_steps == 0
 
 
+def test_a_linear_run_does_not_suggest_more_epochs(tmp_path) -> None:
+    """Its schedule ended at lr 0: the closing summary says so instead of suggesting a resume with more epochs."""
+    from alexnet.train import summary
+
+    (tmp_path / "state.pt").write_bytes(b"")
+    kw = dict(epochs_done=2, epochs=2, seconds=1.0, best=(2, 0.1), per_class=None, findings=[])
+    assert any("--resume" in line for line in summary.closing_lines(tmp_path, **kw))
+    lines = summary.closing_lines(tmp_path, **kw, extendable=False)
+    assert not any("--resume" in line for line in lines)
+    assert "  (its linear schedule ended at lr 0: a resume with more epochs would not train further)" in lines
+
+
 def test_warmup_needs_an_iteration_schedule() -> None:
     with pytest.raises(train.TrainError) as e:
         train.check_config(train.TrainConfig(data="x", warmup_steps=10))

@@ -67,8 +67,8 @@ class Preprocessing:
             )
         if self.class_names is not None and not isinstance(self.class_names, (list, tuple)):
             raise PreprocessingError(f"class_names must be a list of names, got {type(self.class_names).__name__}")
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
+        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]  # length checked next
+        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
         if len(self.mean) != 3 or len(self.std) != 3:
             raise PreprocessingError("mean and std need 3 values (R, G, B)")
         # Pixels lie in 0..value_scale, so does their mean; a std under value_scale / 10^4 (or a mean of 1e308)
@@ -99,7 +99,7 @@ class Preprocessing:
         (a TypeError) with a sentence: nothing is rescaled silently."""
         return self.eval_transform()(img)
 
-    def normalizer(self) -> nn.Module:
+    def normalizer(self) -> Normalizer:
         """uint8 image or batch -> normalised float; runs on any device."""
         return Normalizer(self.mean, self.std, self.value_scale)
 

@@ -38,7 +38,8 @@ class FC6Fold:
     def __init__(self, model: AlexNet, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
         fc6 = model.classifier[0]
-        self.weight: nn.Parameter = fc6.weight
+        assert isinstance(fc6, nn.Linear)
+        self.weight: torch.Tensor = fc6.weight
         channels = model.config.conv_channels[4]
         self.shape = (fc6.out_features, channels, fc6.in_features // channels)
         self.group = _group_of(optimizer, self.weight)
@@ -142,7 +143,9 @@ def fc6_fold(
     if not plain_step or device.type != "cpu" or not isinstance(model, AlexNet):
         return None
     fc6 = model.classifier[0]
-    if not model.config.adaptive_pool or fc6 is not model.fc6 or not fc6.weight.requires_grad:
+    if not isinstance(fc6, nn.Linear) or not model.config.adaptive_pool or fc6 is not model.fc6:
+        return None
+    if not fc6.weight.requires_grad:
         return None
     if fc6._forward_hooks or fc6._forward_pre_hooks or model.conv5_map_size(input_size) != 1:
         return None

@@ -501,7 +501,7 @@ class _Run:
         s = self.state
         summary.print_lines(summary.closing_lines(
             self.out, epochs_done=s.metrics[-1]["epoch"], epochs=self.cfg.epochs, seconds=time.perf_counter() - self.t0,
-            best=(s.best_epoch, s.best_err), findings=self.monitor.findings,
+            best=(s.best_epoch, s.best_err), findings=self.monitor.findings, extendable=self.cfg.schedule != "linear",
             per_class=summary.eval_per_class(self.last_val, self.t.pre.class_names or []),
         ))  # fmt: skip
 

@@ -85,9 +85,11 @@ def closing_lines(
     best: tuple[int, float],
     per_class: tuple[Sequence[str], Sequence[float]] | None,
     findings: Sequence[Any],
+    extendable: bool = True,
 ) -> list[str]:
     """The closing summary of a run that finished its epochs: ``best`` (epoch, top-1 error; epoch 0 when none),
-    ``per_class`` the last validation's (class names, accuracies), ``findings`` the diagnostics'."""
+    ``per_class`` the last validation's (class names, accuracies), ``findings`` the diagnostics'; ``extendable``
+    False when more epochs would train at lr 0 (a linear schedule that has reached its end)."""
     best_epoch, best_err = best
     lines = [f"done: {epochs_done} of {epochs} epochs in {seconds:.1f} s"]
     if best_epoch and math.isfinite(best_err):
@@ -109,8 +111,10 @@ def closing_lines(
     lines.append(f"  alexnet report {out}")
     if weights.is_file():
         lines.append(f"  alexnet predict IMAGE.jpg --weights {weights}")
-    if (out / rundir.STATE).is_file():
+    if (out / rundir.STATE).is_file() and extendable:
         lines.append(f"  alexnet train --resume {out} --epochs {epochs + max(1, epochs // 2)}   (to train longer)")
+    elif (out / rundir.STATE).is_file():
+        lines.append("  (its linear schedule ended at lr 0: a resume with more epochs would not train further)")
     return lines
 
 
