@@ -122,7 +122,7 @@ def test_a_run_trains_fc6_folded_resumes_exactly_and_equals_the_unfolded_run(tmp
     data = make_folder(tmp_path / "data")
     opened: list[int] = []
     real_open = FC6Fold.open
-    monkeypatch.setattr(FC6Fold, "open", lambda self: (opened.append(1), real_open(self))[1])
+    monkeypatch.setattr(FC6Fold, "open", lambda self, kept=None: (opened.append(1), real_open(self, kept))[1])
     kw = dict(arch="alexnet2012", input_size=67, model_options={**TINY, "adaptive_pool": True}, precision="fp32",
               epochs=3, lr=0.02)  # fmt: skip
     train.main(tiny_config(data, tmp_path / "full", **kw))
@@ -137,3 +137,33 @@ def test_a_run_trains_fc6_folded_resumes_exactly_and_equals_the_unfolded_run(tmp
     plain = state_dict_of(tmp_path / "plain" / "last.safetensors")
     for k, w in plain.items():
         assert (full[k] - w).norm() <= 1e-4 * w.norm(), k
+
+
+def test_an_epoch_stopped_part_way_resumes_bit_for_bit(tmp_path) -> None:
+    """Ctrl-C in the middle of an epoch: the checkpoint holds where the fold stood (the weights and momentum it
+    opened on, the mean, its momentum, the recurrence), so the resumed run ends bit-identical to one never
+    stopped; re-splitting the written-back cells instead would round differently."""
+    import os
+    import signal
+
+    from alexnet import train
+    from alexnet.train.loop import step_hook
+
+    data = make_folder(tmp_path / "data")
+    kw = dict(arch="alexnet2012", input_size=67, model_options={**TINY, "adaptive_pool": True}, precision="fp32",
+              epochs=2, lr=0.02, batch_size=2)  # fmt: skip
+    train.main(tiny_config(data, tmp_path / "full", **kw))
+
+    def interrupt(epoch: int, stats) -> None:
+        if epoch == 1 and stats.steps == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the run's own handler: finish the step, save, return
+
+    with step_hook(interrupt):
+        result = train.main(tiny_config(data, tmp_path / "cut", **kw))
+    assert result.interrupted
+    state = train.load_state(tmp_path / "cut")
+    assert state["epoch"] == 0 and state["step"] == 4 and state["fc6_fold"]["steps"] == 4
+    train.main(tiny_config(data, tmp_path / "cut", **kw, resume=str(tmp_path / "cut")))
+    full = state_dict_of(tmp_path / "full" / "last.safetensors")
+    cut = state_dict_of(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.equal(full[k], cut[k]) for k in full)

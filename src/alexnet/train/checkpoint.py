@@ -216,6 +216,7 @@ class RunProgress:
     best_epoch: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv's rows
     skipped: list[str] = field(default_factory=list)  # skipped.txt's names
+    fc6_fold: dict[str, Any] | None = None  # an interrupted epoch's fc6 fold (`alexnet.train.fold`), where it stood
 
 
 def _build_state(
@@ -236,6 +237,7 @@ def _build_state(
         "epoch": epoch_done,
         "step": stats.steps if stats is not None else 0,
         "partial": stats.to_dict() if stats is not None else {},
+        "fc6_fold": progress.fc6_fold if stats is not None else None,  # weights_only-loadable: tensors, floats
         "best_metric": progress.best_err,
         "best_epoch": progress.best_epoch,
         "world_size": world,
@@ -327,6 +329,7 @@ def restore_progress(
     )
     if int(state.get("step", 0)) > 0:
         progress.partial = EpochStats(**state["partial"])
+        progress.fc6_fold = state.get("fc6_fold")  # the fold continues exactly where the epoch stopped
     rng = state.get("rng", [])
     if int(state.get("world_size", 1)) == info.world_size and info.rank < len(rng):
         set_rng_state(rng[info.rank], device)

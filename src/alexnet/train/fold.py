@@ -22,6 +22,7 @@ with their momentum.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -56,22 +57,37 @@ class FC6Fold:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self) -> None:
+    def open(self, kept: Mapping[str, Any] | None = None) -> None:
         """Split fc6.weight (and its momentum, if any) into the cells' mean, trained from now on, and deviations
-        left where they are until `close`."""
+        left where they are until `close`; or, with ``kept`` (what `close(keep=True)` returned for an epoch that
+        stopped, as a checkpoint holds it), continue that fold exactly where it stood."""
         g = self.group
-        with torch.no_grad():
-            self.mean = self.weight.detach().view(self.shape).mean(-1).requires_grad_()
         fused = {"fused": True} if g.get("fused") else {}
+        with torch.no_grad():
+            if kept is not None:  # the weights and momentum the fold opened on, the mean and recurrence since
+                self.weight.copy_(kept["weight"])
+                self._set_momentum(kept["momentum"])
+            self.mean = self.weight.detach().view(self.shape).mean(-1) if kept is None else kept["mean"].clone()
+        self.mean.requires_grad_()
         self.inner = torch.optim.SGD(
             [self.mean], lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"], **fused
         )
         buf = self.optimizer.state.get(self.weight, {}).get("momentum_buffer")
-        if buf is not None:
+        if kept is not None and kept["mean_momentum"] is not None:
+            self.inner.state[self.mean]["momentum_buffer"] = kept["mean_momentum"].clone()
+        elif kept is None and buf is not None:
             self.inner.state[self.mean]["momentum_buffer"] = buf.view(self.shape).mean(-1)
-        self.matrix, self.steps = (1.0, 0.0, 0.0, 1.0), 0
+        self.matrix = (1.0, 0.0, 0.0, 1.0) if kept is None else tuple(float(v) for v in kept["matrix"])  # type: ignore[assignment]
+        self.steps = 0 if kept is None else int(kept["steps"])
         self.model.fc6_cell_mean = self.mean
         self._handle = self.optimizer.register_step_post_hook(self._after_step)
+
+    def _set_momentum(self, buf: torch.Tensor | None) -> None:
+        state = self.optimizer.state[self.weight]
+        if buf is None:
+            state.pop("momentum_buffer", None)
+        else:
+            state["momentum_buffer"] = buf.clone()
 
     def _after_step(self, _optimizer: Any, _args: Any, _kwargs: Any) -> None:
         """The mean's SGD step at the main optimizer's current settings, and the deviations' recurrence."""
@@ -90,27 +106,40 @@ class FC6Fold:
         )  # fmt: skip
         self.steps += 1
 
-    def close(self) -> None:
-        """Write every cell back (mean + the deviations carried by the recurrence), and the momentum likewise."""
+    def close(self, keep: bool = False) -> dict[str, Any] | None:
+        """Write every cell back (mean + the deviations carried by the recurrence), and the momentum likewise.
+        ``keep`` (an epoch stopped part-way): also return where the fold stood, for the checkpoint, so that a
+        resume continues it bit for bit (re-splitting the written-back cells would round differently)."""
         if self._handle is None:
-            return
+            return None
         self._handle.remove()
         self._handle = None
         self.model.fc6_cell_mean = None
         mean, inner = self.mean, self.inner
         self.mean = self.inner = None
         if not self.steps:
-            return
+            return None
         assert mean is not None and inner is not None
+        buf = self.optimizer.state[self.weight].get("momentum_buffer")
+        inner_buf = inner.state[mean].get("momentum_buffer")
+        kept = None
+        if keep:
+            kept = {
+                "weight": self.weight.detach().clone(), "momentum": None if buf is None else buf.clone(),
+                "mean": mean.detach().clone(), "mean_momentum": None if inner_buf is None else inner_buf.clone(),
+                "matrix": list(self.matrix), "steps": self.steps,
+            }  # fmt: skip
+        self._write_back(mean.detach(), inner_buf, buf)
+        return kept
+
+    def _write_back(self, mean: torch.Tensor, inner_buf: torch.Tensor | None, buf: torch.Tensor | None) -> None:
         a, b, c, d = self.matrix
         state = self.optimizer.state[self.weight]
-        buf = state.get("momentum_buffer")
-        inner_buf = inner.state[mean].get("momentum_buffer")
         with torch.no_grad():
             w = self.weight.view(self.shape)
             e = w - w.mean(-1, keepdim=True)
             ve = None if buf is None else buf.view(self.shape) - buf.view(self.shape).mean(-1, keepdim=True)
-            w.copy_(e).mul_(a).add_(mean.detach().unsqueeze(-1))
+            w.copy_(e).mul_(a).add_(mean.unsqueeze(-1))
             if ve is not None:
                 w.add_(ve, alpha=b)
             if inner_buf is None:  # no momentum (mu = 0): SGD keeps no buffer

@@ -522,14 +522,18 @@ class _Run:
         self.sampler.skip = stats.steps * self.env.local_batch
         if hasattr(self.loader.batch_sampler, "set_epoch"):  # per-batch seeds of the random transforms
             self.loader.batch_sampler.set_epoch(epoch)
+        stopped, fold = False, self.fc6_fold
         try:
-            with self.fc6_fold or contextlib.nullcontext():  # closed (fc6.weight written back) before any reader
-                stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts,
-                                                 epoch=epoch, stats=stats)  # fmt: skip
+            if fold is not None:  # closed (fc6.weight written back) before anything reads the weights
+                fold.open(s.fc6_fold)
+            stats, stopped = train_one_epoch(self.train_net, self.loader, self.t.optimizer, self.opts, epoch=epoch,
+                                             stats=stats)  # fmt: skip
         except (NonFiniteLoss, diagnostics.Diverging) as e:  # diagnostics.json records it; the checkpoint stays
             run = rundir.RunDir(self.out)
             kept = f"{run.last} kept" if run.state.exists() else "none saved yet"
             raise self.monitor.stop_error(e, f"last good checkpoint: {kept}") from None
+        finally:  # a stopped epoch's checkpoint holds where the fold stood, so that its resume is exact
+            s.fc6_fold = fold.close(keep=stopped) if fold is not None else None
         s.skipped.extend(gather_lists(stats.bad, self.env.info))
         stats.bad = []
         return stats, stopped
