@@ -4,6 +4,7 @@ each giving the model's own outputs."""
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 
 import pytest
@@ -123,7 +124,10 @@ def test_torch_compile_traces_without_graph_breaks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list_models())
-def test_torch_compile_inductor_matches(arch):
+def test_torch_compile_inductor_matches(arch, tmp_path, monkeypatch):
+    # inductor's cache, and its precompiled headers (which ignore TORCHINDUCTOR_CACHE_DIR), in the test's own folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     torch._dynamo.reset()
     model = _model(arch)
     x = _input(model)
