@@ -86,33 +86,29 @@ def test_update_equals_plain_sgd(precision: str) -> None:
         assert cos > 0.9, f"{k}: cosine {cos:.3f} with the fp32 update"
 
 
-def test_warmup_then_caffe_steps() -> None:
+def _iteration_lrs(cfg: train.TrainConfig, steps: int) -> list[float]:
+    """The learning rate of each of the first ``steps`` iterations under ``cfg``'s per-iteration schedule."""
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    cfg = train.TrainConfig(schedule="step", step_size=6, warmup_steps=4, lr=0.1)
+    opt = torch.optim.SGD([p], lr=cfg.lr)
     epoch_sched, per_iter = train.make_scheduler(cfg, opt)
     assert epoch_sched is None
     lrs = []
-    for _ in range(8):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         per_iter.step()
-    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.01, 0.01])
+    return lrs
+
+
+def test_warmup_then_caffe_steps() -> None:
+    cfg = train.TrainConfig(schedule="step", step_size=6, warmup_steps=4, lr=0.1)
+    assert _iteration_lrs(cfg, 8) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_warmup_then_a_straight_line_to_zero() -> None:
     """The demo's schedule: the warm-up, then lr falls linearly to 0 at decay_steps (and stays there)."""
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
     cfg = train.TrainConfig(schedule="linear", warmup_steps=2, decay_steps=5, lr=0.1)
-    epoch_sched, per_iter = train.make_scheduler(cfg, opt)
-    assert epoch_sched is None
-    lrs = []
-    for _ in range(7):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        per_iter.step()
-    assert lrs == pytest.approx([0.05, 0.08, 0.06, 0.04, 0.02, 0.0, 0.0])
+    assert _iteration_lrs(cfg, 7) == pytest.approx([0.05, 0.08, 0.06, 0.04, 0.02, 0.0, 0.0])
 
 
 def test_a_linear_schedule_s_length_is_the_run_s_at_its_start(tmp_path) -> None:

@@ -159,6 +159,7 @@ class Conv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _small_map(self, x: torch.Tensor) -> bool:
+        # eager_cpu first: under torch.fx, self.weight is a proxy whose requires_grad cannot be tested
         if not eager_cpu(x) or not torch.is_grad_enabled() or not self.weight.requires_grad:
             return False
         shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode)

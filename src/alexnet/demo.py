@@ -256,14 +256,14 @@ def _train_config(c: DemoConfig, folder: Path, finetune: bool, train_images: int
     per_epoch = -(-train_images // c.batch_size)
     steps = c.epochs * per_epoch
     if c.input_size < 224:  # the CPU recipe: a warm-up epoch, then straight down to 0 at the end (README)
-        tc = dataclasses.replace(tc, schedule="linear", warmup_steps=per_epoch, decay_steps=steps, stats=stats)
-    else:  # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
-        tc = dataclasses.replace(
-            tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps), stats=stats
-        )
-    if c.input_size < 224:
-        tc = dataclasses.replace(tc, model_options={"adaptive_pool": True})
-    return tc
+        return dataclasses.replace(
+            tc, schedule="linear", warmup_steps=per_epoch, decay_steps=steps, stats=stats,
+            model_options={"adaptive_pool": True},
+        )  # fmt: skip
+    # Caffe's step schedule: the last third of the run at lr/10 (a few epochs are too few for the plateau rule)
+    return dataclasses.replace(
+        tc, schedule="step", step_size=max(1, (2 * steps) // 3), warmup_steps=min(50, steps), stats=stats
+    )
 
 
 def _test_figures(

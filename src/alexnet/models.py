@@ -324,14 +324,22 @@ class AlexNet(nn.Module):
 
     @torch.jit.unused
     def _folds_fc6(self, f: torch.Tensor) -> bool:
-        """Whether `_forward_folded` applies: eager mode on the CPU, adaptive pooling of a 1x1 conv5 map (inputs of
-        67x67 to 98x98, the CPU demo's size), fc6 first in the classifier (the paper's layout: no dropout between
-        the pooling and fc6) and no hooks on fc6."""
-        if not eager_cpu(f) or not self.config.adaptive_pool or f.shape[-2:] != (1, 1):
-            return False
+        """Whether `_forward_folded` applies to conv5's map ``f``: eager mode on the CPU and `folds_fc6`."""
+        return eager_cpu(f) and f.shape[-2:] == (1, 1) and self._fc6_foldable()
+
+    @torch.jit.unused
+    def folds_fc6(self, input_size: int) -> bool:
+        """Whether the eager CPU forward at ``input_size`` folds fc6 (`_forward_folded`): adaptive pooling of a 1x1
+        conv5 map (inputs of 67x67 to 98x98, the CPU demo's size), fc6 first in the classifier (the paper's
+        layout: no dropout between the pooling and fc6) and no hooks on fc6. `alexnet.train.fold` trains fc6
+        through its cells' mean exactly where this holds."""
+        return self.conv5_map_size(input_size) == 1 and self._fc6_foldable()
+
+    @torch.jit.unused
+    def _fc6_foldable(self) -> bool:
         fc6 = self.classifier[0]
         hooks = fc6._forward_hooks or fc6._forward_pre_hooks or nn.modules.module._global_forward_hooks
-        return fc6 is self.fc6 and not hooks
+        return self.config.adaptive_pool and fc6 is self.fc6 and not hooks
 
     @torch.jit.unused
     def _forward_folded(self, f: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ class FC6Fold:
         self.group = _group_of(optimizer, self.weight)
         self.mean: torch.Tensor | None = None
         self.inner: torch.optim.SGD | None = None
-        self.matrix = (1.0, 0.0, 0.0, 1.0)  # (e, ve) now = matrix @ (e, ve) at opening
+        self.matrix: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)  # (e, ve) now = matrix @ (e, ve) at opening
         self.steps = 0
         self._handle: Any = None
 
@@ -77,7 +77,7 @@ class FC6Fold:
             self.inner.state[self.mean]["momentum_buffer"] = kept["mean_momentum"].clone()
         elif kept is None and buf is not None:
             self.inner.state[self.mean]["momentum_buffer"] = buf.view(self.shape).mean(-1)
-        self.matrix = (1.0, 0.0, 0.0, 1.0) if kept is None else tuple(float(v) for v in kept["matrix"])  # type: ignore[assignment]
+        self.matrix = (1.0, 0.0, 0.0, 1.0) if kept is None else tuple(float(v) for v in kept["matrix"])
         self.steps = 0 if kept is None else int(kept["steps"])
         self.model.fc6_cell_mean = self.mean
         self._handle = self.optimizer.register_step_post_hook(self._after_step)
@@ -164,19 +164,14 @@ def fc6_fold(
     model: nn.Module, optimizer: torch.optim.Optimizer, input_size: int, *, device: torch.device,
     plain_step: bool = True,
 ) -> FC6Fold | None:  # fmt: skip
-    """The fold for a run whose every training forward folds fc6 (`AlexNet._folds_fc6`): the paper's layout
-    with adaptive pooling of a 1x1 conv5 map, in eager mode on the CPU, fc6 learning under plain SGD (momentum
-    without dampening or Nesterov). None otherwise, and when ``plain_step`` is False (DDP, whose all-reduce
-    hooks fc6.weight's gradient; torch.compile; fp16's GradScaler, which unscales only the optimizer's own
-    parameters)."""
-    if not plain_step or device.type != "cpu" or not isinstance(model, AlexNet):
+    """The fold for a run whose every training forward folds fc6 (`AlexNet.folds_fc6` at its input size, on the
+    CPU), fc6 learning under plain SGD (momentum without dampening or Nesterov). None otherwise, and when
+    ``plain_step`` is False (DDP, whose all-reduce hooks fc6.weight's gradient; torch.compile; fp16's GradScaler,
+    which unscales only the optimizer's own parameters)."""
+    if not plain_step or device.type != "cpu" or not isinstance(model, AlexNet) or not model.folds_fc6(input_size):
         return None
     fc6 = model.classifier[0]
-    if not isinstance(fc6, nn.Linear) or not model.config.adaptive_pool or fc6 is not model.fc6:
-        return None
-    if not fc6.weight.requires_grad:
-        return None
-    if fc6._forward_hooks or fc6._forward_pre_hooks or model.conv5_map_size(input_size) != 1:
+    if not isinstance(fc6, nn.Linear) or not fc6.weight.requires_grad:
         return None
     try:
         g = _group_of(optimizer, fc6.weight)
